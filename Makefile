@@ -1,0 +1,33 @@
+# `make test` builds .venv from nothing (once), then runs every test and executes the cookbook notebooks
+# on tiny random checkpoints. `make demo` runs the command-line search on the sample folder.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+MODEL ?= real
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+# torch and torchvision go in first, together, pinned (never let pip pick a torchvision on its own).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch torchvision
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests cookbook --nbmake --nbmake-timeout=600 -q
+
+demo: $(STAMP)
+	$(PY) -m qwen3vl_integrations.demo --model $(MODEL)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.throughput --model small --device cpu
+
+clean:
+	rm -rf $(VENV) .pytest_cache
