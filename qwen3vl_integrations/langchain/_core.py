@@ -1,0 +1,86 @@
+"""Lazy construction of the core objects shared by the LangChain adapters (private)."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+_LOCK = threading.RLock()
+
+
+def _kwargs(model_name: str, device: Any, dtype: Any, batch_size: int | None, core_options: dict[str, Any]) -> dict:
+    kwargs: dict[str, Any] = dict(core_options or {})
+    kwargs["model_name_or_path"] = model_name
+    if device is not None:
+        kwargs["device"] = device
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if batch_size is not None and "batch_size" not in kwargs:
+        kwargs["batch_size"] = batch_size
+    return kwargs
+
+
+def build_embedder(model_name: str, device: Any, dtype: Any, batch_size: int | None, core_options: dict) -> Any:
+    """A core `Qwen3VLEmbedder` (lazy: it loads nothing; the core registry shares weights between instances)."""
+    from qwen3vl_integrations import Qwen3VLEmbedder
+
+    return Qwen3VLEmbedder(**_kwargs(model_name, device, dtype, batch_size, core_options))
+
+
+def build_reranker(model_name: str, device: Any, dtype: Any, batch_size: int | None, core_options: dict) -> Any:
+    """A core `Qwen3VLReranker` (lazy, shared through the core registry)."""
+    from qwen3vl_integrations import Qwen3VLReranker
+
+    return Qwen3VLReranker(**_kwargs(model_name, device, dtype, batch_size, core_options))
+
+
+_MODEL_OPTIONS = ("device", "dtype", "core_options")
+
+
+def attach_core(model: Any, field: str, method: str) -> None:
+    """Validate a user-supplied core object in ``model.<field>`` and make it the adapter's core object.
+
+    Used by the adapters' ``after`` validators: rejects non-core objects and clashing model options, and fills
+    ``model_name`` from the core object when the user did not set it.
+    """
+    core = getattr(model, field)
+    if core is None:
+        return
+    if not callable(getattr(core, method, None)):
+        raise TypeError(f"{field}= must be a core Qwen3-VL object (an object with a .{method} method)")
+    clashing = [name for name in _MODEL_OPTIONS if name in model.model_fields_set]
+    if clashing:
+        raise ValueError(
+            f"{type(model).__name__}: pass either {field}= or model options, not both "
+            f"(got {field}= and {', '.join(n + '=' for n in clashing)})"
+        )
+    if "model_name" not in model.model_fields_set:
+        name = getattr(core, "model_name_or_path", None)
+        if name is not None:
+            model.model_name = str(name)
+
+
+def lazy(owner: Any, attr: str, factory: Any) -> Any:
+    """Return ``owner.<attr>`` (a private attribute), creating it with ``factory()`` once, thread-safely."""
+    value = getattr(owner, attr)
+    if value is None:
+        with _LOCK:
+            value = getattr(owner, attr)
+            if value is None:
+                value = factory()
+                setattr(owner, attr, value)
+    return value
+
+
+def to_float_lists(array: Any) -> list[list[float]]:
+    """Core output (numpy [N, D]) -> Python ``list[list[float]]``."""
+    arr = np.asarray(array)
+    if arr.dtype.kind != "f":
+        arr = arr.astype(np.float32)
+    return arr.tolist()
+
+
+def to_floats(array: Any) -> list[float]:
+    """Core scores (numpy [N]) -> Python ``list[float]``."""
+    return [float(x) for x in np.asarray(array, dtype=np.float64).reshape(-1)]
