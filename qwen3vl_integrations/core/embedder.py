@@ -1,0 +1,172 @@
+"""Qwen3-VL-Embedding: one vector space for text, images, visual documents and video."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .encoding import EncodedItem, append_token, encode, truncate_text_tokens
+from .errors import Qwen3VLInputError
+from .inputs import Item, parse_items, raise_first
+from .media import _Invalid
+from .prompts import EMBEDDING_DEFAULT_INSTRUCTION, embedding_conversation, render
+from .runner import Qwen3VLRunner
+
+EMBEDDING_SUFFIX = 6  # <|im_end|> \n <|im_start|> assistant \n <|endoftext|>
+PROMPT_OVERHEAD = 24  # template tokens around the content, for length estimates
+
+
+@dataclass
+class EmbeddingResult:
+    """What `try_embed` returns: vectors of the good inputs, their positions, and an error per bad input."""
+
+    embeddings: np.ndarray
+    indices: np.ndarray
+    errors: list[Qwen3VLInputError] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class Qwen3VLEmbedder(Qwen3VLRunner):
+    """Embeds text, images, videos and mixtures with Qwen3-VL-Embedding, identically to the official code.
+
+    The model loads on first use and is shared with every other object asking for the same checkpoint,
+    device, dtype and attention implementation.
+    """
+
+    _role = "embedding"
+
+    def __init__(
+        self,
+        model_name_or_path: str = "Qwen/Qwen3-VL-Embedding-2B",
+        *,
+        max_length: int = 8192,
+        default_instruction: str = EMBEDDING_DEFAULT_INSTRUCTION,
+        **options: Any,
+    ) -> None:
+        super().__init__(model_name_or_path, max_length=max_length, default_instruction=default_instruction,
+                         **options)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Full output dimension (2048 for the 2B model, 4096 for the 8B)."""
+        return self.hidden_size
+
+    # ------------------------------------------------------------------------------- public API
+    def embed(
+        self,
+        items: Sequence[Any],
+        *,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        precision: str = "float32",
+        ranges: Any = None,
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Embed `items` (str or dict with text/image/video) into an [N, D] array, in the caller's order.
+
+        Raises `Qwen3VLInputError` (naming the item) before any model work if an input is bad; use
+        `try_embed` to skip bad inputs instead. `dimensions` truncates (Matryoshka) and re-normalises;
+        `precision` other than float32 quantizes (see `qwen3vl_integrations.quantization`).
+        """
+        result = self._embed(items, instruction, normalize, batch_size, show_progress, strict=True)
+        return self._finish(result.embeddings, dimensions, normalize, precision, ranges)
+
+    def try_embed(
+        self,
+        items: Sequence[Any],
+        *,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        precision: str = "float32",
+        ranges: Any = None,
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> EmbeddingResult:
+        """Like `embed`, but bad inputs are skipped and reported: `.embeddings[k]` belongs to `items[.indices[k]]`."""
+        result = self._embed(items, instruction, normalize, batch_size, show_progress, strict=False)
+        result.embeddings = self._finish(result.embeddings, dimensions, normalize, precision, ranges)
+        return result
+
+    def process(self, inputs: Sequence[dict[str, Any]], normalize: bool = True) -> torch.Tensor:
+        """The official API: a list of dicts in, a float32 tensor [N, D] out."""
+        return torch.from_numpy(self.embed(list(inputs), normalize=normalize))
+
+    # ----------------------------------------------------------------------------- internals
+    def _finish(self, vectors: np.ndarray, dimensions: int | None, normalize: bool, precision: str,
+                ranges: Any) -> np.ndarray:
+        if dimensions is not None:
+            from .quantization import truncate
+
+            vectors = truncate(vectors, dimensions, normalize=normalize)
+        if precision not in ("float32", None):
+            from .quantization import quantize
+
+            vectors = quantize(vectors, precision, ranges=ranges)
+        return vectors
+
+    def _embed(self, items: Sequence[Any], instruction: str | None, normalize: bool, batch_size: int | None,
+               show_progress: bool, strict: bool) -> EmbeddingResult:
+        if isinstance(items, (str, dict)):
+            raise TypeError("embed() takes a list of inputs; wrap a single input in a list")
+        items = list(items)
+        parsed, errors = parse_items(items, self.policy)
+        good = [position for position, item in enumerate(parsed) if item is not None]
+        costs: dict[int, int] = {}
+        for position in good:
+            try:
+                costs[position] = self._vision_cost(parsed[position])
+            except _Invalid as exc:
+                errors.append(Qwen3VLInputError(str(exc), index=position))
+        errors.sort(key=lambda e: e.index)
+        if strict:
+            raise_first(errors, hint="; use try_embed to skip bad inputs")
+        good = [position for position in good if position in costs]
+        if not items or not good:
+            width = self.embedding_dim
+            return EmbeddingResult(np.zeros((0, width), np.float32), np.zeros(0, np.int64), errors)
+
+        text_costs = self._text_cost([" ".join(parsed[p].texts) + (parsed[p].instruction or "") for p in good])
+        order_costs = [costs[p] + t + PROMPT_OVERHEAD for p, t in zip(good, text_costs)]
+        loaded = self.load()
+        vectors = np.zeros((len(good), self.embedding_dim), np.float32)
+        done = np.zeros(len(good), bool)
+
+        def build(k: int) -> EncodedItem:
+            return self._encode_item(loaded, parsed[good[k]], instruction)
+
+        for ks, hidden, batch_errors in self._run(order_costs, build, "item", batch_size, show_progress,
+                                                  raise_errors=strict):
+            for error in batch_errors:
+                errors.append(error.located(good[error.index], "item"))
+            if hidden is not None:
+                if normalize:
+                    hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
+                vectors[ks] = hidden.cpu().numpy()
+                done[ks] = True
+        errors.sort(key=lambda e: e.index)
+        indices = np.asarray(good, dtype=np.int64)[done]
+        return EmbeddingResult(vectors[done], indices, errors)
+
+    def _encode_item(self, loaded: Any, item: Item, instruction: str | None) -> EncodedItem:
+        """Prompt, media and tokens of one item, ending in <|endoftext|>, truncated around vision tokens."""
+        processor = loaded.thread_processor()
+        chosen = item.instruction or instruction
+        text = render(processor, embedding_conversation(item, chosen, self.default_instruction))
+        images, videos = self._prepare_media(item)
+        try:
+            sequence = encode(processor, text, images, videos)
+        except Exception as exc:  # processor errors on odd media (sizes, channels)
+            raise _Invalid(f"could not encode input: {exc}") from None
+        tokenizer = processor.tokenizer
+        eot_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        if int(sequence.input_ids[-1]) != eot_id:
+            sequence = append_token(sequence, eot_id)
+        special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        return truncate_text_tokens(sequence, self.max_length - EMBEDDING_SUFFIX, EMBEDDING_SUFFIX, special_ids)

@@ -1,0 +1,107 @@
+"""From a rendered prompt and prepared media to model tensors: tokenise, truncate safely, pad into batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .media import _Invalid
+from .vision import PreparedVideo
+
+PER_TOKEN_KEYS = ("input_ids", "mm_token_type_ids")
+
+
+@dataclass
+class EncodedItem:
+    """One sequence with its vision tensors (unpadded)."""
+
+    input_ids: torch.Tensor  # [L] int64
+    mm_token_type_ids: torch.Tensor  # [L] (0 text, 1 image, 2 video)
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def encode(processor: Any, text: str, images: Sequence[Any], videos: Sequence[PreparedVideo]) -> EncodedItem:
+    """Run the checkpoint's processor on one prompt; media are already resized (do_resize=False)."""
+    kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt", "padding": False, "truncation": False}
+    if images:
+        kwargs.update(images=list(images), do_resize=False)
+    if videos:
+        kwargs.update(videos=[v.frames for v in videos], video_metadata=[v.metadata for v in videos],
+                      do_resize=False, do_sample_frames=False,
+                      cap_pixels_per_frame=False)  # sizes are final already; also silences a v5 warning
+    out = processor(**kwargs)
+    token_types = out.get("mm_token_type_ids")
+    if token_types is None:
+        token_types = torch.zeros_like(out["input_ids"])
+    return EncodedItem(
+        input_ids=out["input_ids"][0].long(),
+        mm_token_type_ids=token_types[0],
+        pixel_values=out.get("pixel_values"),
+        image_grid_thw=out.get("image_grid_thw"),
+        pixel_values_videos=out.get("pixel_values_videos"),
+        video_grid_thw=out.get("video_grid_thw"),
+    )
+
+
+def append_token(item: EncodedItem, token_id: int) -> EncodedItem:
+    """Append one text token (the embedder's <|endoftext|> when the tokenizer did not add it)."""
+    item.input_ids = torch.cat([item.input_ids, item.input_ids.new_tensor([token_id])])
+    item.mm_token_type_ids = torch.cat([item.mm_token_type_ids, item.mm_token_type_ids.new_zeros(1)])
+    return item
+
+
+def truncate_text_tokens(item: EncodedItem, max_length: int, suffix_length: int,
+                         special_ids: torch.Tensor) -> EncodedItem:
+    """Keep the body within `max_length` tokens without touching special or vision tokens.
+
+    The body is everything before the last `suffix_length` tokens (the chat suffix, kept whole). If it is too
+    long, every special token is kept and, of the other tokens, the first `max_length - n_special` in order:
+    the official reranker rule (REFERENCE.md §5.4), applied to the embedder too (§11 #5). All per-token tensors
+    are cut with the same mask.
+    """
+    body_length = len(item) - suffix_length
+    if body_length <= max_length:
+        return item
+    body = item.input_ids[:body_length]
+    is_special = torch.isin(body, special_ids) | (item.mm_token_type_ids[:body_length] != 0)
+    n_special = int(is_special.sum())
+    if n_special > max_length:
+        raise _Invalid(
+            f"needs {n_special} special/vision tokens, more than max_length={max_length}; "
+            "lower max_pixels/total_pixels or max_frames, or raise max_length"
+        )
+    budget = max_length - n_special
+    keep_text = (~is_special) & (torch.cumsum((~is_special).long(), 0) <= budget)
+    keep = torch.cat([is_special | keep_text, torch.ones(suffix_length, dtype=torch.bool)])
+    item.input_ids = item.input_ids[keep]
+    item.mm_token_type_ids = item.mm_token_type_ids[keep]
+    return item
+
+
+def collate(items: Sequence[EncodedItem], pad_token_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Right-pad a micro-batch. Returns the model inputs and the index of each row's last real token."""
+    lengths = torch.tensor([len(item) for item in items])
+    width = int(lengths.max())
+    input_ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
+    token_types = torch.zeros((len(items), width), dtype=items[0].mm_token_type_ids.dtype)
+    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, item in enumerate(items):
+        n = len(item)
+        input_ids[row, :n] = item.input_ids
+        token_types[row, :n] = item.mm_token_type_ids
+        attention_mask[row, :n] = 1
+    batch: dict[str, torch.Tensor] = {
+        "input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": token_types,
+    }
+    for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
+        parts = [getattr(item, key) for item in items if getattr(item, key) is not None]
+        if parts:
+            batch[key] = torch.cat(parts)
+    return batch, lengths - 1

@@ -1,0 +1,157 @@
+"""Turning user inputs (strings and dicts) into validated multimodal items (REFERENCE.md §1.3 and §3)."""
+from __future__ import annotations
+
+import numbers
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import Qwen3VLInputError
+from .media import (
+    IMAGE_EXTENSIONS,
+    ImageSource,
+    MediaPolicy,
+    VideoSource,
+    _Invalid,
+    has_extension,
+    resolve_image,
+    resolve_video,
+)
+
+ITEM_KEYS = frozenset({"text", "image", "video", "instruction", "fps", "max_frames"})
+
+
+@dataclass
+class Item:
+    """One validated multimodal object. Content order in the prompt is always videos, images, texts."""
+
+    texts: list[str] = field(default_factory=list)
+    images: list[ImageSource] = field(default_factory=list)
+    videos: list[VideoSource] = field(default_factory=list)
+    instruction: str | None = None
+    fps: float | None = None
+    max_frames: int | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.texts or self.images or self.videos)
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _looks_like_frame(value: Any) -> bool:
+    if isinstance(value, Image.Image):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.ndim in (2, 3)
+    if isinstance(value, (str, Path)):
+        text = str(value)
+        return text.startswith("data:image") or has_extension(text, IMAGE_EXTENSIONS)
+    return False
+
+
+def is_single_video(value: Any) -> bool:
+    """The reference's `is_video_input`, extended to paths, bytes and arrays.
+
+    A string, Path, bytes or [T, H, W, 3] array is one video; a list whose first element is a frame (PIL image,
+    image array, image path or data:image URI) is one video given as frames; any other list is several videos.
+    """
+    if isinstance(value, (str, Path, bytes, bytearray)) or hasattr(value, "read"):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.ndim == 4
+    if isinstance(value, (list, tuple)):
+        return bool(value) and _looks_like_frame(value[0])
+    return False
+
+
+def parse_item(raw: Any, policy: MediaPolicy) -> Item:
+    """Validate one input and resolve its media. Raises _Invalid with the cause."""
+    if isinstance(raw, str):
+        return Item(texts=[raw])
+    if isinstance(raw, Image.Image):
+        return Item(images=[resolve_image(raw, policy)])
+    if not isinstance(raw, dict):
+        raise _Invalid(f"unsupported input type {type(raw).__name__} (expected str or dict)")
+    unknown = set(raw) - ITEM_KEYS
+    if unknown:
+        raise _Invalid(f"unknown key(s) {sorted(unknown)}; expected some of {sorted(ITEM_KEYS)}")
+
+    texts = _as_list(raw.get("text"))
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise _Invalid(f"text {position} is {type(text).__name__}, not str")
+
+    images = []
+    for position, value in enumerate(_as_list(raw.get("image"))):
+        try:
+            images.append(resolve_image(value, policy))
+        except _Invalid as exc:
+            raise _Invalid(f"image {position}: {exc}") from None
+
+    video_value = raw.get("video")
+    if video_value is None:
+        video_values: list = []
+    elif is_single_video(video_value):
+        video_values = [video_value]
+    elif isinstance(video_value, (list, tuple)):
+        video_values = list(video_value)
+    else:
+        raise _Invalid(f"unsupported video type {type(video_value).__name__}")
+    videos = []
+    for position, value in enumerate(video_values):
+        try:
+            videos.append(resolve_video(value, policy))
+        except _Invalid as exc:
+            raise _Invalid(f"video {position}: {exc}") from None
+
+    instruction = raw.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise _Invalid(f"instruction is {type(instruction).__name__}, not str")
+    fps = raw.get("fps")
+    if fps is not None and (not isinstance(fps, numbers.Real) or isinstance(fps, bool) or fps <= 0):
+        raise _Invalid(f"fps must be a positive number, got {fps!r}")
+    max_frames = raw.get("max_frames")
+    if max_frames is not None and (not isinstance(max_frames, numbers.Integral) or max_frames < 2):
+        raise _Invalid(f"max_frames must be an integer >= 2, got {max_frames!r}")
+    return Item(texts, images, videos, instruction or None,
+                float(fps) if fps is not None else None, int(max_frames) if max_frames is not None else None)
+
+
+def parse_items(
+    raws: Sequence[Any], policy: MediaPolicy, role: str = "item", workers: int = 8
+) -> tuple[list[Item | None], list[Qwen3VLInputError]]:
+    """Validate every input (concurrently: remote fetches overlap). Failed positions are None, with an error each."""
+    def one(position: int) -> Item | Qwen3VLInputError:
+        try:
+            return parse_item(raws[position], policy)
+        except _Invalid as exc:
+            return Qwen3VLInputError(str(exc), index=position, role=role)
+
+    if len(raws) > 1 and workers > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(raws))) as pool:
+            results = list(pool.map(one, range(len(raws))))
+    else:
+        results = [one(position) for position in range(len(raws))]
+    items = [r if isinstance(r, Item) else None for r in results]
+    errors = [r for r in results if isinstance(r, Qwen3VLInputError)]
+    return items, errors
+
+
+def raise_first(errors: list[Qwen3VLInputError], hint: str = "") -> None:
+    """Raise the first error, mentioning how many more there are."""
+    if not errors:
+        return
+    first = errors[0]
+    cause = first.cause
+    if len(errors) > 1:
+        cause += f" (and {len(errors) - 1} more bad input(s){hint})"
+    raise Qwen3VLInputError(cause, index=first.index, role=first.role)

@@ -1,0 +1,151 @@
+"""Loading checkpoints once per process: device/dtype/attention choice and a shared registry.
+
+Two objects (core classes or framework adapters) that ask for the same checkpoint, role, device, dtype and
+attention implementation get the same loaded model.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROLES = ("embedding", "reranker")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None`/"auto": cuda, then mps, then cpu."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`None`/"auto": bfloat16 on GPUs, float32 on CPU."""
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).replace("torch.", "")
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def resolve_attention(attn_implementation: str | None, device: torch.device) -> str:
+    """`None`/"auto": flash_attention_2 when installed on CUDA, else sdpa."""
+    if attn_implementation not in (None, "auto"):
+        return attn_implementation
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    path: str
+    role: str
+    device: str
+    dtype: str
+    attn_implementation: str
+    extra: tuple = ()
+
+
+@dataclass
+class LoadedModel:
+    """A loaded backbone with its processor. `lock` serialises forward passes on the shared weights."""
+
+    key: ModelKey
+    backbone: Any  # Qwen3VLModel: no LM head
+    processor: Any
+    config: Any
+    device: torch.device
+    dtype: torch.dtype
+    score_weight: torch.Tensor | None = None  # reranker only: W_yes - W_no, float32, on device
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _local: threading.local = field(default_factory=threading.local)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    def thread_processor(self) -> Any:
+        """A processor private to the calling thread (tokenizers are not safe to share across threads)."""
+        processor = getattr(self._local, "processor", None)
+        if processor is None:
+            processor = self.processor if threading.current_thread() is threading.main_thread() \
+                else copy.deepcopy(self.processor)
+            self._local.processor = processor
+        return processor
+
+
+_REGISTRY: dict[ModelKey, LoadedModel] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _normalise_path(path: str) -> str:
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
+
+
+def load_shared(path: str, role: str, device: torch.device, dtype: torch.dtype, attn_implementation: str,
+                model_kwargs: dict[str, Any] | None = None) -> LoadedModel:
+    """Load (or reuse) a checkpoint for `role` ("embedding" loads the backbone only; "reranker" keeps W_yes-W_no)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}")
+    model_kwargs = dict(model_kwargs or {})
+    key = ModelKey(_normalise_path(path), role, str(device), str(dtype).replace("torch.", ""), attn_implementation,
+                   tuple(sorted((k, repr(v)) for k, v in model_kwargs.items())))
+    with _REGISTRY_LOCK:
+        loaded = _REGISTRY.get(key)
+        if loaded is None:
+            loaded = _load(key, path, device, dtype, attn_implementation, model_kwargs)
+            _REGISTRY[key] = loaded
+        return loaded
+
+
+def _load(key: ModelKey, path: str, device: torch.device, dtype: torch.dtype, attn: str,
+          model_kwargs: dict[str, Any]) -> LoadedModel:
+    from transformers import AutoModel, AutoProcessor, Qwen3VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(path, **{k: v for k, v in model_kwargs.items()
+                                                       if k in ("revision", "cache_dir", "local_files_only", "token")})
+    load_kwargs = {"dtype": dtype, "attn_implementation": attn, **model_kwargs}
+    score_weight = None
+    if key.role == "embedding":
+        backbone = AutoModel.from_pretrained(path, **load_kwargs)
+    else:
+        full = Qwen3VLForConditionalGeneration.from_pretrained(path, **load_kwargs)
+        vocab = processor.tokenizer.get_vocab()
+        yes_id, no_id = vocab["yes"], vocab["no"]
+        weight = full.lm_head.weight.detach()
+        # Built once, in float32 (REFERENCE.md §5.1 SHOULD); the full LM head is never applied.
+        score_weight = (weight[yes_id].float() - weight[no_id].float()).to(device)
+        backbone = full.model
+        del full
+    backbone.to(device).eval()
+    backbone.requires_grad_(False)
+    return LoadedModel(key, backbone, processor, backbone.config, device, dtype, score_weight)
+
+
+def clear_registry() -> None:
+    """Forget every shared model (they are freed once no object holds them)."""
+    with _REGISTRY_LOCK:
+        _REGISTRY.clear()
+
+
+def registry_size() -> int:
+    return len(_REGISTRY)

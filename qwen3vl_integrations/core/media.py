@@ -1,0 +1,299 @@
+"""Resolving and loading media safely: images and video files from paths, URLs, data URIs, bytes and arrays.
+
+Every source is *resolved* first (checked, header read, remote bytes fetched) so that a bad item is reported
+before any model work; pixels are decoded later, batch by batch, from the resolved source.
+Nothing here ever reads a file that the caller did not name explicitly as an image or video.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import urllib.parse
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import Qwen3VLInputError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tiff", ".tif", ".svg")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg", ".flv", ".wmv", ".3gp")
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """Limits for untrusted media."""
+
+    allow_remote: bool = True
+    timeout: float = 15.0  # seconds, for connecting and for each read
+    max_remote_bytes: int = 256 * 2**20  # per fetched file (images and videos)
+    max_image_pixels: int = 100_000_000  # width*height cap, checked from the header before decoding
+
+
+class _Invalid(Exception):
+    """Internal: a cause without an index; converted to Qwen3VLInputError by the caller."""
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def has_extension(name: str, extensions: tuple[str, ...]) -> bool:
+    """True when a path or URL (query string ignored) ends in one of `extensions`, case-insensitively."""
+    path = urllib.parse.urlsplit(name).path if "://" in name else name
+    return path.lower().endswith(extensions)
+
+
+def is_remote(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
+def fetch_remote(url: str, policy: MediaPolicy) -> bytes:
+    """GET an http(s) URL with timeouts and a byte cap."""
+    if not policy.allow_remote:
+        raise _Invalid(f"remote fetching is disabled (allow_remote=False): {url!r}")
+    import requests
+
+    try:
+        with requests.get(url, stream=True, timeout=(policy.timeout, policy.timeout)) as response:
+            response.raise_for_status()
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > policy.max_remote_bytes:
+                raise _Invalid(f"{url!r} is {int(declared)} bytes, over the {policy.max_remote_bytes}-byte cap")
+            chunks, size = [], 0
+            for chunk in response.iter_content(chunk_size=1 << 16):
+                size += len(chunk)
+                if size > policy.max_remote_bytes:
+                    raise _Invalid(f"{url!r} exceeds the {policy.max_remote_bytes}-byte cap")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except _Invalid:
+        raise
+    except Exception as exc:  # requests' many exception types, all meaning "could not fetch"
+        raise _Invalid(f"could not fetch {url!r}: {exc}") from None
+
+
+def decode_data_uri(uri: str) -> bytes:
+    header, sep, payload = uri.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise _Invalid("only base64 data URIs are supported (data:<mime>;base64,...)")
+    try:
+        return base64.b64decode(payload, validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise _Invalid(f"invalid base64 in data URI: {exc}") from None
+
+
+def local_path(value: Union[str, Path]) -> Path:
+    """A local path from a bare path or a file:// URL; must exist and be a regular file."""
+    text = str(value)
+    if text.startswith("file://"):
+        text = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise _Invalid(f"file not found: {text!r}")
+    if not path.is_file():
+        raise _Invalid(f"not a regular file: {text!r}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+@dataclass
+class ImageSource:
+    """A validated image: where its bytes are (path, bytes or decoded PIL image) and its size."""
+
+    width: int
+    height: int
+    path: Path | None = None
+    data: bytes | None = None
+    image: Image.Image | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def open(self, policy: MediaPolicy) -> Image.Image:
+        """Decode the pixels (fully loaded PIL image)."""
+        if self.image is not None:
+            return self.image
+        return _open_pil(self.path if self.path is not None else io.BytesIO(self.data), policy, load=True)
+
+
+def _open_pil(fp: Any, policy: MediaPolicy, load: bool) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            width, height = img.size
+            if width * height > policy.max_image_pixels:
+                raise _Invalid(
+                    f"image of {width}x{height} pixels exceeds max_image_pixels={policy.max_image_pixels}"
+                )
+            if load:
+                img.load()
+            return img
+    except _Invalid:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _Invalid(f"image refused as a decompression bomb: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise _Invalid(f"unreadable image: {exc}") from None
+
+
+def _image_from_array(array: np.ndarray) -> Image.Image:
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
+        if array.dtype != np.uint8:
+            if np.issubdtype(array.dtype, np.floating) and array.size and 0.0 <= array.min() and array.max() <= 1.0:
+                array = (array * 255.0).round().astype(np.uint8)
+            else:
+                raise _Invalid(f"image arrays must be uint8 (or float in [0, 1]), got {array.dtype}")
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        return Image.fromarray(np.ascontiguousarray(array))
+    raise _Invalid(f"image arrays must be HxW, HxWx3 or HxWx4, got shape {tuple(array.shape)}")
+
+
+def resolve_image(value: Any, policy: MediaPolicy) -> ImageSource:
+    """Validate one image value and return where its pixels come from. Raises _Invalid."""
+    if isinstance(value, Image.Image):
+        return ImageSource(value.width, value.height, image=value)
+    if isinstance(value, np.ndarray):
+        img = _image_from_array(value)
+        return ImageSource(img.width, img.height, image=img)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    elif isinstance(value, io.IOBase) or hasattr(value, "read"):
+        if hasattr(value, "seek"):
+            value.seek(0)
+        data = value.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise _Invalid("file-like image objects must be opened in binary mode")
+        data = bytes(data)
+    elif isinstance(value, Path):
+        path = local_path(value)
+        with _open_pil(path, policy, load=False) as img:
+            return ImageSource(img.width, img.height, path=path)
+    elif isinstance(value, str):
+        if not value.strip():
+            raise _Invalid("empty string where an image was expected")
+        if is_remote(value):
+            data = fetch_remote(value, policy)
+        elif value.startswith("data:"):
+            data = decode_data_uri(value)
+        elif "://" in value and not value.startswith("file://"):
+            raise _Invalid(f"unsupported URL scheme (only http, https, file and data): {value!r}")
+        else:
+            path = local_path(value)
+            with _open_pil(path, policy, load=False) as img:
+                return ImageSource(img.width, img.height, path=path)
+    else:
+        raise _Invalid(f"unsupported image type {type(value).__name__}")
+    if not data:
+        raise _Invalid("empty image data")
+    with _open_pil(io.BytesIO(data), policy, load=False) as img:
+        return ImageSource(img.width, img.height, data=data)
+
+
+# ---------------------------------------------------------------------------------------------- videos
+
+@dataclass
+class VideoFileSource:
+    """A validated video file (local path or fetched bytes) with its probed header."""
+
+    total_frames: int
+    fps: float
+    width: int
+    height: int
+    path: Path | None = None
+    data: bytes | None = None
+
+    def stream(self) -> Any:
+        return str(self.path) if self.path is not None else io.BytesIO(self.data)
+
+
+@dataclass
+class FrameListSource:
+    """A video given as frames (each validated like an image)."""
+
+    frames: list[ImageSource]
+
+
+VideoSource = Union[VideoFileSource, FrameListSource]
+
+
+def probe_video_file(stream: Any) -> tuple[int, float, int, int]:
+    """(total_frames, fps, width, height) from the container header, via PyAV (no frame decoding)."""
+    import av
+
+    try:
+        with av.open(stream) as container:
+            if not container.streams.video:
+                raise _Invalid("no video stream in file")
+            vs = container.streams.video[0]
+            fps = float(vs.average_rate or vs.guessed_rate or 0)
+            frames = int(vs.frames or 0)
+            if frames <= 0 and vs.duration is not None and vs.time_base is not None and fps > 0:
+                frames = int(round(float(vs.duration * vs.time_base) * fps))
+            if frames <= 0 and container.duration and fps > 0:
+                frames = int(round(container.duration / 1_000_000 * fps))
+            width, height = vs.codec_context.width, vs.codec_context.height
+    except _Invalid:
+        raise
+    except Exception as exc:  # av raises many error types for broken containers
+        raise _Invalid(f"unreadable video: {exc}") from None
+    if frames <= 0 or fps <= 0 or width <= 0 or height <= 0:
+        raise _Invalid("unreadable video: no frame count, frame rate or size in its header")
+    return frames, fps, width, height
+
+
+def resolve_video(value: Any, policy: MediaPolicy) -> VideoSource:
+    """Validate one video: a file (path, Path, file://, URL, data URI, bytes) or frames (list or [T,H,W,3] array)."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 4:
+            raise _Invalid(f"video arrays must be [T, H, W, 3], got shape {tuple(value.shape)}")
+        if value.shape[0] == 0:
+            raise _Invalid("empty video (no frames)")
+        return FrameListSource([resolve_image(frame, policy) for frame in value])
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise _Invalid("empty frame list")
+        frames = []
+        for position, frame in enumerate(value):
+            try:
+                frames.append(resolve_image(frame, policy))
+            except _Invalid as exc:
+                raise _Invalid(f"frame {position}: {exc}") from None
+        return FrameListSource(frames)
+    path: Path | None = None
+    data: bytes | None = None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    elif hasattr(value, "read"):
+        if hasattr(value, "seek"):
+            value.seek(0)
+        data = bytes(value.read())
+    elif isinstance(value, Path):
+        path = local_path(value)
+    elif isinstance(value, str):
+        if not value.strip():
+            raise _Invalid("empty string where a video was expected")
+        if is_remote(value):
+            data = fetch_remote(value, policy)
+        elif value.startswith("data:"):
+            data = decode_data_uri(value)
+        elif "://" in value and not value.startswith("file://"):
+            raise _Invalid(f"unsupported URL scheme (only http, https, file and data): {value!r}")
+        else:
+            path = local_path(value)
+    else:
+        raise _Invalid(f"unsupported video type {type(value).__name__}")
+    if data is not None and not data:
+        raise _Invalid("empty video data")
+    frames, fps, width, height = probe_video_file(str(path) if path is not None else io.BytesIO(data))
+    return VideoFileSource(frames, fps, width, height, path=path, data=data)
+
+
+def invalid_to_error(exc: _Invalid, index: int | None, role: str) -> Qwen3VLInputError:
+    return Qwen3VLInputError(str(exc), index=index, role=role)

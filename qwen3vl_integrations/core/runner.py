@@ -1,0 +1,209 @@
+"""The machinery shared by the embedder and the reranker: options, lazy loading, media preparation, and the
+batched forward loop (length-sorted micro-batches, preprocessing in worker threads overlapping compute)."""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from .batching import plan_batches
+from .encoding import EncodedItem, collate
+from .errors import Qwen3VLInputError
+from .inputs import Item
+from .loading import LoadedModel, load_shared, resolve_attention, resolve_device, resolve_dtype
+from .media import MediaPolicy, _Invalid
+from .vision import VisionLimits, image_tokens, prepare_image, prepare_video, video_tokens
+
+TEXT_TOKENS_PER_CHAR = 0.34  # a cheap upper-ish estimate used only before the tokenizer is loaded
+
+BuildSequence = Callable[[int], EncodedItem]
+
+
+class Qwen3VLRunner:
+    """Common constructor options and the batched forward loop. Not used directly."""
+
+    _role = "embedding"
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        attn_implementation: str | None = None,
+        max_length: int,
+        min_pixels: int = 4096,
+        max_pixels: int = 1_843_200,
+        total_pixels: int = 7_864_320,
+        fps: float = 1.0,
+        max_frames: int = 64,
+        default_instruction: str,
+        batch_size: int = 32,
+        max_batch_tokens: int = 16384,
+        allow_remote: bool = True,
+        remote_timeout: float = 15.0,
+        max_remote_bytes: int = 256 * 2**20,
+        max_image_pixels: int = 100_000_000,
+        preprocess_workers: int = 2,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+            raise TypeError("pass dtype or torch_dtype, not both")
+        if min_pixels > max_pixels:
+            raise ValueError("min_pixels must not exceed max_pixels")
+        if batch_size < 1 or max_batch_tokens < 1 or max_length < 16:
+            raise ValueError("batch_size and max_batch_tokens must be positive, max_length at least 16")
+        self.model_name_or_path = str(model_name_or_path)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, self.device)
+        self.attn_implementation = resolve_attention(attn_implementation, self.device)
+        self.max_length = int(max_length)
+        self.limits = VisionLimits(int(min_pixels), int(max_pixels), int(total_pixels), float(fps), int(max_frames))
+        self.default_instruction = default_instruction
+        self.batch_size = int(batch_size)
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.policy = MediaPolicy(bool(allow_remote), float(remote_timeout), int(max_remote_bytes),
+                                  int(max_image_pixels))
+        self.preprocess_workers = max(0, int(preprocess_workers))
+        self.model_kwargs = dict(model_kwargs or {})
+        self._loaded: LoadedModel | None = None
+        self._load_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------ loading
+    def load(self) -> LoadedModel:
+        """Load the model now (it is otherwise loaded on first use) and return the shared handle."""
+        if self._loaded is None:
+            with self._load_lock:
+                if self._loaded is None:
+                    self._loaded = load_shared(self.model_name_or_path, self._role, self.device, self.dtype,
+                                               self.attn_implementation, self.model_kwargs)
+        return self._loaded
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded is not None
+
+    def _config(self) -> Any:
+        if self._loaded is not None:
+            return self._loaded.config
+        from transformers import AutoConfig
+
+        if not hasattr(self, "_config_cache"):
+            self._config_cache = AutoConfig.from_pretrained(self.model_name_or_path)
+        return self._config_cache
+
+    @property
+    def hidden_size(self) -> int:
+        config = self._config()
+        return int(getattr(config, "text_config", config).hidden_size)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.model_name_or_path!r}, device={str(self.device)!r}, "
+                f"dtype={str(self.dtype).replace('torch.', '')!r}, loaded={self.is_loaded})")
+
+    # ------------------------------------------------------------------------------- preprocessing
+    def _vision_cost(self, item: Item) -> int:
+        """Vision tokens of an item (exact for images, close for videos). Raises _Invalid."""
+        cost = sum(image_tokens(image.width, image.height, self.limits) + 2 for image in item.images)
+        cost += sum(video_tokens(video, item.fps, item.max_frames, self.limits) for video in item.videos)
+        return cost
+
+    def _text_cost(self, texts: Sequence[str]) -> list[int]:
+        tokenizer = self.load().tokenizer
+        if not texts:
+            return []
+        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def _prepare_media(self, item: Item) -> tuple[list[Any], list[Any]]:
+        """Decoded and resized images and videos of one item, in prompt order. Raises _Invalid."""
+        try:
+            images = [prepare_image(image, self.limits, self.policy) for image in item.images]
+            videos = [prepare_video(video, item.fps, item.max_frames, self.limits, self.policy)
+                      for video in item.videos]
+        except _Invalid:
+            raise
+        except Exception as exc:  # decoding errors that a header check cannot see
+            raise _Invalid(f"could not decode media: {exc}") from None
+        return images, videos
+
+    # ------------------------------------------------------------------------------ forward loop
+    def _forward_last_hidden(self, loaded: LoadedModel, sequences: list[EncodedItem]) -> torch.Tensor:
+        """Last-layer hidden state of each sequence's last real token, float32, [B, H] on the model device."""
+        pad_id = loaded.tokenizer.pad_token_id
+        batch, last = collate(sequences, pad_id if pad_id is not None else 0)
+        non_blocking = loaded.device.type == "cuda"
+        if non_blocking:
+            batch = {k: v.pin_memory() for k, v in batch.items()}
+        batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in batch.items()}
+        with loaded.lock, torch.inference_mode():
+            hidden = loaded.backbone(**batch, use_cache=False).last_hidden_state
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            return hidden[rows, last.to(hidden.device)].float()
+
+    def _run(
+        self,
+        costs: Sequence[int],
+        build: BuildSequence,
+        role: str,
+        batch_size: int | None = None,
+        show_progress: bool = False,
+        raise_errors: bool = True,
+    ) -> Iterator[tuple[list[int], torch.Tensor | None, list[Qwen3VLInputError]]]:
+        """Yield (positions, last hidden states [len(positions), H], errors) per micro-batch.
+
+        `build(position)` turns one position into a sequence; it runs in worker threads a couple of batches
+        ahead of the model. A position whose media fail to decode is reported (raised when `raise_errors`).
+        """
+        loaded = self.load()
+        batches = plan_batches(costs, batch_size or self.batch_size, self.max_batch_tokens)
+
+        def build_batch(positions: list[int]) -> tuple[list[int], list[EncodedItem], list[Qwen3VLInputError]]:
+            ok, sequences, errors = [], [], []
+            for position in positions:
+                try:
+                    sequences.append(build(position))
+                    ok.append(position)
+                except _Invalid as exc:
+                    errors.append(Qwen3VLInputError(str(exc), index=position, role=role))
+            return ok, sequences, errors
+
+        progress = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(costs), desc="Qwen3-VL", unit="item")
+        workers = self.preprocess_workers
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qwen3vl-prep") if workers else None
+        try:
+            pending: deque[Future] = deque()
+            upcoming = iter(batches)
+
+            def submit_next() -> None:
+                positions = next(upcoming, None)
+                if positions is not None and pool is not None:
+                    pending.append(pool.submit(build_batch, positions))
+                elif positions is not None:
+                    done: Future = Future()
+                    done.set_result(build_batch(positions))
+                    pending.append(done)
+
+            for _ in range(max(1, workers) + 1):  # keep the workers busy while the model runs
+                submit_next()
+            while pending:
+                ok, sequences, errors = pending.popleft().result()
+                submit_next()
+                if errors and raise_errors:
+                    raise errors[0]
+                hidden = self._forward_last_hidden(loaded, sequences) if sequences else None
+                if progress is not None:
+                    progress.update(len(ok) + len(errors))
+                yield ok, hidden, errors
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if progress is not None:
+                progress.close()

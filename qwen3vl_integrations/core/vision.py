@@ -1,0 +1,188 @@
+"""Vision preprocessing identical to the official implementation (qwen-vl-utils 0.0.14, REFERENCE.md §6).
+
+Images and frame lists are handed (already decoded, as PIL images) to qwen-vl-utils' own `fetch_image` /
+`fetch_video`, so resizing is bit-identical. Video *files* are decoded here (decord as upstream, PyAV as a
+fallback) with upstream's frame sampling, then resized with upstream's per-frame budget — with `total_pixels`
+applied, which the reference forgets for files (REFERENCE.md §11 #2, a deliberate deviation).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from qwen_vl_utils import vision_process as qvu
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from .media import FrameListSource, ImageSource, MediaPolicy, VideoFileSource, VideoSource, _Invalid
+
+PATCH_SIZE = 16
+IMAGE_FACTOR = 32  # patch 16 x spatial merge 2
+FRAME_FACTOR = 2
+VIDEO_FRAME_MIN_PIXELS = qvu.VIDEO_MIN_TOKEN_NUM * IMAGE_FACTOR**2  # 131,072
+VIDEO_FRAME_MAX_PIXELS = qvu.VIDEO_MAX_TOKEN_NUM * IMAGE_FACTOR**2  # 786,432
+TOKENS_PER_GROUP_OVERHEAD = 8  # "<t.t seconds>" plus <|vision_start|> <|vision_end|>, for estimates only
+
+
+@dataclass(frozen=True)
+class VisionLimits:
+    """Pixel and frame budgets (REFERENCE.md §2)."""
+
+    min_pixels: int = 4096
+    max_pixels: int = 1_843_200
+    total_pixels: int = 7_864_320
+    fps: float = 1.0
+    max_frames: int = 64
+
+
+@dataclass
+class PreparedVideo:
+    frames: torch.Tensor  # [T, C, H, W] float, already resized
+    metadata: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------ images
+
+def prepare_image(source: ImageSource, limits: VisionLimits, policy: MediaPolicy):
+    """Decode and resize one image exactly as the reference does (RGBA on white, smart_resize, bicubic)."""
+    image = source.open(policy)
+    return qvu.fetch_image(
+        {"image": image, "min_pixels": limits.min_pixels, "max_pixels": limits.max_pixels},
+        image_patch_size=PATCH_SIZE,
+    )
+
+
+def image_tokens(width: int, height: int, limits: VisionLimits) -> int:
+    """Visual tokens of one image after smart_resize (raises _Invalid for aspect ratios over 200)."""
+    try:
+        h, w = qvu.smart_resize(height, width, IMAGE_FACTOR, limits.min_pixels, limits.max_pixels)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR)
+
+
+# ------------------------------------------------------------------------------------------ videos
+
+def frame_count(item_fps: float | None, item_max_frames: int | None, total_frames: int, video_fps: float,
+                limits: VisionLimits) -> int:
+    """Number of frames sampled from a file (qwen-vl-utils' smart_nframes with the reference's keys)."""
+    ele = {"fps": item_fps or limits.fps, "max_frames": item_max_frames or limits.max_frames}
+    try:
+        return qvu.smart_nframes(ele, total_frames=total_frames, video_fps=video_fps)
+    except (ValueError, AssertionError) as exc:
+        raise _Invalid(f"video too short to sample: {exc}") from None
+
+
+def _frame_budget(nframes: int, height: int, width: int, total_pixels: int) -> tuple[int, int]:
+    """Per-frame resize target under the total budget (REFERENCE.md §6.5)."""
+    max_pixels = max(min(VIDEO_FRAME_MAX_PIXELS, total_pixels / nframes * FRAME_FACTOR),
+                     int(VIDEO_FRAME_MIN_PIXELS * 1.05))
+    return qvu.smart_resize(height, width, IMAGE_FACTOR, VIDEO_FRAME_MIN_PIXELS, max_pixels)
+
+
+def _downsample_frames(frames: list, max_frames: int) -> list:
+    """Frame lists longer than the constructor's max_frames are sub-sampled (REFERENCE.md §3 step 6)."""
+    if len(frames) <= max_frames:
+        return frames
+    import numpy as np
+
+    return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, max_frames, dtype=int)]
+
+
+def _read_frames_pyav(source: VideoFileSource, indices: list[int]) -> torch.Tensor:
+    import av
+    import numpy as np
+
+    wanted = sorted(set(indices))
+    picked: dict[int, np.ndarray] = {}
+    last = None
+    with av.open(source.stream()) as container:
+        for position, frame in enumerate(container.decode(video=0)):
+            last = frame.to_ndarray(format="rgb24")
+            if position in wanted:
+                picked[position] = last
+            if position >= wanted[-1]:
+                break
+    if last is None:
+        raise _Invalid("video has no decodable frames")
+    frames = [picked.get(i, last) for i in indices]  # headers may overstate the count: reuse the last frame
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+
+
+def read_video_file(source: VideoFileSource, item_fps: float | None, item_max_frames: int | None,
+                    limits: VisionLimits) -> PreparedVideo:
+    """Sample frames like qwen-vl-utils' decord reader, then resize under `total_pixels`."""
+    try:
+        import decord  # noqa: F401
+
+        have_decord = True
+    except ImportError:
+        have_decord = False
+    try:
+        if have_decord:
+            import decord
+
+            reader = decord.VideoReader(source.stream())
+            total, video_fps = len(reader), reader.get_avg_fps()
+            nframes = frame_count(item_fps, item_max_frames, total, video_fps, limits)
+            indices = torch.linspace(0, total - 1, nframes).round().long().tolist()
+            video = torch.from_numpy(reader.get_batch(indices).asnumpy()).permute(0, 3, 1, 2)
+            backend = "decord"
+        else:
+            total, video_fps = source.total_frames, source.fps
+            nframes = frame_count(item_fps, item_max_frames, total, video_fps, limits)
+            indices = torch.linspace(0, total - 1, nframes).round().long().tolist()
+            video = _read_frames_pyav(source, indices)
+            backend = "pyav"
+    except _Invalid:
+        raise
+    except Exception as exc:  # decoder errors
+        raise _Invalid(f"unreadable video: {exc}") from None
+    height, width = video.shape[2], video.shape[3]
+    try:
+        new_h, new_w = _frame_budget(video.shape[0], height, width, limits.total_pixels)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    frames = TF.resize(video, [new_h, new_w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    metadata = {"fps": video_fps, "frames_indices": indices, "total_num_frames": total, "video_backend": backend}
+    return PreparedVideo(frames, metadata)
+
+
+def prepare_frame_list(source: FrameListSource, limits: VisionLimits, policy: MediaPolicy) -> PreparedVideo:
+    """Frame lists go through qwen-vl-utils itself (its double resize and 2-fps fake metadata included)."""
+    frames = [frame.open(policy) for frame in _downsample_frames(source.frames, limits.max_frames)]
+    (video, metadata), _ = qvu.fetch_video(
+        {"video": frames, "total_pixels": limits.total_pixels},
+        image_patch_size=PATCH_SIZE, return_video_sample_fps=True, return_video_metadata=True,
+    )
+    return PreparedVideo(video, metadata)
+
+
+def prepare_video(source: VideoSource, item_fps: float | None, item_max_frames: int | None,
+                  limits: VisionLimits, policy: MediaPolicy) -> PreparedVideo:
+    if isinstance(source, FrameListSource):
+        return prepare_frame_list(source, limits, policy)
+    return read_video_file(source, item_fps, item_max_frames, limits)
+
+
+def video_tokens(source: VideoSource, item_fps: float | None, item_max_frames: int | None,
+                 limits: VisionLimits) -> int:
+    """Estimated prompt tokens of one video (vision tokens plus per-group timestamps). Raises _Invalid."""
+    try:
+        if isinstance(source, FrameListSource):
+            n = min(len(source.frames), limits.max_frames)
+            nframes = math.ceil(n / FRAME_FACTOR) * FRAME_FACTOR
+            first = source.frames[0]
+            # qwen-vl-utils first rounds each frame to multiples of 64 (its factor quirk, §6.4).
+            height, width = qvu.smart_resize(first.height, first.width, 2 * IMAGE_FACTOR,
+                                             4 * (2 * IMAGE_FACTOR) ** 2, 16384 * (2 * IMAGE_FACTOR) ** 2)
+        else:
+            nframes = frame_count(item_fps, item_max_frames, source.total_frames, source.fps, limits)
+            height, width = source.height, source.width
+        new_h, new_w = _frame_budget(nframes, height, width, limits.total_pixels)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    groups = nframes // FRAME_FACTOR
+    return groups * ((new_h // IMAGE_FACTOR) * (new_w // IMAGE_FACTOR) + TOKENS_PER_GROUP_OVERHEAD) + 2
