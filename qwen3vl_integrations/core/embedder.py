@@ -168,5 +168,5 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         eot_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         if int(sequence.input_ids[-1]) != eot_id:
             sequence = append_token(sequence, eot_id)
-        special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
-        return truncate_text_tokens(sequence, self.max_length - EMBEDDING_SUFFIX, EMBEDDING_SUFFIX, special_ids)
+        return truncate_text_tokens(sequence, self.max_length - EMBEDDING_SUFFIX, EMBEDDING_SUFFIX,
+                                    loaded.special_ids)

@@ -82,6 +82,15 @@ class LoadedModel:
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
 
+    @property
+    def special_ids(self) -> torch.Tensor:
+        """Ids that truncation never drops (all special tokens, vision placeholders included)."""
+        ids = getattr(self._local, "special_ids", None)
+        if ids is None:
+            ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)
+            self._local.special_ids = ids
+        return ids
+
     def thread_processor(self) -> Any:
         """A processor private to the calling thread (tokenizers are not safe to share across threads)."""
         processor = getattr(self._local, "processor", None)

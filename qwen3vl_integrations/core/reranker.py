@@ -1,0 +1,150 @@
+"""Qwen3-VL-Reranker: the official yes/no relevance score, batched."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .encoding import EncodedItem, encode, truncate_text_tokens
+from .errors import Qwen3VLInputError
+from .inputs import Item, parse_items, raise_first
+from .media import _Invalid
+from .prompts import RERANKER_DEFAULT_INSTRUCTION, render, rerank_conversation
+from .runner import Qwen3VLRunner
+
+RERANK_SUFFIX = 5  # <|im_end|> \n <|im_start|> assistant \n (the reranker tokenizer appends nothing)
+PROMPT_OVERHEAD = 64  # system prompt and markers, for length estimates
+
+
+class Qwen3VLReranker(Qwen3VLRunner):
+    """Scores (query, document) pairs with Qwen3-VL-Reranker: sigmoid(h_last · (W_yes − W_no)), in float32.
+
+    Queries and documents take every input form the embedder takes. Pairs are scored in length-sorted
+    micro-batches (the reference runs one pair per forward pass); the query's media are decoded once per call.
+    """
+
+    _role = "reranker"
+
+    def __init__(
+        self,
+        model_name_or_path: str = "Qwen/Qwen3-VL-Reranker-2B",
+        *,
+        max_length: int = 10240,
+        default_instruction: str = RERANKER_DEFAULT_INSTRUCTION,
+        batch_size: int = 16,
+        **options: Any,
+    ) -> None:
+        super().__init__(model_name_or_path, max_length=max_length, default_instruction=default_instruction,
+                         batch_size=batch_size, **options)
+
+    # ------------------------------------------------------------------------------- public API
+    def score(self, query: Any, documents: Sequence[Any], *, instruction: str | None = None,
+              batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
+        """Relevance of each document to the query: float32 [N] in (0, 1), in the documents' order."""
+        if isinstance(documents, (str, dict)):
+            raise TypeError("score() takes a list of documents; wrap a single document in a list")
+        documents = list(documents)
+        return self.score_pairs([(query, document) for document in documents], instruction=instruction,
+                                batch_size=batch_size, show_progress=show_progress, _one_query=True)
+
+    def rank(self, query: Any, documents: Sequence[Any], *, top_n: int | None = None,
+             instruction: str | None = None, batch_size: int | None = None) -> list[tuple[int, float]]:
+        """(document index, score) pairs, best first, cut to `top_n`. Ties keep the input order."""
+        scores = self.score(query, documents, instruction=instruction, batch_size=batch_size)
+        order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+        if top_n is not None:
+            order = order[: max(0, int(top_n))]
+        return [(i, float(scores[i])) for i in order]
+
+    def process(self, inputs: dict[str, Any]) -> list[float]:
+        """The official API: {"instruction", "query", "documents", "fps", "max_frames"} -> list of scores."""
+        query, documents = inputs.get("query"), list(inputs.get("documents") or [])
+        if not query or not documents:
+            return []
+        fps, max_frames = inputs.get("fps"), inputs.get("max_frames")
+        if fps is not None or max_frames is not None:  # apply to every video in the query and documents
+            def with_video_options(obj: Any) -> Any:
+                if not isinstance(obj, dict):
+                    return obj
+                return {**obj, **({"fps": fps} if fps is not None else {}),
+                        **({"max_frames": max_frames} if max_frames is not None else {})}
+            query, documents = with_video_options(query), [with_video_options(d) for d in documents]
+        return [float(s) for s in self.score(query, documents, instruction=inputs.get("instruction"))]
+
+    def score_pairs(self, pairs: Sequence[tuple[Any, Any]], *, instruction: str | None = None,
+                    batch_size: int | None = None, show_progress: bool = False,
+                    _one_query: bool = False) -> np.ndarray:
+        """Scores of arbitrary (query, document) pairs. Equal queries are validated and decoded once."""
+        pairs = list(pairs)
+        if not pairs:
+            return np.zeros(0, np.float32)
+        query_keys: dict[int, int] = {}
+        raw_queries: list[Any] = []
+        pair_query: list[int] = []
+        for query, _ in pairs:
+            key = 0 if _one_query else id(query)
+            if key not in query_keys:
+                query_keys[key] = len(raw_queries)
+                raw_queries.append(query)
+            pair_query.append(query_keys[key])
+        queries, query_errors = parse_items(raw_queries, self.policy, role="query")
+        if query_errors:
+            error = query_errors[0]
+            raise Qwen3VLInputError(error.cause, index=None if _one_query else error.index, role="query")
+        documents, errors = parse_items([document for _, document in pairs], self.policy, role="document")
+        costs: list[int] = []
+        query_costs = []
+        for q, item in enumerate(queries):
+            try:
+                query_costs.append(self._vision_cost(item))
+            except _Invalid as exc:
+                raise Qwen3VLInputError(str(exc), index=None if _one_query else q, role="query") from None
+        for position, item in enumerate(documents):
+            if item is None:
+                costs.append(0)
+                continue
+            try:
+                costs.append(self._vision_cost(item) + query_costs[pair_query[position]])
+            except _Invalid as exc:
+                errors.append(Qwen3VLInputError(str(exc), index=position, role="document"))
+        errors.sort(key=lambda e: e.index)
+        raise_first(errors)
+
+        text_costs = self._text_cost([" ".join(documents[p].texts + queries[pair_query[p]].texts)
+                                      for p in range(len(pairs))])
+        costs = [c + t + PROMPT_OVERHEAD for c, t in zip(costs, text_costs)]
+        loaded = self.load()
+        prepared_queries = [self._prepare_or_raise(query, None if _one_query else q, "query")
+                            for q, query in enumerate(queries)]
+
+        def build(position: int) -> EncodedItem:
+            q = pair_query[position]
+            return self._encode_pair(loaded, queries[q], prepared_queries[q], documents[position], instruction)
+
+        scores = np.zeros(len(pairs), np.float32)
+        for positions, hidden, _ in self._run(costs, build, "document", batch_size, show_progress):
+            logits = hidden @ loaded.score_weight
+            scores[positions] = torch.sigmoid(logits).cpu().numpy()
+        return scores
+
+    # ----------------------------------------------------------------------------- internals
+    def _prepare_or_raise(self, item: Item, index: int | None, role: str) -> tuple[list[Any], list[Any]]:
+        try:
+            return self._prepare_media(item)
+        except _Invalid as exc:
+            raise Qwen3VLInputError(str(exc), index=index, role=role) from None
+
+    def _encode_pair(self, loaded: Any, query: Item, query_media: tuple[list[Any], list[Any]], document: Item,
+                     instruction: str | None) -> EncodedItem:
+        processor = loaded.thread_processor()
+        text = render(processor, rerank_conversation(query, document, instruction, self.default_instruction))
+        doc_images, doc_videos = self._prepare_media(document)
+        # Media follow prompt order: the query's videos and images come before the document's.
+        videos = query_media[1] + doc_videos
+        images = query_media[0] + doc_images
+        try:
+            sequence = encode(processor, text, images, videos)
+        except Exception as exc:
+            raise _Invalid(f"could not encode input: {exc}") from None
+        return truncate_text_tokens(sequence, self.max_length, RERANK_SUFFIX, loaded.special_ids)
