@@ -328,7 +328,9 @@ def test_cross_encoder_groups_pairs_by_query():
 
 
 def _images(media_dir: Path) -> list[str]:
-    paths = sorted(p for p in media_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    """The readable pictures of the `media_dir` fixture (it also holds a broken.png that is not an image)."""
+    names = ("red.png", "blue.jpg", "wide.png", "rgba.png", "gray.png")
+    paths = [media_dir / n for n in names if (media_dir / n).exists()]
     assert len(paths) >= 3, paths
     return [str(p) for p in paths]
 
@@ -361,10 +363,29 @@ def test_tiny_embeddings_agree_with_core(tiny_embedder, tiny_embedding_path, med
     np.testing.assert_allclose(emb.embed_video(uris=[video]), tiny_embedder.embed([{"video": video}]), atol=1e-5)
     mixed = ["text", {"text": "caption", "image": images[0]}]
     np.testing.assert_allclose(emb.embed_multimodal(mixed), tiny_embedder.embed(mixed), atol=1e-5)
-    # the query instruction changes the vector; MRL truncation gives unit vectors of the asked size
+    # the query instruction changes the vector
     assert not np.allclose(emb.embed_query("a cat"), emb.embed_documents(["a cat"])[0])
-    small = Qwen3VLEmbeddings(embedder=tiny_embedder, dimensions=8).embed_documents(["a cat"])[0]
+
+
+def test_tiny_embeddings_share_the_core_model(tiny_embedder, tiny_embedding_path):
+    from qwen3vl_integrations.core.loading import registry_size
+
+    emb = Qwen3VLEmbeddings(model_name=str(tiny_embedding_path), device="cpu", core_options=TINY_OPTIONS)
+    assert emb._core is None  # nothing built before first use
+    tiny_embedder.load()
+    before = registry_size()
+    emb.embed_query("x")
+    other = Qwen3VLEmbeddings(model_name=str(tiny_embedding_path), device="cpu")
+    other.embed_documents(["y"])
+    assert registry_size() == before  # same checkpoint, device and dtype: one model in the process
+
+
+def test_tiny_embeddings_dimensions(tiny_embedder):
+    emb = Qwen3VLEmbeddings(embedder=tiny_embedder, dimensions=8)
+    small = emb.embed_documents(["a cat"])[0]
     assert len(small) == 8 and np.linalg.norm(small) == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(emb.embed_query("a cat"), tiny_embedder.embed(
+        ["a cat"], instruction=DEFAULT_QUERY_INSTRUCTION, dimensions=8)[0], atol=1e-5)
 
 
 def test_tiny_chroma_add_images_and_search_by_image(lc_embeddings, tiny_embedder, media_dir):
