@@ -381,11 +381,19 @@ def test_tiny_embeddings_share_the_core_model(tiny_embedder, tiny_embedding_path
 
 
 def test_tiny_embeddings_dimensions(tiny_embedder):
-    emb = Qwen3VLEmbeddings(embedder=tiny_embedder, dimensions=8)
-    small = emb.embed_documents(["a cat"])[0]
-    assert len(small) == 8 and np.linalg.norm(small) == pytest.approx(1.0, abs=1e-4)
-    np.testing.assert_allclose(emb.embed_query("a cat"), tiny_embedder.embed(
-        ["a cat"], instruction=DEFAULT_QUERY_INSTRUCTION, dimensions=8)[0], atol=1e-5)
+    # the tiny model's hidden size is 64, which is also the smallest Matryoshka size the core allows
+    dim = tiny_embedder.embedding_dim
+    emb = Qwen3VLEmbeddings(embedder=tiny_embedder, dimensions=dim)
+    vec = emb.embed_documents(["a cat"])[0]
+    assert len(vec) == dim and np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(
+        emb.embed_query("a cat"),
+        tiny_embedder.embed(["a cat"], instruction=DEFAULT_QUERY_INSTRUCTION, dimensions=dim)[0],
+        atol=1e-5,
+    )
+    # the core's validation reaches the user unchanged
+    with pytest.raises(ValueError, match="dimensions"):
+        Qwen3VLEmbeddings(embedder=tiny_embedder, dimensions=8).embed_query("a cat")
 
 
 def test_tiny_chroma_add_images_and_search_by_image(lc_embeddings, tiny_embedder, media_dir):
@@ -541,3 +549,15 @@ def test_tiny_cross_encoder_reranker(tiny_reranker, tiny_reranker_path):
     # the one-line switch: model_name=... builds the core reranker lazily, same scores
     by_name = Qwen3VLCrossEncoder(model_name=str(tiny_reranker_path), device="cpu", core_options=TINY_OPTIONS)
     np.testing.assert_allclose(by_name.score(pairs), expected, atol=1e-5)
+
+
+def test_tiny_input_errors_reach_the_user(lc_embeddings, lc_rerank, media_dir):
+    from qwen3vl_integrations import Qwen3VLInputError
+
+    with pytest.raises(Qwen3VLInputError) as info:
+        lc_embeddings.embed_image(uris=[_images(media_dir)[0], str(media_dir / "broken.png")])
+    assert info.value.index == 1
+    docs = [Document(page_content="ok"), Document(page_content="x", metadata={"image_path": "/no/such/file.png"})]
+    with pytest.raises(Qwen3VLInputError) as info:
+        lc_rerank.compress_documents(docs, "q")
+    assert info.value.index == 1 and info.value.role == "document"
