@@ -561,3 +561,12 @@ def test_tiny_input_errors_reach_the_user(lc_embeddings, lc_rerank, media_dir):
     with pytest.raises(Qwen3VLInputError) as info:
         lc_rerank.compress_documents(docs, "q")
     assert info.value.index == 1 and info.value.role == "document"
+
+
+def test_tiny_rerank_image_query(lc_rerank, tiny_reranker, media_dir):
+    """Our extension: a core item dict as the query (image -> documents)."""
+    docs = _media_docs(media_dir)
+    query = {"image": _images(media_dir)[2]}
+    out = lc_rerank.compress_documents(docs, query)
+    core_scores = np.asarray(tiny_reranker.score(query, [document_to_item(d) for d in docs]), dtype=np.float64)
+    assert [d.metadata["id"] for d in out] == list(np.argsort(-core_scores, kind="stable")[:3])
