@@ -1,7 +1,9 @@
 """Turning user inputs (strings and dicts) into validated multimodal items (REFERENCE.md §1.3 and §3)."""
 from __future__ import annotations
 
+import io
 import numbers
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,29 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def _is_image_data(value: Any) -> bool:
+    """True when bytes (or a seekable binary stream) hold an image that Pillow recognises from its header."""
+    try:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            stream: Any = io.BytesIO(bytes(value))
+        elif hasattr(value, "read") and hasattr(value, "seek"):
+            position = value.tell()
+            try:
+                stream = io.BytesIO(value.read())
+            finally:
+                value.seek(position)
+        else:
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(stream):
+                return True
+    except Image.DecompressionBombError:
+        return True  # an image (refused later, with the cause, when the frame is resolved)
+    except Exception:  # not an image: a video file, or something unreadable (reported when resolved)
+        return False
+
+
 def _looks_like_frame(value: Any) -> bool:
     if isinstance(value, Image.Image):
         return True
@@ -55,14 +80,15 @@ def _looks_like_frame(value: Any) -> bool:
     if isinstance(value, (str, Path)):
         text = str(value)
         return text.startswith("data:image") or has_extension(text, IMAGE_EXTENSIONS)
-    return False
+    return _is_image_data(value)  # frames given as encoded bytes / BytesIO
 
 
 def is_single_video(value: Any) -> bool:
     """The reference's `is_video_input`, extended to paths, bytes and arrays.
 
     A string, Path, bytes or [T, H, W, 3] array is one video; a list whose first element is a frame (PIL image,
-    image array, image path or data:image URI) is one video given as frames; any other list is several videos.
+    image array, image path, data:image URI, or encoded image bytes / BytesIO) is one video given as frames; any
+    other list is several videos.
     """
     if isinstance(value, (str, Path, bytes, bytearray)) or hasattr(value, "read"):
         return True
