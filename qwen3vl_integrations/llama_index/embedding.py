@@ -1,0 +1,354 @@
+"""``Qwen3VLEmbedding``: Qwen3-VL-Embedding as a LlamaIndex ``MultiModalEmbedding``.
+
+Text, images and video land in one vector space. Queries get a task instruction (``query_instruction``); documents
+(text, images, video, nodes) get ``text_instruction`` (None: the model's default, "Represent the user's input.").
+All model work happens in the core :class:`~qwen3vl_integrations.Qwen3VLEmbedder`.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from llama_index.core.base.embeddings.base import Embedding
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.embeddings import MultiModalEmbedding
+from llama_index.core.schema import BaseNode, ImageType, QueryBundle
+
+from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
+from .nodes import node_to_item
+
+DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
+DEFAULT_EMBED_BATCH_SIZE = 32
+
+__all__ = ["Qwen3VLEmbedding", "image_query_bundle", "video_query_bundle", "DEFAULT_EMBEDDING_MODEL"]
+
+
+def _dtype_name(value: Any) -> Any:
+    """Keep ``dtype`` serialisable: ``torch.bfloat16`` -> ``"bfloat16"``."""
+    if value is None or isinstance(value, str):
+        return value
+    text = str(value)
+    return text[len("torch."):] if text.startswith("torch.") else text
+
+
+def _add_note(error: BaseException, items_owner: Sequence[Any], describe) -> None:
+    """Attach "while embedding node <id>" to a core input error whose index points into `items_owner`."""
+    index = getattr(error, "index", None)
+    if isinstance(index, int) and 0 <= index < len(items_owner):
+        error.add_note(describe(items_owner[index]))
+
+
+class Qwen3VLEmbedding(MultiModalEmbedding):
+    """Qwen3-VL-Embedding for LlamaIndex: text, images and video in one space.
+
+    Args:
+        model_name: Hugging Face id or local folder (default ``Qwen/Qwen3-VL-Embedding-2B``).
+        embed_batch_size: items per forward pass; also the chunk size of LlamaIndex's ``get_*_batch`` methods.
+        device: ``"cuda"``, ``"cpu"``, ... (None: the core picks the best available).
+        dtype: ``"bfloat16"``, ``"float32"``, ... (None: the core's default for the device).
+        dimensions: Matryoshka output size (None: the full hidden size).
+        query_instruction: instruction for queries (``get_query_embedding``, text-to-image search in
+            ``MultiModalVectorStoreIndex``, ``get_image_query_embedding``, ``get_video_query_embedding``).
+        text_instruction: instruction for documents: text, images, video and nodes (None: the model's default).
+        max_pixels: per-image pixel budget (None: the core's default).
+        core_options: any other ``Qwen3VLEmbedder`` constructor options (``attn_implementation``, ``fps``, ...).
+        embedder: an existing core ``Qwen3VLEmbedder`` to use instead of building one from the fields above.
+
+    Nothing is loaded at construction; the model loads on first use, and adapters with the same model, device and
+    dtype (LlamaIndex or LangChain) share one loaded copy.
+
+    As a transformation (``IngestionPipeline``, ``index.insert_nodes`` after ``embed(nodes)``), it embeds an
+    ``ImageNode`` or a ``Node`` with ``image_resource`` as an image, a node with a video (``video_resource``,
+    metadata ``video_path``/``video_url``, or a text-less node whose ``file_path`` is a video) as a video, and every
+    other node as text, one batch per modality. Nodes with media are embedded from their media alone (see
+    :mod:`qwen3vl_integrations.llama_index.nodes`).
+    """
+
+    model_name: str = Field(default=DEFAULT_EMBEDDING_MODEL, description="Hugging Face id or local path.")
+    embed_batch_size: int = Field(
+        default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048, description="Items per forward pass / per batch call."
+    )
+    device: Optional[str] = Field(default=None, description="Torch device; None picks one on first use.")
+    dtype: Optional[str] = Field(default=None, description="Torch dtype name; None uses the core default.")
+    dimensions: Optional[int] = Field(default=None, gt=0, description="Matryoshka output dimension.")
+    query_instruction: Optional[str] = Field(
+        default=DEFAULT_QUERY_INSTRUCTION, description="Instruction for queries (None: the model default)."
+    )
+    text_instruction: Optional[str] = Field(
+        default=None, description="Instruction for documents: text, images, video (None: the model default)."
+    )
+    max_pixels: Optional[int] = Field(default=None, gt=0, description="Per-image pixel budget.")
+    core_options: Dict[str, Any] = Field(
+        default_factory=dict, description="Other keyword arguments for the core Qwen3VLEmbedder."
+    )
+
+    _embedder: Any = PrivateAttr(default=None)
+    _owns_embedder: bool = PrivateAttr(default=True)
+
+    def __init__(self, *, embedder: Any = None, **kwargs: Any) -> None:
+        if embedder is not None:
+            kwargs.setdefault("model_name", str(embedder.model_name_or_path))
+            core_batch = getattr(embedder, "batch_size", None)
+            if isinstance(core_batch, int) and core_batch > 0:
+                kwargs.setdefault("embed_batch_size", min(core_batch, 2048))
+        super().__init__(**kwargs)
+        if embedder is not None:
+            self._embedder = embedder
+            self._owns_embedder = False
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _normalise_dtype(cls, value: Any) -> Any:
+        return _dtype_name(value)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Qwen3VLEmbedding"
+
+    # ------------------------------------------------------------------ core access
+
+    @property
+    def embedder(self) -> Any:
+        """The core ``Qwen3VLEmbedder`` (built on first access; loading the weights waits for the first call)."""
+        if self._embedder is None:
+            from .. import Qwen3VLEmbedder
+
+            options: Dict[str, Any] = {"batch_size": self.embed_batch_size}
+            if self.device is not None:
+                options["device"] = self.device
+            if self.dtype is not None:
+                options["dtype"] = self.dtype
+            if self.max_pixels is not None:
+                options["max_pixels"] = self.max_pixels
+            options.update(self.core_options)
+            self._embedder = Qwen3VLEmbedder(model_name_or_path=self.model_name, **options)
+        return self._embedder
+
+    @property
+    def embedding_dim(self) -> int:
+        """Length of the vectors this adapter returns (``dimensions`` or the model's hidden size)."""
+        return self.dimensions if self.dimensions is not None else int(self.embedder.embedding_dim)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # A core embedder we built ourselves is rebuilt (and its model re-shared) after unpickling; do not drag a
+        # loaded model through pickle. One the user passed in is kept.
+        state = super().__getstate__()
+        private = state.get("__pydantic_private__")
+        if private and private.get("_owns_embedder", True) and "_embedder" in private:
+            private = dict(private)
+            private["_embedder"] = None
+            state["__pydantic_private__"] = private
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        # BaseComponent re-runs __init__ from the fields, which loses private attributes: restore a core object
+        # the user passed in.
+        super().__setstate__(state)
+        private = state.get("__pydantic_private__") or {}
+        if private.get("_embedder") is not None and not private.get("_owns_embedder", True):
+            self._embedder = private["_embedder"]
+            self._owns_embedder = False
+
+    def _embed(
+        self, items: Sequence[Any], instruction: Optional[str], show_progress: bool = False
+    ) -> List[Embedding]:
+        if len(items) == 0:
+            return []
+        vectors = self.embedder.embed(
+            list(items),
+            instruction=instruction,
+            dimensions=self.dimensions,
+            batch_size=self.embed_batch_size,
+            show_progress=show_progress,
+        )
+        return vectors.tolist()
+
+    def _embed_with_event(
+        self, items: Sequence[Any], chunks: Sequence[Any], instruction: Optional[str], show_progress: bool = False
+    ) -> List[Embedding]:
+        """One core call for media items, reported as one ``CBEventType.EMBEDDING`` callback event."""
+        with self.callback_manager.event(
+            CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: self.to_payload()}
+        ) as event:
+            embeddings = self._embed(items, instruction, show_progress=show_progress)
+            event.on_end(payload={EventPayload.CHUNKS: list(chunks), EventPayload.EMBEDDINGS: embeddings})
+        return embeddings
+
+    # ------------------------------------------------------------------ LlamaIndex text / query
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._embed([query], self.query_instruction)[0]
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._embed([text], self.text_instruction)[0]
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    def _get_text_embeddings(self, texts: List[str]) -> List[Embedding]:
+        return self._embed(texts, self.text_instruction)
+
+    async def _aget_text_embeddings(self, texts: List[str]) -> List[Embedding]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+    # ------------------------------------------------------------------ LlamaIndex images (document side)
+
+    def _get_image_embedding(self, img_file_path: ImageType) -> Embedding:
+        return self._get_image_embeddings([img_file_path])[0]
+
+    async def _aget_image_embedding(self, img_file_path: ImageType) -> Embedding:
+        return await asyncio.to_thread(self._get_image_embedding, img_file_path)
+
+    def _get_image_embeddings(self, img_file_paths: List[ImageType]) -> List[Embedding]:
+        """Images as str path / URL, ``pathlib.Path``, ``BytesIO``, bytes or ``PIL.Image``: one batched call."""
+        return self._embed([{"image": image} for image in img_file_paths], self.text_instruction)
+
+    async def _aget_image_embeddings(self, img_file_paths: List[ImageType]) -> List[Embedding]:
+        return await asyncio.to_thread(self._get_image_embeddings, img_file_paths)
+
+    # ------------------------------------------------------------------ video (VoyageEmbedding naming)
+
+    def get_video_embedding(self, video_path: Any) -> Embedding:
+        """Embed one video (document side): a file path, URL, bytes or a list of frames."""
+        return self.get_video_embeddings([video_path])[0]
+
+    def get_video_embeddings(self, video_paths: Sequence[Any]) -> List[Embedding]:
+        """Embed videos (document side) in one batched call."""
+        videos = list(video_paths)
+        return self._embed_with_event([{"video": video} for video in videos], videos, self.text_instruction)
+
+    async def aget_video_embedding(self, video_path: Any) -> Embedding:
+        return await asyncio.to_thread(self.get_video_embedding, video_path)
+
+    async def aget_video_embeddings(self, video_paths: Sequence[Any]) -> List[Embedding]:
+        return await asyncio.to_thread(self.get_video_embeddings, video_paths)
+
+    # ------------------------------------------------------------------ image / video / mixed queries
+
+    def get_image_query_embedding(self, image: Any) -> Embedding:
+        """Embed an image used as a *query* (with ``query_instruction``), for searching the shared space."""
+        return self._embed_with_event([{"image": image}], [image], self.query_instruction)[0]
+
+    def get_video_query_embedding(self, video: Any) -> Embedding:
+        """Embed a video used as a *query* (with ``query_instruction``)."""
+        return self._embed_with_event([{"video": video}], [video], self.query_instruction)[0]
+
+    async def aget_image_query_embedding(self, image: Any) -> Embedding:
+        return await asyncio.to_thread(self.get_image_query_embedding, image)
+
+    async def aget_video_query_embedding(self, video: Any) -> Embedding:
+        return await asyncio.to_thread(self.get_video_query_embedding, video)
+
+    def get_multimodal_embedding(
+        self,
+        text: Optional[str] = None,
+        image: Any = None,
+        video: Any = None,
+        instruction: Optional[str] = None,
+    ) -> Embedding:
+        """Embed one item made of any mix of text, image(s) and video(s).
+
+        ``image`` / ``video`` may be a single source or a list. ``instruction`` defaults to ``text_instruction``
+        (the document side); pass ``instruction=embed.query_instruction`` to embed a mixed *query*.
+        """
+        item: Dict[str, Any] = {}
+        if text is not None:
+            item["text"] = text
+        if image is not None:
+            item["image"] = image
+        if video is not None:
+            item["video"] = video
+        if not item:
+            raise ValueError("get_multimodal_embedding needs at least one of text, image or video.")
+        chosen = self.text_instruction if instruction is None else instruction
+        return self._embed_with_event([item], [item], chosen)[0]
+
+    async def aget_multimodal_embedding(
+        self,
+        text: Optional[str] = None,
+        image: Any = None,
+        video: Any = None,
+        instruction: Optional[str] = None,
+    ) -> Embedding:
+        return await asyncio.to_thread(self.get_multimodal_embedding, text, image, video, instruction)
+
+    # ------------------------------------------------------------------ node routing (transformation)
+
+    def _route(self, nodes: Sequence[BaseNode]) -> Dict[str, List[tuple]]:
+        groups: Dict[str, List[tuple]] = {"text": [], "image": [], "video": []}
+        for position, node in enumerate(nodes):
+            kind, item = node_to_item(node)
+            groups[kind].append((position, item))
+        return groups
+
+    def _embed_media_group(self, nodes: Sequence[BaseNode], group: List[tuple], show_progress: bool) -> List[Embedding]:
+        items = [item for _, item in group]
+        try:
+            return self._embed_with_event(items, items, self.text_instruction, show_progress=show_progress)
+        except ValueError as error:  # Qwen3VLInputError: say which node it was
+            _add_note(error, group, lambda entry: f"while embedding node {nodes[entry[0]].node_id!r}")
+            raise
+
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        """Embed nodes in place by modality (text, image, video), one batch per modality."""
+        groups = self._route(nodes)
+        show_progress = bool(kwargs.get("show_progress", False))
+        if groups["text"]:
+            embeddings = self.get_text_embedding_batch([text for _, text in groups["text"]], **kwargs)
+            for (position, _), embedding in zip(groups["text"], embeddings):
+                nodes[position].embedding = embedding
+        for kind in ("image", "video"):
+            if groups[kind]:
+                embeddings = self._embed_media_group(nodes, groups[kind], show_progress)
+                for (position, _), embedding in zip(groups[kind], embeddings):
+                    nodes[position].embedding = embedding
+        return nodes
+
+    async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        """Async :meth:`__call__`: the model runs in a worker thread; modalities are embedded one after another."""
+        groups = self._route(nodes)
+        show_progress = bool(kwargs.get("show_progress", False))
+        if groups["text"]:
+            embeddings = await self.aget_text_embedding_batch([text for _, text in groups["text"]], **kwargs)
+            for (position, _), embedding in zip(groups["text"], embeddings):
+                nodes[position].embedding = embedding
+        for kind in ("image", "video"):
+            if groups[kind]:
+                embeddings = await asyncio.to_thread(self._embed_media_group, nodes, groups[kind], show_progress)
+                for (position, _), embedding in zip(groups[kind], embeddings):
+                    nodes[position].embedding = embedding
+        return nodes
+
+
+def _media_bundle(embed_model: Qwen3VLEmbedding, kind: str, media: Any, query_str: str) -> QueryBundle:
+    if query_str:
+        embedding = embed_model.get_multimodal_embedding(
+            text=query_str, instruction=embed_model.query_instruction, **{kind: media}
+        )
+    elif kind == "image":
+        embedding = embed_model.get_image_query_embedding(media)
+    else:
+        embedding = embed_model.get_video_query_embedding(media)
+    path = str(media) if isinstance(media, (str, Path)) else None
+    return QueryBundle(query_str=query_str, image_path=path, embedding=embedding)
+
+
+def image_query_bundle(embed_model: Qwen3VLEmbedding, image: Any, query_str: str = "") -> QueryBundle:
+    """A ``QueryBundle`` that searches an index by image: ``retriever.retrieve(image_query_bundle(embed, "q.jpg"))``.
+
+    The bundle carries the image's query embedding, made with ``query_instruction`` (a vector retriever uses it as
+    is), and, for a path or URL, ``image_path`` (so :class:`Qwen3VLRerank` reranks against the image too). With a
+    ``query_str``, the embedding is of the text and the image together.
+    """
+    return _media_bundle(embed_model, "image", image, query_str)
+
+
+def video_query_bundle(embed_model: Qwen3VLEmbedding, video: Any, query_str: str = "") -> QueryBundle:
+    """Like :func:`image_query_bundle`, for a video query (``image_path`` is the only media slot a bundle has;
+    :class:`Qwen3VLRerank` recognises a video there by its file extension)."""
+    return _media_bundle(embed_model, "video", video, query_str)

@@ -1,0 +1,168 @@
+"""``Qwen3VLRerank``: Qwen3-VL-Reranker as a LlamaIndex node postprocessor, for text, image and video nodes.
+
+The query is ``query_bundle.query_str`` and/or ``query_bundle.image_path`` (an image, or a video recognised by its
+file extension). Documents are read from the nodes exactly as the embedding adapter reads them
+(:mod:`qwen3vl_integrations.llama_index.nodes`). All model work happens in the core
+:class:`~qwen3vl_integrations.Qwen3VLReranker`.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Dict, List, Optional
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import NodeWithScore, QueryBundle
+
+from .embedding import _dtype_name
+from .nodes import node_to_item, query_bundle_to_item
+
+DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-VL-Reranker-2B"
+
+dispatcher = get_dispatcher(__name__)
+
+__all__ = ["Qwen3VLRerank", "DEFAULT_RERANKER_MODEL"]
+
+
+class Qwen3VLRerank(BaseNodePostprocessor):
+    """Rerank retrieved nodes (text, ``ImageNode``, ``Node`` with image/video resources, nodes whose metadata names
+    an image or video file) with Qwen3-VL-Reranker.
+
+    Args:
+        model: Hugging Face id or local folder (default ``Qwen/Qwen3-VL-Reranker-2B``).
+        top_n: how many nodes to keep (None keeps all, reordered).
+        instruction: the task instruction (None: the model's default).
+        keep_retrieval_score: copy each node's previous score to ``node.node.metadata["retrieval_score"]``.
+        batch_size: query-document pairs per forward pass (None: the core's default).
+        device, dtype: as for the core (None: picked on first use).
+        core_options: other ``Qwen3VLReranker`` constructor options.
+        reranker: an existing core ``Qwen3VLReranker`` to use instead.
+
+    Scores are relevance probabilities in (0, 1), written to ``NodeWithScore.score``; nodes are sorted best first.
+    Emits ``ReRankStartEvent`` / ``ReRankEndEvent`` and a ``CBEventType.RERANKING`` callback event.
+    """
+
+    model: str = Field(default=DEFAULT_RERANKER_MODEL, description="Hugging Face id or local path.")
+    top_n: Optional[int] = Field(default=5, gt=0, description="Number of nodes to return (None: all).")
+    instruction: Optional[str] = Field(default=None, description="Task instruction (None: the model default).")
+    keep_retrieval_score: bool = Field(
+        default=False, description="Keep the retriever's score in metadata['retrieval_score']."
+    )
+    batch_size: Optional[int] = Field(default=None, gt=0, description="Pairs per forward pass (None: core default).")
+    device: Optional[str] = Field(default=None, description="Torch device; None picks one on first use.")
+    dtype: Optional[str] = Field(default=None, description="Torch dtype name; None uses the core default.")
+    core_options: Dict[str, Any] = Field(
+        default_factory=dict, description="Other keyword arguments for the core Qwen3VLReranker."
+    )
+
+    _reranker: Any = PrivateAttr(default=None)
+    _owns_reranker: bool = PrivateAttr(default=True)
+
+    def __init__(self, *, reranker: Any = None, **kwargs: Any) -> None:
+        if reranker is not None:
+            kwargs.setdefault("model", str(reranker.model_name_or_path))
+        super().__init__(**kwargs)
+        if reranker is not None:
+            self._reranker = reranker
+            self._owns_reranker = False
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _normalise_dtype(cls, value: Any) -> Any:
+        return _dtype_name(value)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Qwen3VLRerank"
+
+    @property
+    def reranker(self) -> Any:
+        """The core ``Qwen3VLReranker`` (built on first access; weights load on the first scoring call)."""
+        if self._reranker is None:
+            from .. import Qwen3VLReranker
+
+            options: Dict[str, Any] = {}
+            if self.batch_size is not None:
+                options["batch_size"] = self.batch_size
+            if self.device is not None:
+                options["device"] = self.device
+            if self.dtype is not None:
+                options["dtype"] = self.dtype
+            options.update(self.core_options)
+            self._reranker = Qwen3VLReranker(model_name_or_path=self.model, **options)
+        return self._reranker
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__()
+        private = state.get("__pydantic_private__")
+        if private and private.get("_owns_reranker", True) and "_reranker" in private:
+            private = dict(private)
+            private["_reranker"] = None
+            state["__pydantic_private__"] = private
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        # BaseComponent re-runs __init__ from the fields, which loses private attributes: restore a core object
+        # the user passed in.
+        super().__setstate__(state)
+        private = state.get("__pydantic_private__") or {}
+        if private.get("_reranker") is not None and not private.get("_owns_reranker", True):
+            self._reranker = private["_reranker"]
+            self._owns_reranker = False
+
+    def _postprocess_nodes(
+        self,
+        nodes: List[NodeWithScore],
+        query_bundle: Optional[QueryBundle] = None,
+    ) -> List[NodeWithScore]:
+        top_n = self.top_n if self.top_n is not None else len(nodes)
+        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=self.model))
+        if query_bundle is None:
+            raise ValueError("Missing query bundle in extra info.")
+        if len(nodes) == 0:
+            dispatcher.event(ReRankEndEvent(nodes=[]))
+            return []
+
+        query = query_bundle_to_item(query_bundle)
+        documents = [node_to_item(node_with_score.node)[1] for node_with_score in nodes]
+
+        with self.callback_manager.event(
+            CBEventType.RERANKING,
+            payload={
+                EventPayload.NODES: nodes,
+                EventPayload.MODEL_NAME: self.model,
+                EventPayload.QUERY_STR: query_bundle.query_str,
+                EventPayload.TOP_K: top_n,
+            },
+        ) as event:
+            try:
+                scores = self.reranker.score(query, documents, instruction=self.instruction, batch_size=self.batch_size)
+            except ValueError as error:  # Qwen3VLInputError: say which node it was
+                index = getattr(error, "index", None)
+                if getattr(error, "role", None) == "document" and isinstance(index, int) and 0 <= index < len(nodes):
+                    error.add_note(f"while reranking node {nodes[index].node.node_id!r}")
+                raise
+            if len(scores) != len(nodes):  # pragma: no cover - a core contract violation
+                raise RuntimeError(f"the reranker returned {len(scores)} scores for {len(nodes)} nodes")
+
+            for node_with_score, score in zip(nodes, scores):
+                if self.keep_retrieval_score:
+                    node_with_score.node.metadata["retrieval_score"] = node_with_score.score
+                node_with_score.score = float(score)
+
+            new_nodes = sorted(nodes, key=lambda n: n.score, reverse=True)[:top_n]
+            event.on_end(payload={EventPayload.NODES: new_nodes})
+
+        dispatcher.event(ReRankEndEvent(nodes=new_nodes))
+        return new_nodes
+
+    async def _apostprocess_nodes(
+        self,
+        nodes: List[NodeWithScore],
+        query_bundle: Optional[QueryBundle] = None,
+    ) -> List[NodeWithScore]:
+        """The model runs in a worker thread so that the event loop stays free."""
+        return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
