@@ -227,6 +227,13 @@ def test_embedding_with_existing_core():
     assert Qwen3VLEmbedding(embedder=fake, dimensions=4).embedding_dim == 4
     clone = pickle.loads(pickle.dumps(emb))  # a user-given core object is kept
     assert isinstance(clone.embedder, FakeEmbedder)
+    owned = Qwen3VLEmbedding()
+    owned._embedder = FakeEmbedder()  # as if built lazily: dropped by pickle, rebuilt on use
+    assert pickle.loads(pickle.dumps(owned))._embedder is None and owned._embedder is not None
+    owned_rr = Qwen3VLRerank()
+    owned_rr._reranker = FakeReranker()
+    assert pickle.loads(pickle.dumps(owned_rr))._reranker is None
+    assert isinstance(pickle.loads(pickle.dumps(Qwen3VLRerank(reranker=FakeReranker())))._reranker, FakeReranker)
 
 
 def test_embedding_instructions_and_floats(png_bytes):

@@ -132,15 +132,15 @@ class Qwen3VLEmbedding(MultiModalEmbedding):
         return self.dimensions if self.dimensions is not None else int(self.embedder.embedding_dim)
 
     def __getstate__(self) -> Dict[str, Any]:
-        # A core embedder we built ourselves is rebuilt (and its model re-shared) after unpickling; do not drag a
-        # loaded model through pickle. One the user passed in is kept.
-        state = super().__getstate__()
-        private = state.get("__pydantic_private__")
-        if private and private.get("_owns_embedder", True) and "_embedder" in private:
-            private = dict(private)
-            private["_embedder"] = None
-            state["__pydantic_private__"] = private
-        return state
+        # A core object this adapter built itself is rebuilt after unpickling (and shares the loaded model through
+        # the core's registry): never drag a loaded model through pickle. One the user passed in is kept.
+        if not self._owns_embedder:
+            return super().__getstate__()
+        core, self._embedder = self._embedder, None
+        try:
+            return super().__getstate__()
+        finally:
+            self._embedder = core
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # BaseComponent re-runs __init__ from the fields, which loses private attributes: restore a core object

@@ -96,13 +96,15 @@ class Qwen3VLRerank(BaseNodePostprocessor):
         return self._reranker
 
     def __getstate__(self) -> Dict[str, Any]:
-        state = super().__getstate__()
-        private = state.get("__pydantic_private__")
-        if private and private.get("_owns_reranker", True) and "_reranker" in private:
-            private = dict(private)
-            private["_reranker"] = None
-            state["__pydantic_private__"] = private
-        return state
+        # A core object this adapter built itself is rebuilt after unpickling (and shares the loaded model through
+        # the core's registry): never drag a loaded model through pickle. One the user passed in is kept.
+        if not self._owns_reranker:
+            return super().__getstate__()
+        core, self._reranker = self._reranker, None
+        try:
+            return super().__getstate__()
+        finally:
+            self._reranker = core
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # BaseComponent re-runs __init__ from the fields, which loses private attributes: restore a core object
