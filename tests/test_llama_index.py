@@ -7,7 +7,6 @@ Two layers:
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import io
@@ -21,7 +20,7 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core import Document, QueryBundle, SimpleDirectoryReader, StorageContext, VectorStoreIndex  # noqa: E402
+from llama_index.core import QueryBundle, SimpleDirectoryReader, VectorStoreIndex  # noqa: E402
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler  # noqa: E402
 from llama_index.core.embeddings import MultiModalEmbedding  # noqa: E402
 from llama_index.core.indices import MultiModalVectorStoreIndex  # noqa: E402
