@@ -331,3 +331,38 @@ def test_entry_point_is_declared():
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"]["qwen3vl-search"] == "qwen3vl_integrations.cli:main"
+
+
+# ------------------------------------------------------------------------------------------------ make demo
+
+
+def test_demo_on_tiny_models(tmp_path, monkeypatch, capsys):
+    from qwen3vl_integrations import demo
+
+    monkeypatch.setenv("QWEN3VL_CACHE_DIR", str(tmp_path / "cache"))
+    assert demo.main(["--model", "tiny", "--out", str(tmp_path / "demo"), "--top-k", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\nrank ") == 3 and "meaningless" in err + out
+    for text in ("a red circle", "a ball rolling across grass"):
+        assert f'Query: "{text}"' in out
+    assert "Query: image sunset_beach.jpg" in out
+    assert len(list((tmp_path / "demo" / "index").glob("results-*.png"))) == 3
+    assert (tmp_path / "demo" / "samples" / "ball_rolling.mp4").is_file()
+
+
+def test_demo_with_real_models_offline_says_how_to_run_offline(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import snapshot_download
+
+    from qwen3vl_integrations import demo
+
+    try:
+        snapshot_download(cli.REAL_EMBEDDING_MODEL, local_files_only=True)
+        pytest.skip("the real embedding model is in the local cache")
+    except Exception:  # noqa: BLE001 - not cached: the case under test
+        pass
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = demo.main(["--out", str(tmp_path / "demo")])
+    out, err = capsys.readouterr()
+    assert code == 3
+    assert "cannot load the embedding model 'Qwen/Qwen3-VL-Embedding-2B'" in err
+    assert "make demo MODEL=tiny" in err and "Traceback" not in err
