@@ -1,0 +1,755 @@
+"""Matryoshka truncation, scalar/binary quantization and exact (re)scored search, on numpy arrays.
+
+Order of operations (REFERENCE.md §9-§10), the only one this module supports::
+
+    truncate(vecs, k)            # keep the first k dims, L2-normalise again (float32)
+    ranges = calibrate(sample)   # int8/uint8 only: per-dimension ranges of *truncated* vectors
+    quantize(vecs, precision, ranges=ranges)
+
+Precisions (``PRECISIONS``):
+
+- ``float32`` / ``float16``: a cast.
+- ``int8`` / ``uint8``: per dimension ``i``, ``step_i = (high_i - low_i) / 255`` and
+  ``code = clip(rint((x - low_i) / step_i), 0, 255)`` (round half to even, then clip: values outside the calibrated
+  range saturate at the edges, they never wrap around); ``uint8`` stores ``code``, ``int8`` stores ``code - 128``.
+  ``dequantize`` returns ``low_i + code * step_i`` in float32. The ranges come from ``calibrate``; there is no
+  default, because ranges guessed from the batch being quantized differ from batch to batch.
+- ``binary`` / ``ubinary``: bit = ``x > 0``, packed 8 per byte, first dimension in the most significant bit
+  (``numpy.packbits``). ``ubinary`` is uint8; ``binary`` is the same byte minus 128 as int8. Both are byte-identical
+  to sentence-transformers' ``quantize_embeddings``.
+
+``search`` scores, always float32, best first, ties broken by the lower corpus index:
+
+- float corpora: the inner product of the float32 query with the stored vector;
+- int8/uint8 corpora: the inner product of the float32 query with the dequantized vector (asymmetric; a query given
+  as int8/uint8 codes is dequantized first);
+- binary corpora: ``n_bits - hamming(query_bits, vector_bits)`` with ``n_bits = 8 * bytes per vector`` (the number
+  of agreeing bits; padding bits are zero on both sides and always agree);
+- with ``rescore=``: the inner product of the float32 query with the (dequantized) rescore vectors of the first
+  stage's ``top_k * rescore_multiplier`` candidates.
+
+Inner products are computed exactly for the returned candidates (float64 accumulation of float32 values, rounded to
+float32), so numpy and FAISS return identical arrays: the first stage (numpy BLAS or FAISS) only proposes a
+candidate pool, which is widened until the float32 rounding bound proves no vector outside it can enter the top-k.
+"""
+from __future__ import annotations
+
+import json
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "PRECISIONS",
+    "MIN_DIMENSIONS",
+    "Ranges",
+    "truncate",
+    "calibrate",
+    "quantize",
+    "dequantize",
+    "search",
+]
+
+PRECISIONS: tuple[str, ...] = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
+FLOAT_PRECISIONS = ("float32", "float16")
+INT_PRECISIONS = ("int8", "uint8")
+BINARY_PRECISIONS = ("binary", "ubinary")
+MIN_DIMENSIONS = 64  # smallest Matryoshka dimension the models were trained for (REFERENCE.md §9)
+
+# Working-set limits (elements). Tests shrink them to exercise the block merges.
+_BLOCK_ELEMS = 1 << 24  # float32 corpus block in the float first stage (64 MiB)
+_QUERY_BLOCK = 256  # queries per matrix product
+_HAMMING_ELEMS = 1 << 19  # XOR temporary in the numpy Hamming kernel (words: 4 MiB)
+_FAISS_BINARY_BLOCK_BYTES = 1 << 26  # corpus bytes handed to one FAISS Hamming call
+_CANON_ELEMS = 1 << 17  # float64 temporary of the exact rescoring (small: stays in cache)
+_QUANT_ROWS_ELEMS = 1 << 22  # float64 temporary of int8 quantization
+
+_U32 = 2.0**-24  # unit roundoff of float32
+_POPCOUNT_LUT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """numpy view of an array-like; torch tensors are detached and moved to the CPU without importing torch."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        t = x.detach().cpu()
+        if t.is_floating_point():
+            t = t.float()
+        return t.numpy()
+    return np.asarray(x)
+
+
+def _as_2d(x: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+    if x.ndim == 1:
+        return x[None, :], True
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 1-D vector or a 2-D [n, dim] array, got shape {x.shape}")
+    return x, False
+
+
+def _float_matrix(vecs: Any, name: str) -> tuple[np.ndarray, bool]:
+    x = _to_numpy(vecs)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(
+            f"{name} must be float embeddings, got dtype {x.dtype}; dequantize() codes before re-quantizing them"
+        )
+    return _as_2d(x, name)
+
+
+def _check_precision(precision: Any) -> str:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    x64 = x.astype(np.float64, copy=False)
+    return np.sqrt(np.einsum("ij,ij->i", x64, x64))
+
+
+# ----------------------------------------------------------------------------------------------------- truncate
+
+
+def truncate(
+    vecs: Any, dimensions: int | None, normalize: bool = True, *, min_dimensions: int = MIN_DIMENSIONS
+) -> np.ndarray:
+    """Matryoshka truncation: keep the first ``dimensions`` values, then L2-normalise again (float32).
+
+    Accepts a 1-D vector or a 2-D ``[n, D]`` array (torch tensors too) and returns the same rank. ``dimensions=None``
+    keeps all ``D`` values. Raises ``ValueError`` when ``dimensions < min_dimensions`` (64, the smallest size the
+    models were trained for) or ``dimensions > D``; ``dimensions == D`` is always accepted. Zero vectors stay zero.
+    Re-normalising is exact whether or not the input was normalised:
+    ``normalize(x[:k]) == normalize(normalize(x)[:k])``.
+    """
+    x, was_1d = _float_matrix(vecs, "vecs")
+    dim = x.shape[1]
+    if dimensions is None:
+        k = dim
+    else:
+        if isinstance(dimensions, bool) or not isinstance(dimensions, numbers.Integral):
+            raise ValueError(f"dimensions must be an integer or None, got {dimensions!r}")
+        k = int(dimensions)
+        if k > dim:
+            raise ValueError(f"dimensions={k} is larger than the embedding size {dim}")
+        if k < min_dimensions and k != dim:
+            raise ValueError(
+                f"dimensions={k} is below {min_dimensions}, the smallest Matryoshka size the model supports "
+                f"(valid: {min_dimensions}..{dim})"
+            )
+    out = np.array(x[:, :k], dtype=np.float32, copy=True)
+    if normalize:
+        norms = _row_norms(out)
+        np.divide(out, norms[:, None].astype(np.float32), out=out, where=norms[:, None] > 0)
+    return out[0] if was_1d else out
+
+
+# ----------------------------------------------------------------------------------------------------- ranges
+
+
+@dataclass(eq=False)
+class Ranges:
+    """Per-dimension calibration ranges for int8/uint8: ``low[i] <= high[i]``, float32, one pair per dimension.
+
+    Keep it next to the index: the same ranges must quantize the corpus, dequantize it, and (optionally) quantize
+    queries. ``save(path)`` writes JSON, or a ``[2, dim]`` float32 ``.npy`` (the layout sentence-transformers calls
+    ``ranges``) when the path ends in ``.npy``; ``Ranges.load(path)`` reads either.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+    percentile: tuple[float, float] | None = None  # how the ranges were clipped, if they were
+    count: int | None = None  # calibration sample size
+    extra: dict = field(default_factory=dict)  # free-form metadata kept by JSON round trips
+
+    def __post_init__(self) -> None:
+        low = np.asarray(self.low, dtype=np.float32).reshape(-1)
+        high = np.asarray(self.high, dtype=np.float32).reshape(-1)
+        if low.shape != high.shape or low.size == 0:
+            raise ValueError(f"Ranges needs low and high of the same non-zero length, got {low.shape} and {high.shape}")
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+            raise ValueError("Ranges must be finite")
+        if np.any(low > high):
+            raise ValueError("Ranges must have low <= high in every dimension")
+        self.low, self.high = low, high
+        if self.percentile is not None:
+            self.percentile = tuple(float(p) for p in self.percentile)  # type: ignore[assignment]
+
+    @property
+    def dim(self) -> int:
+        return int(self.low.size)
+
+    @property
+    def step(self) -> np.ndarray:
+        """float64 quantization step per dimension, ``(high - low) / 255`` (0 for a constant dimension)."""
+        return (self.high.astype(np.float64) - self.low.astype(np.float64)) / 255.0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Ranges):
+            return NotImplemented
+        return bool(np.array_equal(self.low, other.low) and np.array_equal(self.high, other.high))
+
+    def __repr__(self) -> str:
+        return f"Ranges(dim={self.dim}, percentile={self.percentile}, count={self.count})"
+
+    def to_array(self) -> np.ndarray:
+        """``[2, dim]`` float32: row 0 the lows, row 1 the highs (sentence-transformers' ``ranges`` layout)."""
+        return np.stack([self.low, self.high]).astype(np.float32)
+
+    @classmethod
+    def from_array(cls, array: Any) -> Ranges:
+        a = np.asarray(array)
+        if a.ndim != 2 or a.shape[0] != 2:
+            raise ValueError(f"ranges array must have shape [2, dim], got {a.shape}")
+        return cls(low=a[0], high=a[1])
+
+    def to_dict(self) -> dict:
+        # float32 -> Python float (float64) is exact, and so is the way back: JSON round trips are bit-exact.
+        return {
+            "format": "qwen3vl-quantization-ranges",
+            "version": 1,
+            "dim": self.dim,
+            "low": [float(v) for v in self.low],
+            "high": [float(v) for v in self.high],
+            "percentile": list(self.percentile) if self.percentile is not None else None,
+            "count": self.count,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Ranges:
+        if not isinstance(data, dict):
+            raise ValueError(f"ranges dict expected, got {type(data).__name__}")
+        low = data.get("low", data.get("min"))
+        high = data.get("high", data.get("max"))
+        if low is None or high is None:
+            raise ValueError("ranges dict needs 'low' and 'high' lists")
+        pct = data.get("percentile")
+        return cls(low=low, high=high, percentile=tuple(pct) if pct is not None else None,
+                   count=data.get("count"), extra=dict(data.get("extra") or {}))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.suffix.lower() == ".npy":
+            np.save(path, self.to_array())
+        else:
+            path.write_text(json.dumps(self.to_dict()) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Ranges:
+        path = Path(path)
+        if path.suffix.lower() == ".npy":
+            return cls.from_array(np.load(path, allow_pickle=False))
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _coerce_ranges(ranges: Any, dim: int, precision: str) -> Ranges:
+    if ranges is None:
+        raise ValueError(
+            f"{precision} quantization needs per-dimension ranges: calibrate them once on a sample of your corpus "
+            f"embeddings (after truncation), e.g. `ranges = calibrate(sample)`, save them with the index "
+            f"(`ranges.save('ranges.json')`) and pass `ranges=ranges`"
+        )
+    if isinstance(ranges, Ranges):
+        r = ranges
+    elif isinstance(ranges, dict):
+        r = Ranges.from_dict(ranges)
+    elif isinstance(ranges, (str, Path)):
+        r = Ranges.load(ranges)
+    else:
+        r = Ranges.from_array(ranges)
+    if r.dim != dim:
+        raise ValueError(
+            f"ranges cover {r.dim} dimensions but the vectors have {dim}; calibrate on vectors truncated to {dim}"
+        )
+    return r
+
+
+def calibrate(sample: Any, percentile: float | tuple[float, float] | None = None) -> Ranges:
+    """Per-dimension ranges for int8/uint8 from a sample of float embeddings ``[n >= 2, dim]``.
+
+    Calibrate on vectors already truncated (and re-normalised) to the dimension you will store. ``percentile=None``
+    takes the min and max; ``percentile=p`` clips to the ``p``-th and ``(100 - p)``-th percentiles (e.g. ``0.1``), and
+    a pair ``(lo, hi)`` sets both; values outside the range saturate when quantized.
+    """
+    x, _ = _float_matrix(sample, "sample")
+    if x.shape[0] < 2:
+        raise ValueError(f"calibrate needs at least 2 sample vectors, got {x.shape[0]}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("calibration sample contains NaN or infinite values")
+    if percentile is None:
+        low, high, pct = x.min(axis=0), x.max(axis=0), None
+    else:
+        if isinstance(percentile, numbers.Real):
+            pct = (float(percentile), 100.0 - float(percentile))
+        else:
+            pct = tuple(float(p) for p in percentile)
+            if len(pct) != 2:
+                raise ValueError(f"percentile must be a number or a (low, high) pair, got {percentile!r}")
+        if not (0.0 <= pct[0] < pct[1] <= 100.0):
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {pct}")
+        low, high = np.percentile(x.astype(np.float64), pct, axis=0)
+    return Ranges(low=low, high=high, percentile=pct, count=int(x.shape[0]))
+
+
+# ----------------------------------------------------------------------------------------------------- quantize
+
+
+def _int_codes(x: np.ndarray, r: Ranges) -> np.ndarray:
+    """uint8 codes 0..255 by round-to-nearest (half to even) then clip, computed in float64, in row chunks."""
+    n, dim = x.shape
+    low = r.low.astype(np.float64)
+    step = r.step
+    inv = np.where(step > 0, 1.0 / np.where(step > 0, step, 1.0), 0.0)  # constant dimension -> code 0
+    out = np.empty((n, dim), dtype=np.uint8)
+    rows = max(1, _QUANT_ROWS_ELEMS // max(dim, 1))
+    for s in range(0, n, rows):
+        t = x[s : s + rows].astype(np.float64)
+        if not np.all(np.isfinite(t)):
+            raise ValueError("cannot quantize NaN or infinite values to int8/uint8")
+        t -= low
+        t *= inv
+        np.rint(t, out=t)
+        np.clip(t, 0.0, 255.0, out=t)
+        out[s : s + rows] = t
+    return out
+
+
+def quantize(vecs: Any, precision: str, ranges: Any = None) -> np.ndarray:
+    """Quantize float embeddings (1-D or 2-D; returns the same rank).
+
+    ``float32``/``float16`` cast; ``int8``/``uint8`` need ``ranges`` (a ``Ranges``, its dict, a ``[2, dim]`` array or
+    a saved file; see ``calibrate``), round to nearest and clip; ``binary``/``ubinary`` pack ``x > 0`` into
+    ``ceil(dim / 8)`` bytes per vector. Call ``truncate`` first for Matryoshka dimensions.
+    """
+    precision = _check_precision(precision)
+    x, was_1d = _float_matrix(vecs, "vecs")
+    if precision == "float32":
+        out = x.astype(np.float32)
+    elif precision == "float16":
+        out = x.astype(np.float16)
+    elif precision in INT_PRECISIONS:
+        r = _coerce_ranges(ranges, x.shape[1], precision)
+        codes = _int_codes(x, r)
+        out = codes if precision == "uint8" else (codes ^ np.uint8(0x80)).view(np.int8)  # code - 128
+    else:
+        packed = np.packbits(x > 0, axis=-1)
+        out = packed if precision == "ubinary" else (packed ^ np.uint8(0x80)).view(np.int8)  # byte - 128
+    return out[0] if was_1d else out
+
+
+def _dequantize_int(codes: np.ndarray, precision: str, r: Ranges) -> np.ndarray:
+    c = codes.view(np.uint8) ^ np.uint8(0x80) if precision == "int8" else codes
+    return (r.low.astype(np.float64) + c.astype(np.float64) * r.step).astype(np.float32)
+
+
+def dequantize(q: Any, precision: str, ranges: Any = None, *, dim: int | None = None) -> np.ndarray:
+    """Float32 approximation of quantized vectors (1-D or 2-D).
+
+    ``int8``/``uint8``: ``low + code * step`` with the same ``ranges``. ``binary``/``ubinary``: ``+1``/``-1`` per bit
+    (so ``a @ b == n_bits - 2 * hamming``), ``8 * bytes`` values, or the first ``dim`` of them.
+    """
+    precision = _check_precision(precision)
+    x, was_1d = _as_2d(_to_numpy(q), "q")
+    if precision in FLOAT_PRECISIONS:
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"{precision} vectors must have a float dtype, got {x.dtype}")
+        out = x.astype(np.float32)
+    elif precision in INT_PRECISIONS:
+        if x.dtype != np.dtype(precision):
+            raise ValueError(f"{precision} codes must have dtype {precision}, got {x.dtype}")
+        out = _dequantize_int(x, precision, _coerce_ranges(ranges, x.shape[1], precision))
+    else:
+        expected = np.int8 if precision == "binary" else np.uint8
+        if x.dtype != expected:
+            raise ValueError(f"{precision} codes must have dtype {np.dtype(expected)}, got {x.dtype}")
+        u = x.view(np.uint8) ^ np.uint8(0x80) if precision == "binary" else x
+        bits = np.unpackbits(u, axis=-1)
+        if dim is not None:
+            if not 0 < dim <= bits.shape[1]:
+                raise ValueError(f"dim must be in 1..{bits.shape[1]}, got {dim}")
+            bits = bits[:, :dim]
+        out = bits.astype(np.float32) * 2.0 - 1.0
+    return out[0] if was_1d else out
+
+
+# ----------------------------------------------------------------------------------------------------- search
+
+
+def _load_faiss(use_faiss: bool | None):
+    if use_faiss is False:
+        return None
+    try:
+        import faiss  # noqa: PLC0415  (optional extra)
+    except ImportError:
+        if use_faiss:
+            raise ImportError("use_faiss=True needs faiss: pip install 'qwen3vl-integrations[faiss]'") from None
+        return None
+    return faiss
+
+
+def _sort_best_first(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Row-wise order by (-score, index)."""
+    return np.lexsort((idx, -scores), axis=-1)
+
+
+class _FloatView:
+    """A float or int8/uint8 corpus seen as float32 blocks for the first stage, and exactly for rescoring.
+
+    First stage: ``score ~= A[q] @ block[i] + b0[q]`` where ``block`` is the stored vectors in float32 (float corpora)
+    or the centred codes ``code - 128`` (int8/uint8; ``A = q * step``, ``b0 = q . (low + 128 step)``).
+    Exact: ``q . dequantize(x)`` with float64 accumulation.
+    """
+
+    def __init__(self, corpus: np.ndarray, precision: str, ranges: Ranges | None):
+        self.corpus, self.precision, self.ranges = corpus, precision, ranges
+        self.n, self.dim = corpus.shape
+
+    def prepare(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        if self.ranges is None:
+            return q, np.zeros(len(q)), 0.0
+        step = self.ranges.step
+        mid = self.ranges.low.astype(np.float64) + 128.0 * step
+        q64 = q.astype(np.float64)
+        a = np.ascontiguousarray((q64 * step).astype(np.float32))
+        return a, q64 @ mid, float(np.linalg.norm(mid))
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        b = self.corpus[start:stop]
+        if self.precision == "int8":
+            return b.astype(np.float32)
+        if self.precision == "uint8":
+            out = b.astype(np.float32)
+            out -= 128.0
+            return out
+        return np.ascontiguousarray(b, dtype=np.float32)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        x = self.corpus[idx]
+        if self.ranges is not None:
+            return _dequantize_int(x, self.precision, self.ranges)
+        return x.astype(np.float32, copy=False)
+
+    def exact(self, q: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """float32(q[r] . x[idx[r, j]]) with float64 accumulation, shape of idx."""
+        nq, m = idx.shape
+        out = np.empty((nq, m), dtype=np.float32)
+        if m == 0:
+            return out
+        rows = max(1, _CANON_ELEMS // (m * max(self.dim, 1)))
+        for s in range(0, nq, rows):
+            sub = idx[s : s + rows]
+            x = self.rows(sub.reshape(-1)).astype(np.float64).reshape(len(sub), m, self.dim)
+            x *= q[s : s + rows, None, :].astype(np.float64)
+            out[s : s + rows] = x.sum(axis=-1)
+        return out
+
+
+def _float_pool(
+    a: np.ndarray, b0: np.ndarray, view: _FloatView, kp: int, faiss
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Approximate top-``kp`` per query (any order) and the largest row norm seen in the first-stage blocks."""
+    nq = len(a)
+    pool_v = np.full((nq, 0), -np.inf)
+    pool_i = np.zeros((nq, 0), dtype=np.int64)
+    bmax = 0.0
+    cb = max(1, _BLOCK_ELEMS // max(view.dim, 1))
+    for start in range(0, view.n, cb):
+        stop = min(view.n, start + cb)
+        blk = view.block(start, stop)
+        sq = float(np.max(np.einsum("ij,ij->i", blk, blk)))  # float32 sum: relative error <= gamma_D
+        bmax = max(bmax, float(np.sqrt(sq * (1.0 + 4.0 * view.dim * _U32))))
+        kb = min(kp, stop - start)
+        vs, is_ = [], []
+        for qs in range(0, nq, _QUERY_BLOCK):
+            aq = a[qs : qs + _QUERY_BLOCK]
+            if faiss is not None:
+                v, i = faiss.knn(aq, blk, kb, metric=faiss.METRIC_INNER_PRODUCT)
+            else:
+                s = aq @ blk.T
+                if kb < s.shape[1]:
+                    i = np.argpartition(s, s.shape[1] - kb, axis=1)[:, -kb:]
+                    v = np.take_along_axis(s, i, axis=1)
+                else:
+                    i = np.broadcast_to(np.arange(s.shape[1]), s.shape)
+                    v = s
+            vs.append(v)
+            is_.append(i.astype(np.int64) + start)
+        v = np.concatenate(vs).astype(np.float64) + b0[:, None]
+        i = np.concatenate(is_)
+        pool_v = np.concatenate([pool_v, v], axis=1)
+        pool_i = np.concatenate([pool_i, i], axis=1)
+        if pool_v.shape[1] > kp:
+            keep = np.argpartition(pool_v, pool_v.shape[1] - kp, axis=1)[:, -kp:]
+            pool_v = np.take_along_axis(pool_v, keep, axis=1)
+            pool_i = np.take_along_axis(pool_i, keep, axis=1)
+    return pool_v, pool_i, bmax
+
+
+def _float_topk(q: np.ndarray, view: _FloatView, k: int, faiss) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by the exact inner product, ties by lower index; first stage by BLAS or FAISS."""
+    nq, n = len(q), view.n
+    a, b0, mid_norm = view.prepare(q)
+    a_norm = _row_norms(a)
+    q_norm = _row_norms(q)
+    max_step = float(view.ranges.step.max()) if view.ranges is not None else 0.0
+    gamma = view.dim * _U32 / (1.0 - view.dim * _U32)
+    out_s = np.empty((nq, k), dtype=np.float32)
+    out_i = np.empty((nq, k), dtype=np.int64)
+    todo = np.arange(nq)
+    kp = min(n, 2 * k + 16)
+    while todo.size:
+        pool_v, pool_i, bmax = _float_pool(a[todo], b0[todo], view, kp, faiss)
+        s = view.exact(q[todo], pool_i)
+        order = _sort_best_first(s, pool_i)[:, :k]
+        top_s = np.take_along_axis(s, order, axis=1)
+        top_i = np.take_along_axis(pool_i, order, axis=1)
+        if kp >= n:
+            ok = np.ones(todo.size, dtype=bool)
+        else:
+            # Anything outside the pool has a first-stage score <= min(pool) and an exact score at most `tol` above.
+            xmax = bmax if view.ranges is None else mid_norm + max_step * bmax
+            sk = top_s[:, -1].astype(np.float64)
+            tol = 1.5 * ((gamma + 2 * _U32) * a_norm[todo] * bmax + 2 * _U32 * q_norm[todo] * xmax)
+            tol += 4 * _U32 * np.abs(sk) + 1e-30
+            ok = pool_v.min(axis=1) + tol < sk
+        out_s[todo[ok]] = top_s[ok]
+        out_i[todo[ok]] = top_i[ok]
+        todo = todo[~ok]
+        kp = min(n, kp * 4)
+    return out_s, out_i
+
+
+def _popcount_rows(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).sum(axis=-1, dtype=np.int32)
+    return _POPCOUNT_LUT[x.view(np.uint8)].sum(axis=-1, dtype=np.int32)
+
+
+def _hamming_numpy(qb: np.ndarray, corpus: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k keys ``hamming * n + index`` per query (sorted), XOR + popcount in bounded blocks."""
+    nq, nbytes = qb.shape
+    n = corpus.shape[0]
+    words = nbytes % 8 == 0 and hasattr(np, "bitwise_count")
+    qw = np.ascontiguousarray(qb).view(np.uint64) if words else qb
+    width = qw.shape[1]
+    qblock = max(1, min(nq, _QUERY_BLOCK))
+    cb = max(1, _HAMMING_ELEMS // (qblock * width))
+    pool = np.zeros((nq, 0), dtype=np.int64)
+    for start in range(0, n, cb):
+        stop = min(n, start + cb)
+        blk = np.ascontiguousarray(corpus[start:stop])
+        bw = blk.view(np.uint64) if words else blk
+        keys = np.empty((nq, stop - start), dtype=np.int64)
+        for qs in range(0, nq, qblock):
+            d = _popcount_rows(np.bitwise_xor(qw[qs : qs + qblock, None, :], bw[None, :, :]))
+            keys[qs : qs + qblock] = d.astype(np.int64) * n + np.arange(start, stop)
+        pool = np.concatenate([pool, keys], axis=1)
+        if pool.shape[1] > k:
+            pool = np.partition(pool, k - 1, axis=1)[:, :k]
+    return np.sort(pool, axis=1)
+
+
+def _hamming_faiss(qb: np.ndarray, corpus: np.ndarray, k: int, faiss) -> np.ndarray:
+    """Same keys as ``_hamming_numpy`` with FAISS; pools are widened where a tie at the cut could hide a lower index."""
+    nq, nbytes = qb.shape
+    n = corpus.shape[0]
+    cb = max(1, _FAISS_BINARY_BLOCK_BYTES // nbytes)
+    out = np.empty((nq, k), dtype=np.int64)
+    todo = np.arange(nq)
+    kp = min(n, 2 * k + 16)
+    while todo.size:
+        q = np.ascontiguousarray(qb[todo])
+        pool = np.zeros((todo.size, 0), dtype=np.int64)
+        worst = []  # (max distance returned, block fully returned?)
+        for start in range(0, n, cb):
+            stop = min(n, start + cb)
+            blk = np.ascontiguousarray(corpus[start:stop])  # a view when the corpus is C-contiguous
+            kb = min(kp, stop - start)
+            d, i = faiss.knn_hamming(q, blk, kb)
+            pool = np.concatenate([pool, d.astype(np.int64) * n + i + start], axis=1)
+            worst.append((d.max(axis=1), kb == stop - start))
+            if pool.shape[1] > k:
+                pool = np.partition(pool, k - 1, axis=1)[:, :k]
+        pool = np.sort(pool, axis=1)
+        dk = pool[:, -1] // n
+        ok = np.ones(todo.size, dtype=bool)
+        for w, full in worst:
+            if not full:
+                ok &= w > dk  # an unreturned vector of this block may tie with the k-th at a lower index
+        out[todo[ok]] = pool[ok]
+        todo = todo[~ok]
+        kp = min(n, kp * 4)
+    return out
+
+
+def _binary_topk(qb: np.ndarray, corpus: np.ndarray, k: int, faiss) -> tuple[np.ndarray, np.ndarray]:
+    corpus_u8 = corpus.view(np.uint8)
+    qb = np.ascontiguousarray(qb.view(np.uint8))
+    if faiss is not None:
+        keys = _hamming_faiss(qb, corpus_u8, k, faiss)
+    else:
+        keys = _hamming_numpy(qb, corpus_u8, k)
+    n = corpus.shape[0]
+    dist, idx = np.divmod(keys, n)
+    return (8 * corpus.shape[1] - dist).astype(np.float32), idx
+
+
+def _infer_precision(arr: np.ndarray, name: str) -> str:
+    if np.issubdtype(arr.dtype, np.floating):
+        return "float32"
+    if arr.dtype == np.int8:
+        return "int8"
+    if arr.dtype == np.uint8:
+        return "uint8"
+    raise ValueError(f"{name} must be float, int8 or uint8, got dtype {arr.dtype}")
+
+
+def _float_queries(q: np.ndarray, dim: int, rescore_dim: int | None, ranges: Any, precision: str) -> np.ndarray:
+    """Float32 queries of width ``dim`` (first stage). Int codes are dequantized; longer queries are truncated
+    (Matryoshka funnel) only when they match the rescore corpus."""
+    if not np.issubdtype(q.dtype, np.floating):
+        if precision in INT_PRECISIONS and q.dtype == np.dtype(precision):
+            q = _dequantize_int(q, precision, _coerce_ranges(ranges, q.shape[1], precision))
+        else:
+            raise ValueError(f"queries for a {precision} corpus must be float vectors, got dtype {q.dtype}")
+    q = q.astype(np.float32)
+    if not np.all(np.isfinite(q)):
+        raise ValueError("queries contain NaN or infinite values")
+    if q.shape[1] == dim:
+        return q
+    if rescore_dim is not None and q.shape[1] == rescore_dim and q.shape[1] > dim:
+        return truncate(q, dim, normalize=True, min_dimensions=1)
+    raise ValueError(
+        f"queries have {q.shape[1]} dimensions but the corpus has {dim}; truncate() the queries to {dim} "
+        f"(or pass a rescore corpus with {q.shape[1]} dimensions)"
+    )
+
+
+def search(
+    query_vecs: Any,
+    corpus: Any,
+    precision: str,
+    top_k: int = 10,
+    rescore: Any = None,
+    ranges: Any = None,
+    rescore_multiplier: int = 4,
+    use_faiss: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner-product / Hamming search over a (quantized) corpus, with optional exact rescoring.
+
+    Args:
+        query_vecs: float queries ``[nq, dim]`` (or one 1-D query). For binary corpora they are binarised; packed
+            codes (``[nq, bytes]`` int8/uint8) are accepted when no rescoring is asked. For int8/uint8 corpora int
+            codes are dequantized with ``ranges``. With ``rescore``, queries may have the rescore corpus' dimension
+            and are truncated (and re-normalised) for the first stage: a Matryoshka funnel.
+        corpus: ``[n, dim]`` float32/float16, ``[n, dim]`` int8/uint8 codes, or ``[n, bytes]`` packed bits, as
+            produced by ``quantize(..., precision)``.
+        precision: the corpus precision, one of ``PRECISIONS``.
+        top_k: results per query (clamped to ``n``).
+        rescore: optional ``[n, dim']`` float or int8/uint8 vectors aligned with ``corpus``. The first stage keeps
+            ``top_k * rescore_multiplier`` candidates, which are re-ranked by the inner product of the float query
+            with the (dequantized) rescore vectors.
+        ranges: ``Ranges`` of the int8/uint8 corpus and/or rescore vectors.
+        use_faiss: ``None`` (auto) uses FAISS for Hamming search when it is installed and numpy BLAS for float/int8
+            (faster than FAISS' flat inner-product search on CPU); ``True`` requires FAISS and uses it for both
+            (``knn_hamming`` / ``knn`` with inner product, the flat-index kernels, on corpus blocks without copying
+            the corpus); ``False`` uses numpy only. Results are identical in every mode.
+
+    Returns:
+        ``(scores, indices)``: float32 and int64 arrays ``[nq, min(top_k, n)]``, best first, ties by lower index.
+        Scores: inner products, or ``n_bits - hamming`` for a binary first stage without rescoring.
+    """
+    precision = _check_precision(precision)
+    top_k = _check_int(top_k, "top_k", 1)
+    rescore_multiplier = _check_int(rescore_multiplier, "rescore_multiplier", 1)
+    corpus = _to_numpy(corpus)
+    if corpus.ndim != 2:
+        raise ValueError(f"corpus must be a 2-D array, got shape {corpus.shape}")
+    if precision in FLOAT_PRECISIONS:
+        if not np.issubdtype(corpus.dtype, np.floating):
+            raise ValueError(f"a {precision} corpus must have a float dtype, got {corpus.dtype}")
+    elif corpus.dtype != np.dtype({"int8": np.int8, "binary": np.int8}.get(precision, np.uint8)):
+        expected = "int8" if precision in ("int8", "binary") else "uint8"
+        raise ValueError(f"a {precision} corpus must have dtype {expected}, got {corpus.dtype}")
+    q, _ = _as_2d(_to_numpy(query_vecs), "query_vecs")
+    n, nq = corpus.shape[0], q.shape[0]
+
+    rescore_arr, rescore_prec, rescore_ranges = None, None, None
+    if rescore is not None:
+        rescore_arr = _to_numpy(rescore)
+        if rescore_arr.ndim != 2 or rescore_arr.shape[0] != n:
+            raise ValueError(f"rescore must be [n={n}, dim] aligned with the corpus, got shape {rescore_arr.shape}")
+        rescore_prec = _infer_precision(rescore_arr, "rescore")
+        if rescore_prec in INT_PRECISIONS:
+            rescore_ranges = _coerce_ranges(ranges, rescore_arr.shape[1], rescore_prec)
+    faiss = _load_faiss(use_faiss)
+
+    k = min(top_k, n)
+    m = min(n, top_k * rescore_multiplier) if rescore_arr is not None else k
+    if n == 0 or nq == 0:
+        return np.zeros((nq, k), dtype=np.float32), np.zeros((nq, k), dtype=np.int64)
+
+    rescore_dim = rescore_arr.shape[1] if rescore_arr is not None else None
+    q_float = None
+    if precision in BINARY_PRECISIONS:
+        nbytes = corpus.shape[1]
+        if np.issubdtype(q.dtype, np.floating):
+            q_float = q.astype(np.float32)
+            if not np.all(np.isfinite(q_float)):
+                raise ValueError("queries contain NaN or infinite values")
+            d = q_float.shape[1]
+            if -(-d // 8) == nbytes:
+                q_first = q_float
+            elif rescore_dim is not None and d == rescore_dim and d > 8 * nbytes:
+                q_first = q_float[:, : 8 * nbytes]  # sign bits do not depend on the norm
+            else:
+                raise ValueError(f"queries have {d} dimensions but the binary corpus packs {8 * nbytes} bits")
+            qb = quantize(q_first, precision)
+        elif q.dtype in (np.int8, np.uint8):
+            if q.shape[1] != nbytes:
+                raise ValueError(f"packed queries have {q.shape[1]} bytes but the corpus has {nbytes}")
+            if rescore_arr is not None:
+                raise ValueError("rescoring needs float queries, not packed bits")
+            qb = q if (q.dtype == np.int8) == (precision == "binary") else (q.view(np.uint8) ^ np.uint8(0x80))
+        else:
+            raise ValueError(f"queries must be float vectors or packed bits, got dtype {q.dtype}")
+        scores, idx = _binary_topk(qb, corpus, m, faiss)
+    else:
+        first_ranges = _coerce_ranges(ranges, corpus.shape[1], precision) if precision in INT_PRECISIONS else None
+        q_first = _float_queries(q, corpus.shape[1], rescore_dim, ranges, precision)
+        if q.shape[1] == corpus.shape[1]:
+            q_float = q_first
+        view = _FloatView(corpus, precision, first_ranges)
+        # Auto mode keeps numpy BLAS here: FAISS' flat inner-product search was slower on CPU in our benchmark.
+        scores, idx = _float_topk(np.ascontiguousarray(q_first), view, m, faiss if use_faiss else None)
+
+    if rescore_arr is None:
+        return scores, idx
+
+    if q_float is None:
+        q_prec = rescore_prec if rescore_prec in INT_PRECISIONS else "float32"
+        q_float = _float_queries(q, rescore_dim, None, ranges, q_prec)
+    if q_float.shape[1] != rescore_dim:
+        raise ValueError(f"queries have {q_float.shape[1]} dimensions but the rescore vectors have {rescore_dim}")
+    view = _FloatView(rescore_arr, rescore_prec, rescore_ranges)
+    exact = view.exact(q_float, idx)
+    order = _sort_best_first(exact, idx)[:, :k]
+    return np.take_along_axis(exact, order, axis=1), np.take_along_axis(idx, order, axis=1)

@@ -1,0 +1,28 @@
+"""Smoke runs of the benchmark scripts at tiny sizes (no timing assertions)."""
+from __future__ import annotations
+
+import json
+
+
+def test_quantization_benchmark_smoke(tmp_path, capsys):
+    from benchmarks.quantization import PROFILES, main
+
+    out = tmp_path / "q.json"
+    table = main(["--n", "2000", "--dim", "256", "--dims", "256,128,64", "--queries", "8", "--repeat", "1",
+                  "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert table in printed
+    lines = table.splitlines()
+    assert lines[0].startswith("| dims | precision | bytes/vector | ms/query | recall@10 vs float32@256 |")
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [(int(r[0]), r[1]) for r in body] == [(d, p) for d in (256, 128, 64) for p in PROFILES]
+    nbytes = {(int(r[0]), r[1]): int(r[2].replace(",", "")) for r in body}
+    assert nbytes[(256, "float32")] == 1024 and nbytes[(128, "int8")] == 128 and nbytes[(64, "binary")] == 8
+    assert nbytes[(64, "binary+int8 rescore x4")] == 72
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 18
+    for r in rows:
+        assert 0.0 <= r["recall_at_10_vs_full_float32"] <= 1.0 and r["ms_per_query"] >= 0.0
+        if r["precision"] == "float32":
+            assert r["recall_at_10_vs_same_dims_float32"] == 1.0
+    assert rows[0]["recall_at_10_vs_full_float32"] == 1.0  # the baseline itself
