@@ -82,16 +82,22 @@ class Qwen3VLReranker(Qwen3VLRunner):
         query_keys: dict[int, int] = {}
         raw_queries: list[Any] = []
         pair_query: list[int] = []
-        for query, _ in pairs:
+        first_pair: list[int] = []  # a query error names the first pair that uses the query
+        for position, (query, _) in enumerate(pairs):
             key = 0 if _one_query else id(query)
             if key not in query_keys:
                 query_keys[key] = len(raw_queries)
                 raw_queries.append(query)
+                first_pair.append(position)
             pair_query.append(query_keys[key])
+
+        def query_index(q: int) -> int | None:
+            return None if _one_query else first_pair[q]
+
         queries, query_errors = parse_items(raw_queries, self.policy, role="query")
         if query_errors:
             error = query_errors[0]
-            raise Qwen3VLInputError(error.cause, index=None if _one_query else error.index, role="query")
+            raise Qwen3VLInputError(error.cause, index=query_index(error.index), role="query")
         documents, errors = parse_items([document for _, document in pairs], self.policy, role="document")
         costs: list[int] = []
         query_costs = []
@@ -99,7 +105,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
             try:
                 query_costs.append(self._vision_cost(item))
             except _Invalid as exc:
-                raise Qwen3VLInputError(str(exc), index=None if _one_query else q, role="query") from None
+                raise Qwen3VLInputError(str(exc), index=query_index(q), role="query") from None
         for position, item in enumerate(documents):
             if item is None:
                 costs.append(0)
@@ -115,12 +121,19 @@ class Qwen3VLReranker(Qwen3VLRunner):
                                       for p in range(len(pairs))])
         costs = [c + t + PROMPT_OVERHEAD for c, t in zip(costs, text_costs)]
         loaded = self.load()
-        prepared_queries = [self._prepare_or_raise(query, None if _one_query else q, "query")
+        prepared_queries = [self._prepare_or_raise(query, query_index(q), "query")
                             for q, query in enumerate(queries)]
 
         def build(position: int) -> EncodedItem:
             q = pair_query[position]
-            return self._encode_pair(loaded, queries[q], prepared_queries[q], documents[position], instruction)
+            try:
+                return self._encode_pair(loaded, queries[q], prepared_queries[q], documents[position], instruction)
+            except _Invalid:
+                # A query whose own special/vision tokens exceed max_length fails with every document: name it.
+                cause = self._query_overflow(loaded, queries[q], prepared_queries[q], instruction)
+                if cause is not None:
+                    raise Qwen3VLInputError(cause, index=query_index(q), role="query") from None
+                raise
 
         scores = np.zeros(len(pairs), np.float32)
         for positions, hidden, _ in self._run(costs, build, "document", batch_size, show_progress):
@@ -134,6 +147,15 @@ class Qwen3VLReranker(Qwen3VLRunner):
             return self._prepare_media(item)
         except _Invalid as exc:
             raise Qwen3VLInputError(str(exc), index=index, role=role) from None
+
+    def _query_overflow(self, loaded: Any, query: Item, query_media: tuple[list[Any], list[Any]],
+                        instruction: str | None) -> str | None:
+        """The cause when the query with an empty ("NULL") document is already over max_length, else None."""
+        try:
+            self._encode_pair(loaded, query, query_media, Item(), instruction)
+        except _Invalid as exc:
+            return str(exc)
+        return None
 
     def _encode_pair(self, loaded: Any, query: Item, query_media: tuple[list[Any], list[Any]], document: Item,
                      instruction: str | None) -> EncodedItem:
