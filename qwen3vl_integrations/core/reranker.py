@@ -160,7 +160,9 @@ class Qwen3VLReranker(Qwen3VLRunner):
     def _encode_pair(self, loaded: Any, query: Item, query_media: tuple[list[Any], list[Any]], document: Item,
                      instruction: str | None) -> EncodedItem:
         processor = loaded.thread_processor()
-        text = render(processor, rerank_conversation(query, document, instruction, self.default_instruction))
+        # The query's own "instruction" key wins over the call's (CONTRACT: item > call > default).
+        text = render(processor, rerank_conversation(query, document, query.instruction or instruction,
+                                                     self.default_instruction))
         doc_images, doc_videos = self._prepare_media(document)
         # Media follow prompt order: the query's videos and images come before the document's.
         videos = query_media[1] + doc_videos
