@@ -85,11 +85,27 @@ def decode_data_uri(uri: str) -> bytes:
         raise _Invalid(f"invalid base64 in data URI: {exc}") from None
 
 
+def file_url_path(url: str) -> str:
+    """The path of a file:// URL.
+
+    ``file:///abs/path`` (RFC 8089, as ``Path.as_uri()`` writes it, percent-encoded) and ``file://localhost/abs``
+    give the absolute path. Anything else is ``"file://" + path`` as the reference builds it from relative paths
+    (``file://images/cat.jpg``): the prefix is stripped, like qwen-vl-utils does, so that the URL never names a
+    different file than the caller meant (``/cat.jpg``, had ``images`` been read as a host name).
+    """
+    rest = url[len("file://"):]
+    if rest.startswith("/"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+    if rest.startswith("localhost/"):
+        return urllib.parse.unquote(rest[len("localhost"):])
+    return rest
+
+
 def local_path(value: Union[str, Path]) -> Path:
     """A local path from a bare path or a file:// URL; must exist and be a regular file."""
     text = str(value)
     if text.startswith("file://"):
-        text = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
+        text = file_url_path(text)
     path = Path(text).expanduser()
     if not path.exists():
         raise _Invalid(f"file not found: {text!r}")
@@ -292,6 +308,8 @@ def resolve_video(value: Any, policy: MediaPolicy) -> VideoSource:
     if data is not None and not data:
         raise _Invalid("empty video data")
     frames, fps, width, height = probe_video_file(str(path) if path is not None else io.BytesIO(data))
+    if width * height > policy.max_image_pixels:  # every decoded frame would be this large
+        raise _Invalid(f"video frames of {width}x{height} pixels exceed max_image_pixels={policy.max_image_pixels}")
     return VideoFileSource(frames, fps, width, height, path=path, data=data)
 
 
