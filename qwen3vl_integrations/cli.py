@@ -516,7 +516,7 @@ class Hit:
     """One search result."""
 
     rank: int
-    score: float  # cosine similarity from the vector store
+    score: float | None  # cosine similarity from the vector store (None: unknown, e.g. not shown)
     rerank_score: float | None
     modality: str
     file: str  # path relative to the indexed folder
@@ -703,7 +703,7 @@ def format_table(hits: Sequence[Hit]) -> str:
     """The ranked results as a plain-text table: rank, score, rerank score, modality, file."""
     rows = [("rank", "score", "rerank", "modality", "file")]
     for h in hits:
-        rows.append((str(h.rank), f"{h.score:.4f}", "-" if h.rerank_score is None else f"{h.rerank_score:.4f}",
+        rows.append((str(h.rank), "-" if h.score is None else f"{h.score:.4f}", "-" if h.rerank_score is None else f"{h.rerank_score:.4f}",
                      h.modality, h.file))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = []
@@ -782,10 +782,11 @@ def _placeholder(label: str, width: int, height: int):
     return img
 
 
-def render_results_picture(hits: Sequence[Hit], out_path: str | Path, *, query_text: str | None = None,
+def render_results_picture(hits: Sequence[Hit], out_path: str | Path | None = None, *, query_text: str | None = None,
                            query_image: str | Path | None = None, query_video: str | Path | None = None,
                            title: str | None = None, subtitle: str | None = None, columns: int = 5):
-    """Draw the query and the ranked results (thumbnails with scores) into a PNG; returns the PIL image.
+    """Draw the query and the ranked results (thumbnails with scores); returns the PIL image, saved to ``out_path``
+    (PNG) unless it is None.
 
     Images are shown as thumbnails, videos by their first frame, text files as a card with their first lines.
     """
@@ -826,15 +827,16 @@ def render_results_picture(hits: Sequence[Hit], out_path: str | Path, *, query_t
         if h.modality == "video":
             d.polygon([(x0 + 8, y0 + 8), (x0 + 8, y0 + 30), (x0 + 27, y0 + 19)], fill=(255, 255, 255),
                       outline=(0, 0, 0))
-        scores = f"#{h.rank}  score {h.score:.3f}"
+        scores = f"#{h.rank}" + (f"  score {h.score:.3f}" if h.score is not None else "")
         if h.rerank_score is not None:
             scores += f"  rerank {h.rerank_score:.3f}"
         d.text((x0, y0 + _THUMB_H + 4), scores, font=_font(13), fill=(0, 0, 0))
         name = h.file if len(h.file) <= 30 else "..." + h.file[-27:]
         d.text((x0, y0 + _THUMB_H + 22), f"{name} ({h.modality})", font=_font(12), fill=(70, 70, 70))
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_path)
+    if out_path is not None:
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(out_path)
     return canvas
 
 
