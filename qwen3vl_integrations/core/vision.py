@@ -174,10 +174,16 @@ def video_tokens(source: VideoSource, item_fps: float | None, item_max_frames: i
         if isinstance(source, FrameListSource):
             n = min(len(source.frames), limits.max_frames)
             nframes = math.ceil(n / FRAME_FACTOR) * FRAME_FACTOR
-            first = source.frames[0]
-            # qwen-vl-utils first rounds each frame to multiples of 64 (its factor quirk, §6.4).
-            height, width = qvu.smart_resize(first.height, first.width, 2 * IMAGE_FACTOR,
-                                             4 * (2 * IMAGE_FACTOR) ** 2, 16384 * (2 * IMAGE_FACTOR) ** 2)
+            # qwen-vl-utils first rounds each frame to multiples of 64 (its factor quirk, §6.4), then stacks the
+            # frames: they must agree in size by then, or decoding would fail after the model work started.
+            sizes = {qvu.smart_resize(frame.height, frame.width, 2 * IMAGE_FACTOR, 4 * (2 * IMAGE_FACTOR) ** 2,
+                                      16384 * (2 * IMAGE_FACTOR) ** 2)
+                     for frame in _downsample_frames(source.frames, limits.max_frames)}
+            if len(sizes) > 1:
+                shapes = ", ".join(f"{w}x{h}" for h, w in sorted(sizes))
+                raise _Invalid(f"the frames of a video must have one size (after rounding to multiples of 64: "
+                               f"{shapes})")
+            height, width = sizes.pop()
         else:
             nframes = frame_count(item_fps, item_max_frames, source.total_frames, source.fps, limits)
             height, width = source.height, source.width
