@@ -311,7 +311,8 @@ client.get_collection("cookbook_samples").add(
 
 show(chroma.similarity_search("a red circle", k=4), 'Chroma, text query: "a red circle"')
 show(chroma.similarity_search("a ball rolling across grass", k=4), 'Chroma, text query: "a ball rolling across grass"')
-show(chroma.similarity_search_by_image(uri=str(DATA / "sunset_beach.jpg"), k=4), "Chroma, image query: sunset_beach.jpg")
+by_image = chroma.similarity_search_by_image(uri=str(DATA / "sunset_beach.jpg"), k=4)
+show(by_image, "Chroma, image query: sunset_beach.jpg")
 """),
     md("""
 ### Rerank what Chroma retrieves
@@ -418,7 +419,8 @@ dims = [d for d in (64, 128, 256, 512, 1024, 2048) if d <= corpus.shape[1]]
 k_corpus = 3
 corpus_rows = profiles(corpus, query_vecs, dims, k=k_corpus)
 for row in corpus_rows:
-    print(f"{row['profile']:22s} {row['dims']:5d} dims {row['bytes']:6d} B/vector  recall@{k_corpus} {row['recall']:.2f}")
+    print(f"{row['profile']:22s} {row['dims']:5d} dims {row['bytes']:6d} B/vector  "
+          f"recall@{k_corpus} {row['recall']:.2f}")
 """),
     md("""
 ### Synthetic Matryoshka-like vectors

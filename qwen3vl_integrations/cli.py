@@ -703,8 +703,9 @@ def format_table(hits: Sequence[Hit]) -> str:
     """The ranked results as a plain-text table: rank, score, rerank score, modality, file."""
     rows = [("rank", "score", "rerank", "modality", "file")]
     for h in hits:
-        rows.append((str(h.rank), "-" if h.score is None else f"{h.score:.4f}", "-" if h.rerank_score is None else f"{h.rerank_score:.4f}",
-                     h.modality, h.file))
+        score = "-" if h.score is None else f"{h.score:.4f}"
+        rerank = "-" if h.rerank_score is None else f"{h.rerank_score:.4f}"
+        rows.append((str(h.rank), score, rerank, h.modality, h.file))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = []
     for j, r in enumerate(rows):

@@ -154,7 +154,8 @@ def _sunset_frame(darkness: float, sun_height: float) -> Image.Image:
     arr[:horizon] = _vertical_gradient(WIDTH, horizon, tuple(sky_top), tuple(sky_bottom))
     img = Image.fromarray(arr)
     d = ImageDraw.Draw(img)
-    sun = tuple(int(v) for v in np.array([255, 225, 90]) * (1 - 0.5 * darkness) + np.array([200, 70, 40]) * 0.5 * darkness)
+    sun_rgb = np.array([255, 225, 90]) * (1 - 0.5 * darkness) + np.array([200, 70, 40]) * 0.5 * darkness
+    sun = tuple(int(v) for v in sun_rgb)
     r = 28
     d.ellipse((WIDTH * 0.62 - r, sun_height - r, WIDTH * 0.62 + r, sun_height + r), fill=sun)
     # the sea hides the lower part of the sun

@@ -295,7 +295,8 @@ def test_hub_model_that_cannot_be_loaded_says_how_to_run_offline(tmp_path, sampl
     folder = tmp_path / "f"
     folder.mkdir()
     shutil.copy(sample_folder / "red_circle.png", folder)
-    code, _, err = _run(capsys, "index", folder, "--index-dir", tmp_path / "i", "--model", "qwen3vl-tests/no-such-model")
+    code, _, err = _run(capsys, "index", folder, "--index-dir", tmp_path / "i",
+                        "--model", "qwen3vl-tests/no-such-model")
     _assert_one_line_error(code, err, 3, "cannot load the embedding model", "make demo MODEL=tiny", "--model tiny")
     code, _, err = _run(capsys, "index", folder, "--index-dir", tmp_path / "i", "--model", tmp_path / "no" / "dir")
     _assert_one_line_error(code, err, 3, "model not found")
