@@ -25,6 +25,8 @@ from .media import (
 )
 
 ITEM_KEYS = frozenset({"text", "image", "video", "instruction", "fps", "max_frames"})
+# Placeholders the processor expands into vision features: in user text they can only make encoding fail.
+RESERVED_TOKENS = ("<|image_pad|>", "<|video_pad|>")
 
 
 @dataclass
@@ -99,9 +101,16 @@ def is_single_video(value: Any) -> bool:
     return False
 
 
+def _check_reserved(text: str, what: str) -> None:
+    for token in RESERVED_TOKENS:
+        if token in text:
+            raise _Invalid(f"{what} contains the reserved vision placeholder {token!r}")
+
+
 def parse_item(raw: Any, policy: MediaPolicy) -> Item:
     """Validate one input and resolve its media. Raises _Invalid with the cause."""
     if isinstance(raw, str):
+        _check_reserved(raw, "text")
         return Item(texts=[raw])
     if isinstance(raw, Image.Image):
         return Item(images=[resolve_image(raw, policy)])
@@ -115,6 +124,7 @@ def parse_item(raw: Any, policy: MediaPolicy) -> Item:
     for position, text in enumerate(texts):
         if not isinstance(text, str):
             raise _Invalid(f"text {position} is {type(text).__name__}, not str")
+        _check_reserved(text, f"text {position}")
 
     images = []
     for position, value in enumerate(_as_list(raw.get("image"))):
@@ -142,6 +152,8 @@ def parse_item(raw: Any, policy: MediaPolicy) -> Item:
     instruction = raw.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
         raise _Invalid(f"instruction is {type(instruction).__name__}, not str")
+    if instruction:
+        _check_reserved(instruction, "instruction")
     fps = raw.get("fps")
     if fps is not None and (not isinstance(fps, numbers.Real) or isinstance(fps, bool) or fps <= 0):
         raise _Invalid(f"fps must be a positive number, got {fps!r}")
