@@ -578,6 +578,7 @@ def search(
     model: str | None = None,
     dimensions: int | None = None,
     device: str | None = None,
+    progress: bool = True,
     log: Callable[[str], None] = print,
     warn: Callable[[str], None] | None = None,
 ) -> tuple[list[Hit], dict]:
@@ -676,7 +677,7 @@ def search(
             positions.append(i)
         if docs:
             try:
-                scores = rr.score(query_item, docs, instruction=instruction)
+                scores = rr.score(query_item, docs, instruction=instruction, show_progress=progress)
             except ValueError as exc:
                 raise CLIError(f"cannot rerank: {exc}", code=2) from None
             for i, s in zip(positions, scores):
@@ -879,8 +880,9 @@ def _positive_int(value: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Multimodal search over a folder of pictures, text files and videos with Qwen3-VL-Embedding "
-        "(one vector space for all three) and Qwen3-VL-Reranker. First `index` a folder, then `query` the index.",
+        description=textwrap.fill(
+            "Multimodal search over a folder of pictures, text files and videos with Qwen3-VL-Embedding (one vector "
+            "space for all three) and Qwen3-VL-Reranker. First `index` a folder, then `query` the index.", 79),
         epilog=textwrap.dedent(f"""\
             examples:
               {PROG} index photos/ --index-dir photos-index
@@ -950,6 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dimensions", metavar="K", type=_positive_int, default=None,
                    help="must match the index's dimension (default: read from the index)")
     q.add_argument("--device", metavar="D", default=None, help="torch device (default: the best available)")
+    q.add_argument("--no-progress", action="store_true", help="hide the reranking progress bar")
     return parser
 
 
@@ -963,7 +966,7 @@ def _run(args: argparse.Namespace) -> int:
     hits, manifest = search(args.index_dir, args.text, image=args.image, video=args.video, top_k=args.top_k,
                             rerank=args.rerank, reranker=args.reranker, candidates=args.candidates,
                             instruction=args.instruction, model=args.model, dimensions=args.dimensions,
-                            device=args.device)
+                            device=args.device, progress=not args.no_progress)
     query = _describe_query(args.text, args.image, args.video)
     how = " (reranked)" if args.rerank else ""
     print(f"\nQuery: {query}: top {len(hits)} of {manifest['counts']['indexed']} indexed files{how}")

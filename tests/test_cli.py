@@ -316,7 +316,7 @@ def test_help_explains_every_option(capsys):
                                "--max-frames", "--no-progress", "tiny"]),
         (["query", "--help"], ["INDEX_DIR", "TEXT", "--image", "--video", "--top-k", "--rerank", "--reranker",
                                "--candidates", "--instruction", "--picture", "--no-picture", "--model",
-                               "--dimensions", "--device"]),
+                               "--dimensions", "--device", "--no-progress"]),
     ):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
