@@ -1,0 +1,172 @@
+"""Micro-batching: the plan (length-sorted, bounded by items and padded tokens), padding, and batch invariance."""
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qwen3vl_integrations import Qwen3VLEmbedder
+from qwen3vl_integrations.core.batching import plan_batches
+from qwen3vl_integrations.core.encoding import EncodedItem, collate
+
+TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
+
+
+# ------------------------------------------------------------------------------------------ plan_batches
+
+
+def check_plan(costs, batch_size, max_batch_tokens, plan):
+    flat = [p for batch in plan for p in batch]
+    assert sorted(flat) == list(range(len(costs)))  # every position exactly once
+    for batch in plan:
+        assert 1 <= len(batch) <= batch_size
+        padded = max(max(1, costs[p]) for p in batch) * len(batch)
+        assert padded <= max_batch_tokens or len(batch) == 1  # only a single over-long item may exceed
+    # Longest first, in one global order: sorted by cost, descending.
+    ordered = [costs[p] for p in flat]
+    assert ordered == sorted(ordered, reverse=True)
+
+
+def test_plan_respects_batch_size_and_token_budget():
+    rng = random.Random(0)
+    for _ in range(200):
+        costs = [rng.randint(1, 500) for _ in range(rng.randint(0, 40))]
+        batch_size = rng.randint(1, 10)
+        budget = rng.randint(1, 3000)
+        check_plan(costs, batch_size, budget, plan_batches(costs, batch_size, budget))
+
+
+def test_plan_examples():
+    assert plan_batches([], 4, 100) == []
+    assert plan_batches([5, 50, 10], 8, 1000) == [[1, 2, 0]]
+    assert plan_batches([5, 50, 10], 2, 1000) == [[1, 2], [0]]
+    # 50 + 10 padded to 2 x 50 = 100 tokens: fits a budget of 100, not of 99.
+    assert plan_batches([5, 50, 10], 8, 100) == [[1, 2], [0]]
+    assert plan_batches([5, 50, 10], 8, 99) == [[1], [2, 0]]
+    # An item over the budget runs alone rather than failing.
+    assert plan_batches([500, 1, 1], 8, 100) == [[0], [1, 2]]
+    # Equal costs keep the input order (stable).
+    assert plan_batches([7, 7, 7, 7], 2, 1000) == [[0, 1], [2, 3]]
+
+
+@pytest.mark.parametrize(("batch_size", "budget"), [(0, 10), (1, 0), (-1, 5)])
+def test_plan_rejects_bad_limits(batch_size, budget):
+    with pytest.raises(ValueError):
+        plan_batches([1, 2], batch_size, budget)
+
+
+# ------------------------------------------------------------------------------------------ collate
+
+
+def test_collate_right_pads_and_points_at_the_last_real_token():
+    a = EncodedItem(input_ids=torch.tensor([5, 6, 7]), mm_token_type_ids=torch.tensor([0, 1, 0]),
+                    pixel_values=torch.ones(4, 3), image_grid_thw=torch.tensor([[1, 2, 2]]))
+    b = EncodedItem(input_ids=torch.tensor([8]), mm_token_type_ids=torch.tensor([0]))
+    c = EncodedItem(input_ids=torch.tensor([1, 2]), mm_token_type_ids=torch.tensor([0, 0]),
+                    pixel_values=torch.zeros(8, 3), image_grid_thw=torch.tensor([[1, 2, 4]]))
+    batch, last = collate([a, b, c], pad_token_id=99)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 99, 99], [1, 2, 99]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    assert batch["mm_token_type_ids"].tolist() == [[0, 1, 0], [0, 0, 0], [0, 0, 0]]
+    assert last.tolist() == [2, 0, 1]
+    assert batch["pixel_values"].shape == (12, 3) and batch["pixel_values"][:4].eq(1).all()
+    assert batch["image_grid_thw"].tolist() == [[1, 2, 2], [1, 2, 4]]
+    assert "pixel_values_videos" not in batch and "video_grid_thw" not in batch
+
+
+# ------------------------------------------------------------------------------------------ batch invariance
+
+
+@pytest.fixture(scope="module")
+def emb(tiny_embedding_path) -> Qwen3VLEmbedder:
+    return Qwen3VLEmbedder(str(tiny_embedding_path), **TINY)
+
+
+@pytest.fixture(scope="module")
+def mixed_items(media_dir):
+    frames = [Image.new("RGB", (64, 48), (50 * i, 20, 200 - 50 * i)) for i in range(4)]
+    return [
+        "a",
+        {"image": media_dir / "red.png"},
+        "a considerably longer piece of text about a red car parked in front of a white house " * 3,
+        {"video": media_dir / "clip.mp4", "text": "clip"},
+        {"text": ["b", "c"], "instruction": "Find related passages"},
+        {"image": media_dir / "wide.png", "text": "wide"},
+        {"video": frames},
+        {},
+        {"image": [media_dir / "gray.png", media_dir / "rgba.png"]},
+        "a",  # a duplicate
+        "medium length text with a few more words",
+    ]
+
+
+@pytest.fixture(scope="module")
+def one_by_one(emb, mixed_items) -> np.ndarray:
+    return np.concatenate([emb.embed([item]) for item in mixed_items])
+
+
+def test_one_call_equals_one_by_one(emb, mixed_items, one_by_one):
+    together = emb.embed(mixed_items)
+    assert together.shape == (len(mixed_items), 64)
+    assert np.abs(together - one_by_one).max() <= 1e-5
+    # Order restored: each row is closest to its own single-item vector (not just equal as a set).
+    distances = np.abs(together[:, None] - one_by_one[None]).max(-1)
+    for row in range(len(mixed_items)):
+        same = [c for c in range(len(mixed_items)) if distances[row, c] <= 1e-5]
+        assert row in same and all(mixed_items[c] == mixed_items[row] for c in same)
+    np.testing.assert_allclose(together[0], together[9], atol=1e-6)
+
+
+def test_batches_really_mix_lengths(emb, mixed_items):
+    """The invariance test above is only meaningful if rows of different lengths share a padded batch."""
+    backbone = emb.load().backbone
+    shapes = []
+    handle = backbone.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(kwargs["attention_mask"].sum(1).tolist()), with_kwargs=True)
+    try:
+        emb.embed(mixed_items)
+    finally:
+        handle.remove()
+    assert any(len(set(lengths)) > 1 for lengths in shapes)
+    assert sum(len(lengths) for lengths in shapes) == len(mixed_items)
+
+
+@pytest.mark.parametrize(("batch_size", "max_batch_tokens"), [(1, 16384), (2, 16384), (3, 400), (100, 100_000),
+                                                              (32, 1)])
+def test_batching_options_do_not_change_results(tiny_embedding_path, mixed_items, one_by_one, batch_size,
+                                                max_batch_tokens):
+    e = Qwen3VLEmbedder(str(tiny_embedding_path), batch_size=batch_size, max_batch_tokens=max_batch_tokens, **TINY)
+    assert np.abs(e.embed(mixed_items) - one_by_one).max() <= 1e-5
+
+
+def test_call_level_batch_size(emb, mixed_items, one_by_one):
+    for batch_size in (1, 4):
+        assert np.abs(emb.embed(mixed_items, batch_size=batch_size) - one_by_one).max() <= 1e-5
+
+
+def test_shuffled_input_gives_shuffled_output(emb, mixed_items, one_by_one):
+    order = [4, 10, 0, 7, 2, 9, 6, 1, 8, 3, 5]
+    got = emb.embed([mixed_items[i] for i in order])
+    assert np.abs(got - one_by_one[order]).max() <= 1e-5
+
+
+def test_no_prefetch_workers(tiny_embedding_path, mixed_items, one_by_one):
+    e = Qwen3VLEmbedder(str(tiny_embedding_path), preprocess_workers=0, batch_size=3, **TINY)
+    assert np.abs(e.embed(mixed_items) - one_by_one).max() <= 1e-5
+
+
+def test_try_embed_batching_with_gaps(emb, mixed_items, one_by_one):
+    items = list(itertools.chain.from_iterable((item, 123) for item in mixed_items))  # a bad input after each
+    result = emb.try_embed(items, batch_size=2)
+    assert result.indices.tolist() == list(range(0, len(items), 2))
+    assert [e.index for e in result.errors] == list(range(1, len(items), 2))
+    assert np.abs(result.embeddings - one_by_one).max() <= 1e-5
+
+
+def test_progress_bar_option(emb, mixed_items, one_by_one, capsys):
+    got = emb.embed(mixed_items[:3], show_progress=True)
+    assert np.abs(got - one_by_one[:3]).max() <= 1e-5

@@ -1,0 +1,91 @@
+"""Concurrent calls on one shared model (adapters call the core from threads) give the sequential results."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qwen3vl_integrations import Qwen3VLEmbedder
+
+TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
+
+
+def run_threads(target, n: int) -> list:
+    """Start n threads together (a barrier), join them, and re-raise the first failure."""
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+    failures: list = []
+
+    def worker(k: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            results[k] = target(k)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,), name=f"caller-{k}") for k in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(thread.is_alive() for thread in threads), "a caller thread hung"
+    if failures:
+        raise failures[0]
+    return results
+
+
+@pytest.fixture(scope="module")
+def workloads(media_dir):
+    frames = [Image.new("RGB", (64, 48), (60 * i, 90, 30)) for i in range(4)]
+    return [
+        ["first caller text", {"image": media_dir / "red.png", "text": "red"}, "x" * 300],
+        [{"video": media_dir / "clip.mp4"}, "second caller", {"text": ["a", "b"], "instruction": "Find passages"}],
+        [{"image": media_dir / "wide.png"}, {"video": frames}, "third caller text " * 10],
+        ["fourth", {"image": [media_dir / "gray.png", media_dir / "rgba.png"], "text": "two"}, {}],
+    ]
+
+
+@pytest.fixture(scope="module")
+def sequential(tiny_embedder, workloads):
+    return [tiny_embedder.embed(items) for items in workloads]
+
+
+def test_four_threads_one_embedder(tiny_embedder, workloads, sequential):
+    for _ in range(3):
+        results = run_threads(lambda k: tiny_embedder.embed(workloads[k]), 4)
+        for k in range(4):
+            assert np.abs(results[k] - sequential[k]).max() <= 1e-5, k
+
+
+def test_four_threads_four_embedders_sharing_one_model(tiny_embedding_path, tiny_embedder, workloads, sequential):
+    embedders = [Qwen3VLEmbedder(str(tiny_embedding_path), batch_size=1 + k, **TINY) for k in range(4)]
+    results = run_threads(lambda k: embedders[k].embed(workloads[k]), 4)
+    assert all(e.load() is tiny_embedder.load() for e in embedders)
+    for k in range(4):
+        assert np.abs(results[k] - sequential[k]).max() <= 1e-5, k
+
+
+def test_concurrent_first_load(tiny_embedding_path, workloads, sequential):
+    """Threads racing on the first call of a fresh object load the model once and agree."""
+    e = Qwen3VLEmbedder(str(tiny_embedding_path), **TINY)
+    results = run_threads(lambda k: (e.load(), e.embed(workloads[k])), 4)
+    assert len({id(loaded) for loaded, _ in results}) == 1
+    for k, (_, vectors) in enumerate(results):
+        assert np.abs(vectors - sequential[k]).max() <= 1e-5, k
+
+
+def test_concurrent_try_embed_and_errors(tiny_embedder, workloads, sequential):
+    def call(k: int):
+        if k % 2:
+            return tiny_embedder.try_embed([123] + workloads[k])
+        return tiny_embedder.embed(workloads[k])
+
+    results = run_threads(call, 4)
+    for k in range(4):
+        if k % 2:
+            assert results[k].indices.tolist() == [1, 2, 3] and results[k].errors[0].index == 0
+            assert np.abs(results[k].embeddings - sequential[k]).max() <= 1e-5
+        else:
+            assert np.abs(results[k] - sequential[k]).max() <= 1e-5

@@ -1,0 +1,633 @@
+"""Media sources: every image and video form, remote fetching limits, and input validation.
+
+Unit tests of core.media / core.inputs / core.vision compare decoded pixels against an independently built PIL
+image; the embedding-level tests check that every form of the same picture or clip gives the same vector.
+"""
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import math
+import struct
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qwen3vl_integrations.core.errors import Qwen3VLInputError
+from qwen3vl_integrations.core.inputs import is_single_video, parse_item, parse_items
+from qwen3vl_integrations.core.media import (
+    FrameListSource,
+    MediaPolicy,
+    VideoFileSource,
+    _Invalid,
+    has_extension,
+    resolve_image,
+    resolve_video,
+)
+from qwen3vl_integrations.core.vision import VisionLimits, image_tokens, prepare_image, prepare_video
+
+POLICY = MediaPolicy(allow_remote=False)
+TINY_LIMITS = VisionLimits(min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, fps=1.0,
+                           max_frames=8)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def pixels(source, limits: VisionLimits = TINY_LIMITS) -> np.ndarray:
+    return np.asarray(prepare_image(source, limits, POLICY))
+
+
+def expected_pixels(image: Image.Image, limits: VisionLimits = TINY_LIMITS) -> np.ndarray:
+    """Resize as REFERENCE.md §6.1-6.2 says: RGB (RGBA on white), smart_resize, PIL default filter."""
+    if image.mode == "RGBA":
+        white = Image.new("RGB", image.size, (255, 255, 255))
+        white.paste(image, mask=image.getchannel("A"))
+        image = white
+    else:
+        image = image.convert("RGB")
+    h, w = my_smart_resize(image.height, image.width, limits.min_pixels, limits.max_pixels)
+    return np.asarray(image.resize((w, h)))
+
+
+def my_smart_resize(h: int, w: int, min_pixels: int, max_pixels: int, factor: int = 32) -> tuple[int, int]:
+    """REFERENCE.md §6.2, written out independently."""
+    if max(h, w) / min(h, w) > 200:
+        raise ValueError("aspect ratio")
+    hb, wb = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
+    if hb * wb > max_pixels:
+        beta = math.sqrt(h * w / max_pixels)
+        hb, wb = math.floor(h / beta / factor) * factor, math.floor(w / beta / factor) * factor
+    elif hb * wb < min_pixels:
+        beta = math.sqrt(min_pixels / (h * w))
+        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return hb, wb
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height, with a bogus 1-byte image body (never decodable)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"\x00") + chunk(b"IEND", b"")
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files from the media folder, plus /nolength/<name> (no Content-Length) and /slow/<name>."""
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        if self.path.startswith("/slow/"):
+            time.sleep(3)
+            self.path = "/" + self.path[len("/slow/"):]
+        if self.path.startswith("/nolength/"):
+            target = Path(self.directory) / self.path[len("/nolength/"):]
+            data = target.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = True
+            return
+        return super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def http_base(media_dir):
+    """A local HTTP server on 127.0.0.1 serving media_dir, in a background thread."""
+    import functools
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(media_dir)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    with pytest.MonkeyPatch.context() as mp:  # never route the loopback through a proxy
+        for name in ("NO_PROXY", "no_proxy"):
+            mp.setenv(name, "127.0.0.1,localhost")
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def frame_dir(tmp_path_factory):
+    """Four 64x48 frames saved as PNG files, and the same frames as PIL images."""
+    folder = tmp_path_factory.mktemp("frames")
+    frames = []
+    for i in range(4):
+        frame = Image.new("RGB", (64, 48), (60 * i, 255 - 60 * i, 90))
+        frame.paste((255, 255, 255), (8 * i, 10, 8 * i + 12, 30))
+        frame.save(folder / f"f{i}.png")
+        frames.append(frame)
+    return folder, frames
+
+
+# ------------------------------------------------------------------------------------------ images: unit
+
+
+def test_smart_resize_table_reference_bounds():
+    """REFERENCE.md §6.2 table (reference bounds 4,096 .. 1,843,200 px)."""
+    limits = VisionLimits()
+    table = [((16, 16), 4), ((80, 48), 4), ((100, 100), 9), ((224, 224), 49), ((448, 448), 196),
+             ((512, 512), 256), ((1920, 1080), 1736), ((4000, 3000), 1728)]
+    for (w, h), tokens in table:
+        assert image_tokens(w, h, limits) == tokens, (w, h)
+        hh, ww = my_smart_resize(h, w, limits.min_pixels, limits.max_pixels)
+        assert (hh // 32) * (ww // 32) == tokens
+
+
+@pytest.mark.parametrize(("size", "resized"), [((16, 16), (64, 64)), ((80, 48), (64, 64)), ((100, 100), (96, 96)),
+                                               ((1920, 1080), (1792, 992))])
+def test_prepare_image_resized_size(size, resized):
+    image = Image.new("RGB", size, (1, 2, 3))
+    assert prepare_image(resolve_image(image, POLICY), VisionLimits(), POLICY).size == resized
+
+
+def test_every_image_form_decodes_to_the_same_pixels(media_dir):
+    path = media_dir / "red.png"
+    data = path.read_bytes()
+    pil = Image.open(path).convert("RGB")
+    want = expected_pixels(pil)
+    forms = {
+        "str path": str(path),
+        "Path": path,
+        "file:// URL": path.as_uri(),
+        "data URI": data_uri(data),
+        "bytes": data,
+        "bytearray": bytearray(data),
+        "BytesIO": io.BytesIO(data),
+        "PIL": pil,
+        "numpy uint8": np.asarray(pil),
+        "numpy float [0,1]": np.asarray(pil).astype(np.float32) / 255.0,
+    }
+    for name, form in forms.items():
+        got = pixels(resolve_image(form, POLICY))
+        assert got.shape == want.shape == (128, 160, 3), name
+        assert np.array_equal(got, want), name
+
+
+def test_bytesio_read_position_does_not_matter(media_dir):
+    data = (media_dir / "red.png").read_bytes()
+    stream = io.BytesIO(data)
+    stream.read(10)  # a stream somebody already read from
+    assert np.array_equal(pixels(resolve_image(stream, POLICY)), pixels(resolve_image(data, POLICY)))
+
+
+def test_rgba_is_composited_on_white(media_dir):
+    rgba = Image.open(media_dir / "rgba.png")
+    assert rgba.mode == "RGBA"
+    got = pixels(resolve_image(media_dir / "rgba.png", POLICY))
+    assert np.array_equal(got, expected_pixels(rgba))
+    # The transparent corners are white, not black (which a plain convert("RGB") would give).
+    assert got[0, 0].tolist() == [255, 255, 255]
+    assert not np.array_equal(got, expected_pixels(rgba.convert("RGB")))
+    # An RGBA numpy array behaves like the RGBA file.
+    assert np.array_equal(pixels(resolve_image(np.asarray(rgba), POLICY)), got)
+
+
+def test_grayscale_image_becomes_rgb(media_dir):
+    gray = Image.open(media_dir / "gray.png")
+    assert gray.mode == "L"
+    got = pixels(resolve_image(str(media_dir / "gray.png"), POLICY))
+    assert got.ndim == 3 and got.shape[-1] == 3
+    assert np.array_equal(got, expected_pixels(gray.convert("RGB")))
+    assert np.array_equal(pixels(resolve_image(np.asarray(gray), POLICY)), got)  # HxW array
+
+
+def test_resolve_image_reads_header_only(media_dir):
+    source = resolve_image(str(media_dir / "wide.png"), POLICY)
+    assert source.size == (300, 100)
+    assert source.image is None and source.path == media_dir / "wide.png"
+
+
+@pytest.mark.parametrize(
+    ("value", "cause"),
+    [
+        ("/definitely/not/here.png", "not found"),
+        ("file:///definitely/not/here.png", "not found"),
+        (Path("/definitely/not/here.png"), "not found"),
+        ("", "empty"),
+        (b"", "empty"),
+        (b"not an image at all", "unreadable"),
+        ("data:image/png;base64,!!!!", "empty image data|unreadable|invalid base64"),
+        ("data:image/png,rawdata", "base64"),
+        ("ftp://example.com/a.png", "unsupported URL scheme"),
+        ("s3://bucket/a.png", "unsupported URL scheme"),
+        (12, "unsupported image type"),
+        (object(), "unsupported image type"),
+        (np.zeros((4, 4, 3), np.int64), "uint8"),
+        (np.zeros((2, 4, 4, 3), np.uint8), "shape"),
+        (np.full((4, 4, 3), 2.0, np.float32), "uint8"),
+    ],
+)
+def test_bad_images(value, cause):
+    with pytest.raises(_Invalid, match=cause):
+        resolve_image(value, POLICY)
+
+
+def test_bad_image_files(media_dir):
+    with pytest.raises(_Invalid, match="unreadable image"):
+        resolve_image(media_dir / "broken.png", POLICY)
+    with pytest.raises(_Invalid, match="unreadable image"):
+        resolve_image(str(media_dir / "doc.txt"), POLICY)
+    with pytest.raises(_Invalid, match="not a regular file"):
+        resolve_image(str(media_dir), POLICY)
+
+
+def test_pixel_cap_is_checked_before_decoding(media_dir):
+    # Our own cap: the header of red.png (160x120 = 19,200 px) is enough to refuse it.
+    with pytest.raises(_Invalid, match="max_image_pixels"):
+        resolve_image(media_dir / "red.png", MediaPolicy(allow_remote=False, max_image_pixels=10_000))
+    # A header declaring 12,000 x 10,000 (120 Mpx, above the default 100 Mpx cap) with a 1-byte body:
+    # refused from the header (decoding would fail with a different message).
+    start = time.perf_counter()
+    with pytest.raises(_Invalid, match="max_image_pixels"):
+        resolve_image(png_header_only(12_000, 10_000), POLICY)
+    # 40,000 x 40,000: Pillow's own bomb guard fires first; still a clean refusal.
+    with pytest.raises(_Invalid, match="decompression bomb|max_image_pixels"):
+        resolve_image(png_header_only(40_000, 40_000), POLICY)
+    assert time.perf_counter() - start < 5
+    # A PIL image given directly is accepted whatever the cap (it is decoded already) ...
+    assert resolve_image(Image.new("RGB", (200, 200)), MediaPolicy(max_image_pixels=100)).size == (200, 200)
+
+
+def test_file_urls(media_dir, tmp_path, monkeypatch):
+    image = Image.new("RGB", (40, 30), (5, 6, 7))
+    (tmp_path / "sub dir").mkdir()
+    image.save(tmp_path / "sub dir" / "pic.png")
+    want = expected_pixels(image)
+    # RFC 8089 form, percent-encoded (what Path.as_uri() writes), and the localhost form.
+    assert np.array_equal(pixels(resolve_image((tmp_path / "sub dir" / "pic.png").as_uri(), POLICY)), want)
+    assert np.array_equal(pixels(resolve_image(f"file://localhost{tmp_path}/sub dir/pic.png", POLICY)), want)
+    # "file://" + a relative path, as the reference builds it: relative to the working directory, never
+    # "/pic.png" on a host called "sub dir".
+    monkeypatch.chdir(tmp_path)
+    assert np.array_equal(pixels(resolve_image("file://sub dir/pic.png", POLICY)), want)
+    with pytest.raises(_Invalid, match="not found: 'nothing/pic.png'"):
+        resolve_image("file://nothing/pic.png", POLICY)
+
+
+def test_video_frame_size_is_capped(media_dir):
+    with pytest.raises(_Invalid, match="96x64 pixels exceed max_image_pixels=5000"):
+        resolve_video(media_dir / "clip.mp4", MediaPolicy(allow_remote=False, max_image_pixels=5000))
+    with pytest.raises(_Invalid, match="frame 1: .*max_image_pixels"):  # frames given as files are images
+        resolve_video([Image.new("RGB", (10, 10)), media_dir / "red.png"],
+                      MediaPolicy(allow_remote=False, max_image_pixels=5000))
+
+
+def test_truncated_image_fails_at_decoding(media_dir):
+    data = (media_dir / "red.png").read_bytes()
+    source = resolve_image(data[: len(data) // 2], POLICY)  # the header is intact
+    with pytest.raises(Exception):
+        prepare_image(source, TINY_LIMITS, POLICY)
+
+
+def test_aspect_ratio_over_200_is_refused():
+    with pytest.raises(_Invalid, match="aspect ratio"):
+        image_tokens(402, 2, TINY_LIMITS)
+    assert image_tokens(400, 2, TINY_LIMITS) > 0
+
+
+# ------------------------------------------------------------------------------------------ remote
+
+
+def test_http_image(http_base, media_dir):
+    policy = MediaPolicy(allow_remote=True, timeout=5)
+    source = resolve_image(f"{http_base}/red.png", policy)
+    assert source.data == (media_dir / "red.png").read_bytes()
+    assert np.array_equal(pixels(source), expected_pixels(Image.open(media_dir / "red.png")))
+    # Query strings are fine.
+    assert resolve_image(f"{http_base}/red.png?x=1", policy).size == (160, 120)
+
+
+def test_http_failures(http_base):
+    policy = MediaPolicy(allow_remote=True, timeout=5)
+    with pytest.raises(_Invalid, match="could not fetch.*404"):
+        resolve_image(f"{http_base}/missing.png", policy)
+    with pytest.raises(_Invalid, match="could not fetch"):
+        resolve_image("http://127.0.0.1:9/nothing.png", policy)  # port 9 (discard): connection refused
+    with pytest.raises(_Invalid, match="allow_remote=False"):
+        resolve_image(f"{http_base}/red.png", MediaPolicy(allow_remote=False))
+    with pytest.raises(_Invalid, match="allow_remote=False"):
+        resolve_video(f"{http_base}/clip.mp4", MediaPolicy(allow_remote=False))
+
+
+def test_http_byte_cap(http_base):
+    small = MediaPolicy(allow_remote=True, timeout=5, max_remote_bytes=1000)
+    with pytest.raises(_Invalid, match="cap"):  # declared Content-Length
+        resolve_image(f"{http_base}/blue.jpg", small)
+    with pytest.raises(_Invalid, match="cap"):  # no Content-Length: counted while streaming
+        resolve_image(f"{http_base}/nolength/blue.jpg", small)
+    assert resolve_image(f"{http_base}/nolength/blue.jpg", MediaPolicy(timeout=5)).size == (224, 224)
+
+
+def test_http_timeout(http_base):
+    start = time.perf_counter()
+    with pytest.raises(_Invalid, match="could not fetch"):
+        resolve_image(f"{http_base}/slow/red.png", MediaPolicy(allow_remote=True, timeout=0.5))
+    assert time.perf_counter() - start < 2.5
+
+
+# ------------------------------------------------------------------------------------------ videos: unit
+
+
+def test_video_file_forms_probe_the_same(http_base, media_dir):
+    clip = media_dir / "clip.mp4"
+    data = clip.read_bytes()
+    policy = MediaPolicy(allow_remote=True, timeout=5)
+    for form in (str(clip), clip, clip.as_uri(), data, io.BytesIO(data), f"{http_base}/clip.mp4",
+                 data_uri(data, "video/mp4")):
+        source = resolve_video(form, policy)
+        assert isinstance(source, VideoFileSource)
+        assert (source.total_frames, source.fps, source.width, source.height) == (16, 8.0, 96, 64)
+
+
+def test_frame_list_forms(frame_dir):
+    folder, frames = frame_dir
+    paths = sorted(folder.glob("f*.png"))
+    arrays = [np.asarray(f) for f in frames]
+    forms = {
+        "PIL list": frames,
+        "str paths": [str(p) for p in paths],
+        "Path list": paths,
+        "file:// list": [p.as_uri() for p in paths],
+        "data URI list": [data_uri(p.read_bytes()) for p in paths],
+        "array list": arrays,
+        "[T,H,W,3] array": np.stack(arrays),
+        "bytes list": [p.read_bytes() for p in paths],
+        "BytesIO list": [io.BytesIO(p.read_bytes()) for p in paths],
+    }
+    want = prepare_video(resolve_video(frames, POLICY), None, None, TINY_LIMITS, POLICY).frames
+    for name, form in forms.items():
+        parsed = parse_item({"video": form}, POLICY)
+        assert len(parsed.videos) == 1, name
+        assert isinstance(parsed.videos[0], FrameListSource), name
+        got = prepare_video(parsed.videos[0], None, None, TINY_LIMITS, POLICY).frames
+        assert torch_equal(got, want), name
+
+
+def torch_equal(a, b) -> bool:
+    return tuple(a.shape) == tuple(b.shape) and bool((a == b).all())
+
+
+@pytest.mark.parametrize(
+    ("value", "count"),
+    [
+        ("a.mp4", 1),
+        (["a.mp4", "b.mp4"], 2),
+        ([], 0),
+        ([["x.png", "y.png"], ["z.png"]], 2),
+        (["x.png", "y.png"], 1),
+        (["https://h/x.PNG?raw=1", "y.jpg"], 1),
+        (["https://h/x.webp?sig=1"], 1),
+        (np.zeros((2, 8, 8, 3), np.uint8), 1),
+        ([np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 8, 8, 3), np.uint8)], 2),
+    ],
+)
+def test_is_single_video_rule(value, count):
+    """REFERENCE.md §3 step 3: one video or a list of videos."""
+    if count == 0:
+        assert not is_single_video(value)
+        return
+    assert is_single_video(value) == (count == 1)
+
+
+def test_has_extension_ignores_query_and_case():
+    assert has_extension("https://h/a/B.JPG?x=1.mp4", (".jpg",))
+    assert not has_extension("https://h/a/b.mp4?x=1.jpg", (".jpg",))
+    assert has_extension("frame.Png", (".png",))
+
+
+def test_frame_list_downsampled_to_constructor_max_frames(frame_dir):
+    folder, frames = frame_dir
+    twelve = frames * 3  # 12 frames, constructor max_frames=8
+    video = prepare_video(resolve_video(twelve, POLICY), None, 2, TINY_LIMITS, POLICY)  # per-item max_frames ignored
+    assert video.frames.shape[0] == 8
+    # np.linspace(0, 11, 8, dtype=int) -> [0, 1, 3, 4, 6, 7, 9, 11] (REFERENCE.md §3 step 6)
+    picked = [twelve[i] for i in np.linspace(0, 11, 8, dtype=int)]
+    assert torch_equal(video.frames, prepare_video(resolve_video(picked, POLICY), None, None, TINY_LIMITS,
+                                                   POLICY).frames)
+    # An odd count is padded to even by repeating the last frame, with 2-fps fake metadata.
+    odd = prepare_video(resolve_video(frames[:3], POLICY), None, None, TINY_LIMITS, POLICY)
+    assert odd.frames.shape[0] == 4 and torch_equal(odd.frames[3], odd.frames[2])
+    assert odd.metadata["fps"] == 2.0 and list(odd.metadata["frames_indices"]) == list(range(4))
+
+
+def test_frames_must_share_a_size(frame_dir):
+    from qwen3vl_integrations.core.vision import video_tokens
+
+    folder, frames = frame_dir
+    close = resolve_video([frames[0], frames[1].resize((70, 50))], POLICY)  # both become 192x128 in qwen-vl-utils
+    assert video_tokens(close, None, None, TINY_LIMITS) > 0
+    assert prepare_video(close, None, None, TINY_LIMITS, POLICY).frames.shape[0] == 2
+    far = resolve_video([frames[0], Image.new("RGB", (300, 60))], POLICY)
+    with pytest.raises(_Invalid, match="one size"):
+        video_tokens(far, None, None, TINY_LIMITS)
+    with pytest.raises(RuntimeError):  # what would happen later otherwise
+        prepare_video(far, None, None, TINY_LIMITS, POLICY)
+    # Only the frames that are kept count (12 frames, max_frames=8: frames 2, 5 and 8 are dropped).
+    mixed = [frames[0]] * 12
+    for dropped in (2, 5, 8):
+        mixed[dropped] = Image.new("RGB", (300, 60))
+    assert video_tokens(resolve_video(mixed, POLICY), None, None, TINY_LIMITS) > 0
+
+
+def test_video_file_sampling_matches_qwen_vl_utils(media_dir):
+    """Frames sampled from a file: same indices, metadata and pixels as qwen-vl-utils' decord reader when the
+    entry carries total_pixels (our deliberate fix, REFERENCE.md §11 #2)."""
+    pytest.importorskip("decord")
+    from qwen_vl_utils import fetch_video
+
+    clip = media_dir / "clip.mp4"
+    ours = prepare_video(resolve_video(clip, POLICY), 4.0, None, TINY_LIMITS, POLICY)
+    (theirs, metadata), _ = fetch_video(
+        {"video": str(clip), "fps": 4.0, "max_frames": 8, "total_pixels": TINY_LIMITS.total_pixels},
+        image_patch_size=16, return_video_sample_fps=True, return_video_metadata=True)
+    assert list(ours.metadata["frames_indices"]) == list(metadata["frames_indices"]) == [0, 2, 4, 6, 9, 11, 13, 15]
+    assert ours.metadata["fps"] == pytest.approx(metadata["fps"])
+    assert torch_equal(ours.frames, theirs)
+
+
+def test_video_file_without_decord_uses_pyav(media_dir, monkeypatch):
+    """The PyAV fallback (platforms without decord) samples the same frames at the same size."""
+    clip = media_dir / "clip.mp4"
+    source = resolve_video(clip, POLICY)
+    reference = prepare_video(source, 4.0, None, TINY_LIMITS, POLICY)
+    monkeypatch.setitem(sys.modules, "decord", None)  # `import decord` now raises ImportError
+    fallback = prepare_video(source, 4.0, None, TINY_LIMITS, POLICY)
+    assert fallback.metadata["video_backend"] == "pyav"
+    assert list(fallback.metadata["frames_indices"]) == list(reference.metadata["frames_indices"])
+    assert fallback.frames.shape == reference.frames.shape
+    # Two decoders may convert YUV to RGB slightly differently, never by much.
+    assert float((fallback.frames - reference.frames).abs().mean()) < 1.0  # a frame off by one: about 6
+
+
+@pytest.mark.parametrize(
+    ("value", "cause"),
+    [
+        ([], "empty frame list"),
+        (np.zeros((0, 8, 8, 3), np.uint8), "empty video"),
+        (np.zeros((2, 8, 8), np.uint8), "shape"),
+        ("/no/such/clip.mp4", "not found"),
+        (b"", "empty video data"),
+        (b"definitely not a video", "unreadable video"),
+        (3.5, "unsupported video type"),
+        ("gopher://x/clip.mp4", "unsupported URL scheme"),
+    ],
+)
+def test_bad_videos(value, cause):
+    with pytest.raises(_Invalid, match=cause):
+        resolve_video(value, POLICY)
+
+
+def test_bad_frame_is_named(frame_dir, media_dir):
+    folder, frames = frame_dir
+    with pytest.raises(_Invalid, match="frame 2: .*not found"):
+        resolve_video([frames[0], frames[1], str(folder / "missing.png")], POLICY)
+    with pytest.raises(_Invalid, match="unreadable video"):
+        resolve_video(media_dir / "doc.txt", POLICY)
+
+
+# ------------------------------------------------------------------------------------------ parse_item
+
+
+def test_parse_item_forms(media_dir):
+    assert parse_item("hello", POLICY).texts == ["hello"]
+    item = parse_item({"text": ["a", "b"], "instruction": "x", "fps": 2, "max_frames": 4}, POLICY)
+    assert (item.texts, item.instruction, item.fps, item.max_frames) == (["a", "b"], "x", 2.0, 4)
+    assert parse_item({"instruction": ""}, POLICY).instruction is None
+    assert parse_item({}, POLICY).is_empty
+    assert len(parse_item({"image": [media_dir / "red.png", media_dir / "blue.jpg"]}, POLICY).images) == 2
+    assert len(parse_item({"video": [media_dir / "clip.mp4", str(media_dir / "clip.mp4")]}, POLICY).videos) == 2
+    clip = (media_dir / "clip.mp4").read_bytes()
+    videos = parse_item({"video": [clip, io.BytesIO(clip)]}, POLICY).videos  # two encoded video files
+    assert [type(v) for v in videos] == [VideoFileSource, VideoFileSource]
+    # Special tokens other than the vision placeholders are plain text to us (the reference tokenises them too).
+    assert parse_item("a <|im_end|> b", POLICY).texts == ["a <|im_end|> b"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "cause"),
+    [
+        (5, "unsupported input type int"),
+        (None, "unsupported input type NoneType"),
+        (["a"], "unsupported input type list"),
+        ({"txt": "a"}, "unknown key"),
+        ({"text": 5}, "text 0 is int"),
+        ({"text": ["a", b"b"]}, "text 1 is bytes"),
+        ({"text": "a", "instruction": 3}, "instruction is int"),
+        ({"video": [[]]}, "video 0: empty frame list"),
+        ({"text": "a", "fps": 0}, "fps"),
+        ({"text": "a", "fps": True}, "fps"),
+        ({"text": "a", "fps": "2"}, "fps"),
+        ({"text": "a", "max_frames": 1}, "max_frames"),
+        ({"text": "a", "max_frames": 2.5}, "max_frames"),
+        ({"image": ["/no/such.png"]}, "image 0: file not found"),
+        ({"video": {"a": 1}}, "unsupported video type dict"),
+        ("a <|video_pad|>", "text contains the reserved vision placeholder"),
+        ({"text": ["a", "<|image_pad|>"]}, "text 1 contains the reserved"),
+    ],
+)
+def test_parse_item_errors(raw, cause):
+    with pytest.raises(_Invalid, match=cause):
+        parse_item(raw, POLICY)
+
+
+def test_parse_items_reports_every_bad_position(media_dir):
+    raws = ["ok", {"image": "/no/such.png"}, {"text": 1}, {"image": media_dir / "red.png"}, 7]
+    items, errors = parse_items(raws, POLICY)
+    assert [i is None for i in items] == [False, True, True, False, True]
+    assert [e.index for e in errors] == [1, 2, 4]
+    assert all(isinstance(e, Qwen3VLInputError) and isinstance(e, ValueError) for e in errors)
+    assert str(errors[0]).startswith("item 1: ") and "/no/such.png" in str(errors[0])
+
+
+def test_text_is_never_read_as_a_file(media_dir):
+    # A string item is text, even when it is the path of an existing file.
+    assert parse_item(str(media_dir / "doc.txt"), POLICY).texts == [str(media_dir / "doc.txt")]
+    assert parse_item({"text": str(media_dir / "red.png")}, POLICY).images == []
+
+
+# ------------------------------------------------------------------------------------------ embeddings
+
+
+def test_every_image_form_embeds_like_pil(tiny_embedder, media_dir, http_base):
+    path = media_dir / "blue.jpg"
+    data = path.read_bytes()
+    pil = Image.open(path).convert("RGB")
+    forms = [pil, str(path), path, path.as_uri(), data_uri(data, "image/jpeg"), data, io.BytesIO(data),
+             np.asarray(pil), f"{http_base}/blue.jpg"]
+    vectors = tiny_embedder.embed([{"image": form, "text": "x"} for form in forms])
+    assert vectors.shape == (len(forms), 64)
+    for row in range(1, len(forms)):
+        np.testing.assert_allclose(vectors[row], vectors[0], atol=1e-5, err_msg=repr(type(forms[row])))
+    # ... and a different picture gives a different vector.
+    other = tiny_embedder.embed([{"image": media_dir / "red.png", "text": "x"}])
+    assert np.abs(other[0] - vectors[0]).max() > 1e-3
+
+
+def test_rgba_and_gray_embed_like_their_rgb_versions(tiny_embedder, media_dir):
+    rgba = Image.open(media_dir / "rgba.png")
+    on_white = Image.new("RGB", rgba.size, (255, 255, 255))
+    on_white.paste(rgba, mask=rgba.getchannel("A"))
+    gray = Image.open(media_dir / "gray.png")
+    v = tiny_embedder.embed([{"image": media_dir / "rgba.png"}, {"image": on_white},
+                             {"image": rgba.convert("RGB")},  # black background: must differ
+                             {"image": media_dir / "gray.png"}, {"image": gray.convert("RGB")}])
+    np.testing.assert_allclose(v[0], v[1], atol=1e-5)
+    assert np.abs(v[0] - v[2]).max() > 1e-3
+    np.testing.assert_allclose(v[3], v[4], atol=1e-5)
+
+
+def test_every_video_form_embeds_alike(tiny_embedder, media_dir, frame_dir, http_base):
+    clip = media_dir / "clip.mp4"
+    data = clip.read_bytes()
+    files = [str(clip), clip, clip.as_uri(), data, io.BytesIO(data), f"{http_base}/clip.mp4"]
+    folder, frames = frame_dir
+    paths = sorted(folder.glob("f*.png"))
+    lists = [frames, [str(p) for p in paths], paths, np.stack([np.asarray(f) for f in frames]),
+             [p.read_bytes() for p in paths]]
+    vectors = tiny_embedder.embed([{"video": form} for form in files + lists])
+    for row in range(1, len(files)):
+        np.testing.assert_allclose(vectors[row], vectors[0], atol=1e-5, err_msg=repr(type(files[row])))
+    base = len(files)
+    for row in range(base + 1, base + len(lists)):
+        np.testing.assert_allclose(vectors[row], vectors[base], atol=1e-5, err_msg=repr(type(lists[row - base])))
+    assert np.abs(vectors[0] - vectors[base]).max() > 1e-3
+
+
+def test_remote_errors_through_the_embedder(tiny_embedding_path, http_base):
+    from qwen3vl_integrations import Qwen3VLEmbedder
+
+    from conftest import TINY_CORE_KWARGS
+
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), allow_remote=False, **TINY_CORE_KWARGS)
+    with pytest.raises(Qwen3VLInputError, match="item 1: .*allow_remote=False") as info:
+        emb.embed(["ok", {"image": f"{http_base}/red.png"}])
+    assert info.value.index == 1
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), max_remote_bytes=1000, remote_timeout=5, **TINY_CORE_KWARGS)
+    with pytest.raises(Qwen3VLInputError, match="item 0: .*cap"):
+        emb.embed([{"image": f"{http_base}/blue.jpg"}])
+    with pytest.raises(Qwen3VLInputError, match="item 0: .*404"):
+        emb.embed([{"image": f"{http_base}/nope.png"}])
+    assert not emb.is_loaded  # refused before any model work
