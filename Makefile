@@ -5,8 +5,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 MODEL ?= real
-export HF_HUB_OFFLINE ?= 1
-export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install test demo bench clean
@@ -20,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
+# Tests never reach a model hub: they build tiny random checkpoints.
+test: export HF_HUB_OFFLINE = 1
+test: export TRANSFORMERS_OFFLINE = 1
 test: $(STAMP)
 	$(PY) -m pytest tests cookbook --nbmake --nbmake-timeout=600 -q
 
