@@ -75,7 +75,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
     def score_pairs(self, pairs: Sequence[tuple[Any, Any]], *, instruction: str | None = None,
                     batch_size: int | None = None, show_progress: bool = False,
                     _one_query: bool = False) -> np.ndarray:
-        """Scores of arbitrary (query, document) pairs. Equal queries are validated and decoded once."""
+        """Scores of arbitrary (query, document) pairs. Each query object (by identity) is validated and decoded once."""
         pairs = list(pairs)
         if not pairs:
             return np.zeros(0, np.float32)
