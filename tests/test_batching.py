@@ -1,6 +1,7 @@
 """Micro-batching: the plan (length-sorted, bounded by items and padded tokens), padding, and batch invariance."""
 from __future__ import annotations
 
+import inspect
 import itertools
 import random
 
@@ -51,6 +52,57 @@ def test_plan_examples():
     assert plan_batches([500, 1, 1], 8, 100) == [[0], [1, 2]]
     # Equal costs keep the input order (stable).
     assert plan_batches([7, 7, 7, 7], 2, 1000) == [[0, 1], [2, 3]]
+
+
+def _plan_cost(costs, plan, overhead):
+    return sum(len(batch) * max(max(1, costs[p]) for p in batch) + overhead for batch in plan)
+
+
+def _best_cost_brute_force(costs, batch_size, budget, overhead):
+    """Minimum of padded tokens + overhead per batch over every cut of the longest-first order."""
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    best = None
+    for mask in range(2 ** max(0, len(order) - 1)):
+        plan, current = [], [order[0]] if order else []
+        for k in range(1, len(order)):
+            if mask >> (k - 1) & 1:
+                plan.append(current)
+                current = []
+            current.append(order[k])
+        if current:
+            plan.append(current)
+        if any(len(b) > batch_size or (len(b) > 1 and len(b) * max(max(1, costs[p]) for p in b) > budget)
+               for b in plan):
+            continue
+        cost = _plan_cost(costs, plan, overhead)
+        best = cost if best is None else min(best, cost)
+    return best or 0
+
+
+_HAS_OVERHEAD = "batch_overhead" in inspect.signature(plan_batches).parameters
+needs_overhead = pytest.mark.skipif(not _HAS_OVERHEAD, reason="plan_batches(batch_overhead=) is not in this checkout")
+
+
+@needs_overhead
+def test_min_padding_plan_is_optimal():
+    rng = random.Random(1)
+    for _ in range(300):
+        costs = [rng.choice([rng.randint(1, 30), rng.randint(1, 400)]) for _ in range(rng.randint(0, 8))]
+        batch_size, budget, overhead = rng.randint(1, 6), rng.randint(1, 1500), rng.choice([0, 16, 64, 1024])
+        plan = plan_batches(costs, batch_size, budget, batch_overhead=overhead)
+        check_plan(costs, batch_size, budget, plan)
+        assert _plan_cost(costs, plan, overhead) == _best_cost_brute_force(costs, batch_size, budget, overhead)
+
+
+@needs_overhead
+def test_min_padding_plan_examples():
+    # A small overhead: padding is a loss, so unequal items run alone and equal ones share a batch.
+    assert plan_batches([10, 100, 10], 8, 10_000, batch_overhead=1) == [[1], [0, 2]]
+    # A large overhead: one batch (300 padded tokens + 1000 beats 120 + 2000).
+    assert plan_batches([10, 100, 10], 8, 10_000, batch_overhead=1000) == [[1, 0, 2]]
+    # The limits still hold.
+    assert plan_batches([10, 100, 10, 10], 2, 10_000, batch_overhead=1000) == [[1, 0], [2, 3]]
+    assert plan_batches([10, 100, 10], 8, 150, batch_overhead=1000) == [[1], [0, 2]]
 
 
 @pytest.mark.parametrize(("batch_size", "budget"), [(0, 10), (1, 0), (-1, 5)])

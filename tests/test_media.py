@@ -619,8 +619,7 @@ def test_every_video_form_embeds_alike(tiny_embedder, media_dir, frame_dir, http
 def test_remote_errors_through_the_embedder(tiny_embedding_path, http_base):
     from qwen3vl_integrations import Qwen3VLEmbedder
 
-    from conftest import TINY_CORE_KWARGS
-
+    TINY_CORE_KWARGS = dict(device="cpu", min_pixels=4096, max_pixels=65536, total_pixels=262144, max_frames=8)
     emb = Qwen3VLEmbedder(str(tiny_embedding_path), allow_remote=False, **TINY_CORE_KWARGS)
     with pytest.raises(Qwen3VLInputError, match="item 1: .*allow_remote=False") as info:
         emb.embed(["ok", {"image": f"{http_base}/red.png"}])
