@@ -147,7 +147,31 @@ def _load(key: ModelKey, path: str, device: torch.device, dtype: torch.dtype, at
         del full
     backbone.to(device).eval()
     backbone.requires_grad_(False)
+    use_linear_patch_embed(backbone)
     return LoadedModel(key, backbone, processor, backbone.config, device, dtype, score_weight)
+
+
+def _linear_patch_embed_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    weight = self.proj.weight
+    flat = weight.view(weight.shape[0], -1)  # (C, T, P, P) flattened in the order of the pixel_values rows
+    return torch.nn.functional.linear(hidden_states.reshape(-1, flat.shape[1]).to(flat.dtype), flat, self.proj.bias)
+
+
+def use_linear_patch_embed(backbone: Any) -> bool:
+    """Run the vision patch embedding as one matrix product instead of a Conv3d on the same weights.
+
+    The Conv3d's kernel equals its stride, so it is a plain linear map of each flattened patch; as a matrix product
+    it is 2-3x faster on CPU (and avoids the slow Conv3d kernels of some torch/cuDNN releases on GPUs). The weights
+    are shared, not copied; results agree to float rounding. Returns False when the model has no such layer.
+    `del backbone.visual.patch_embed.forward` restores the original.
+    """
+    patch_embed = getattr(getattr(backbone, "visual", None), "patch_embed", None)
+    proj = getattr(patch_embed, "proj", None)
+    if (not isinstance(proj, torch.nn.Conv3d) or tuple(proj.kernel_size) != tuple(proj.stride)
+            or proj.padding not in ((0, 0, 0), "valid") or tuple(proj.dilation) != (1, 1, 1) or proj.groups != 1):
+        return False
+    patch_embed.forward = _linear_patch_embed_forward.__get__(patch_embed)
+    return True
 
 
 def clear_registry() -> None:

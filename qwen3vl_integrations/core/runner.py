@@ -18,6 +18,11 @@ from .media import MediaPolicy, _Invalid
 from .vision import VisionLimits, image_tokens, prepare_image, prepare_video, video_tokens
 
 TEXT_TOKENS_PER_CHAR = 0.34  # a cheap upper-ish estimate used only before the tokenizer is loaded
+# Fixed cost of one forward pass, in tokens, for the batch planner: a micro-batch takes a shorter item only when the
+# padding that adds costs less than this. CPUs run a batch at about the same cost per token as single items, so
+# padding is pure loss there; GPUs need larger batches to be efficient.
+BATCH_OVERHEAD_TOKENS = {"cpu": 64, "mps": 256}
+DEFAULT_BATCH_OVERHEAD_TOKENS = 1024
 
 BuildSequence = Callable[[int], EncodedItem]
 
@@ -159,7 +164,8 @@ class Qwen3VLRunner:
         ahead of the model. A position whose media fail to decode is reported (raised when `raise_errors`).
         """
         loaded = self.load()
-        batches = plan_batches(costs, batch_size or self.batch_size, self.max_batch_tokens)
+        overhead = BATCH_OVERHEAD_TOKENS.get(loaded.device.type, DEFAULT_BATCH_OVERHEAD_TOKENS)
+        batches = plan_batches(costs, batch_size or self.batch_size, self.max_batch_tokens, batch_overhead=overhead)
 
         def build_batch(positions: list[int]) -> tuple[list[int], list[EncodedItem], list[Qwen3VLInputError]]:
             ok, sequences, errors = [], [], []

@@ -1,0 +1,588 @@
+"""Throughput of our batched core against a re-enactment of the official procedure, same inputs, same weights.
+
+    python -m benchmarks.throughput --model tiny|small|2b|PATH --device cpu|cuda [--dtype bfloat16] [--quick]
+                                    [--json OUT.json] [--markdown OUT.md]
+
+Cases (items/s and real tokens/s, i.e. without padding; peak memory; max |ours - baseline|):
+
+* ``embed_text``       (a) 256 texts, log-uniform 10-2,000 tokens
+* ``embed_images``     (b) 64 JPEG images, 224-1,344 px per side
+* ``embed_images_448`` 448x448 JPEG images (the GPU images/s target)
+* ``embed_mixed``      (c) texts, images, image+text, videos (frame lists and mp4 files)
+* ``rerank_text``      1 query x 64 text documents (10-1,000 tokens)
+* ``rerank_images``    1 query x 64 image documents (224-896 px)
+
+The baseline (benchmarks/official.py) embeds in chunks of 8, one padded processor call and forward per chunk, and
+scores one reranker pair per forward pass, as upstream does. Random checkpoints are built once into
+``~/.cache/qwen3vl-integrations/bench`` (``--model 2b`` is built in memory, directly on the device).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.corpora import Corpora, Sizes, build_corpora  # noqa: E402
+from benchmarks.official import Counter, official_embed, official_score  # noqa: E402
+
+SIZES = ("tiny", "small", "2b")
+CASES = ("embed_text", "embed_images", "embed_images_448", "embed_mixed", "rerank_text", "rerank_images")
+DIFF_TOLERANCE = 1e-5  # float32 on CPU
+# Dense peak throughput used for model FLOP utilisation (H100 SXM datasheet; the H200 has the same compute).
+PEAK_FLOPS = {"bfloat16": 989.4e12, "float16": 989.4e12, "float32": 494.7e12}  # fp32 counted at the TF32 rate
+# Targets (issue 8): ratios on CPU with the small model; absolute rates on a GPU with the 2B shape in bf16.
+CPU_RATIO_TARGETS = {"embed_text": 2.0, "embed_mixed": 2.0, "rerank_text": 3.0, "rerank_images": 3.0}
+GPU_TARGETS = {"embed_text": ("tokens/s", 100_000), "embed_images_448": ("items/s", 250),
+               "rerank_text": ("tokens/s", 50_000)}
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "qwen3vl-integrations" / "bench"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+def checkpoint_paths(model: str, reranker_model: str | None, dtype: torch.dtype, device: torch.device,
+                     cache_dir: Path, build: str) -> tuple[str, str, str]:
+    """(embedding path, reranker path, how they were made). Random sizes are built once and reused."""
+    if model not in SIZES:
+        return model, reranker_model or model, "given"
+    dtype_name = str(dtype).replace("torch.", "")
+    if build == "auto":
+        build = "memory" if model == "2b" else "disk"
+    if build == "memory":
+        return (*build_in_memory(model, dtype, device, cache_dir), "random, built in memory")
+    from qwen3vl_integrations.testing import build_random_checkpoint
+
+    paths = []
+    for kind in ("embedding", "reranker"):
+        path = cache_dir / f"{model}-{kind}-{dtype_name}"
+        if not (path / "config.json").exists() or not list(path.glob("*.safetensors")):
+            log(f"building the {model} {kind} checkpoint in {path}")
+            start = time.perf_counter()
+            build_random_checkpoint(path, size=model, kind=kind, dtype=dtype_name, seed=0)
+            log(f"  built in {time.perf_counter() - start:.1f} s")
+        paths.append(str(path))
+    return paths[0], paths[1], "random, cached on disk"
+
+
+def build_in_memory(size: str, dtype: torch.dtype, device: torch.device, cache_dir: Path) -> tuple[str, str]:
+    """Initialise a random model directly on `device` and put it in the core's shared registry for both roles.
+
+    Only the config and the processor are written to disk; the embedding and reranker objects then find the model
+    in the registry instead of loading weights (the 2B shape: seconds on a GPU instead of a 4 GB save and load).
+    """
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from qwen3vl_integrations.core import loading
+    from qwen3vl_integrations.testing import build_processor, build_tokenizer, random_checkpoint_config
+
+    dtype_name = str(dtype).replace("torch.", "")
+    attn = loading.resolve_attention(None, device)
+    paths = []
+    config = None
+    for kind in ("embedding", "reranker"):
+        path = cache_dir / f"{size}-{kind}-{dtype_name}-config"
+        tokenizer = build_tokenizer(kind)
+        config = random_checkpoint_config(size, tokenizer)
+        build_processor(tokenizer).save_pretrained(path)
+        config.save_pretrained(path)
+        paths.append(path)
+    log(f"initialising the random {size} model on {device} in {dtype_name}")
+    start = time.perf_counter()
+    config._attn_implementation = attn
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)
+        model = Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
+    model.eval().requires_grad_(False)
+    loading.use_linear_patch_embed(model.model)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    log(f"  initialised in {time.perf_counter() - start:.1f} s")
+    backbone = model.model
+    for role, path in zip(("embedding", "reranker"), paths):
+        processor = AutoProcessor.from_pretrained(path)
+        score_weight = None
+        if role == "reranker":
+            vocab = processor.tokenizer.get_vocab()
+            weight = model.lm_head.weight.detach()
+            score_weight = (weight[vocab["yes"]].float() - weight[vocab["no"]].float()).to(device)
+        key = loading.ModelKey(loading._normalise_path(str(path)), role, str(device), dtype_name, attn, ())
+        with loading._REGISTRY_LOCK:
+            loading._REGISTRY[key] = loading.LoadedModel(key, backbone, processor, backbone.config, device, dtype,
+                                                         score_weight)
+    return str(paths[0]), str(paths[1])
+
+
+# --------------------------------------------------------------------------------------------- measuring
+
+class CaseTimeout(Exception):
+    pass
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise CaseTimeout in the main thread after `seconds` (a hard cap per measured run)."""
+    if not seconds or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def fire(signum: int, frame: Any) -> None:
+        raise CaseTimeout(f"over {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class PeakMemory:
+    """Peak memory of a region: CUDA allocator peak on GPUs, the process's RSS high-water mark (VmHWM) on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+            except OSError:
+                pass
+
+    def peak_mib(self) -> float | None:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        try:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        except Exception:  # pragma: no cover
+            return None
+
+
+@dataclass
+class Run:
+    seconds: list[float] = field(default_factory=list)
+    peak_mib: float | None = None
+    error: str | None = None
+
+    @property
+    def time(self) -> float | None:
+        return statistics.median(self.seconds) if self.seconds else None
+
+
+def measure(fn: Callable[[], Any], device: torch.device, repeats: int, timeout: float | None) -> tuple[Run, Any]:
+    run, result = Run(), None
+    memory = PeakMemory(device)
+    memory.reset()
+    try:
+        for _ in range(repeats):
+            with time_limit(timeout):
+                start = time.perf_counter()
+                result = fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                run.seconds.append(time.perf_counter() - start)
+    except CaseTimeout as exc:
+        run.error = f"timed out ({exc})"
+    run.peak_mib = memory.peak_mib()
+    return run, result
+
+
+@dataclass
+class CaseResult:
+    name: str
+    description: str
+    items: int
+    unit: str
+    tokens: int = 0
+    patches: int = 0
+    padded_tokens_ours: int = 0
+    padded_tokens_baseline: int = 0
+    ours_seconds: float | None = None
+    baseline_seconds: float | None = None
+    ours_items_per_s: float | None = None
+    baseline_items_per_s: float | None = None
+    ratio: float | None = None
+    ours_tokens_per_s: float | None = None
+    baseline_tokens_per_s: float | None = None
+    ours_peak_mib: float | None = None
+    baseline_peak_mib: float | None = None
+    max_abs_diff: float | None = None
+    flops: float | None = None
+    ours_mfu: float | None = None
+    baseline_mfu: float | None = None
+    target: str | None = None
+    target_met: bool | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def count_ours(runner: Any) -> Counter:
+    """Count the tokens our runner actually sends (real and padded), by wrapping its forward."""
+    counter = Counter()
+    original = type(runner)._forward_last_hidden
+
+    def wrapped(loaded: Any, sequences: list) -> torch.Tensor:
+        counter.tokens += sum(len(s) for s in sequences)
+        counter.padded_tokens += len(sequences) * max(len(s) for s in sequences)
+        return original(runner, loaded, sequences)
+
+    runner._forward_last_hidden = wrapped
+    return counter
+
+
+def model_parameters(backbone: Any) -> tuple[int, int]:
+    """(language-model parameters without the embedding table, vision-tower parameters)."""
+    vision = sum(p.numel() for p in backbone.visual.parameters())
+    language = sum(p.numel() for p in backbone.language_model.parameters())
+    language -= backbone.language_model.embed_tokens.weight.numel()
+    return language, vision
+
+
+# ------------------------------------------------------------------------------------------------- cases
+
+def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callable[[], np.ndarray],
+             base_fn: Callable[[Counter], np.ndarray], ours_counter: Counter, args: argparse.Namespace,
+             device: torch.device, params: tuple[int, int], warmup: Callable[[], None] | None) -> CaseResult:
+    result = CaseResult(name, description, items, unit)
+    log(f"{name}: {description}")
+    if warmup is not None:
+        warmup()
+    ours_counter.tokens = ours_counter.padded_tokens = 0
+    ours_run, ours_out = measure(ours_fn, device, args.repeats, args.case_timeout)
+    log(f"  ours:     {_fmt_times(ours_run)}")
+    base_counter = Counter()
+    counting = [base_counter]
+
+    def base_once() -> np.ndarray:
+        counter = counting.pop() if counting else Counter()  # count the first repetition only
+        return base_fn(counter)
+
+    base_run, base_out = measure(base_once, device, args.repeats, args.case_timeout)
+    log(f"  baseline: {_fmt_times(base_run)}")
+    for label, run in (("ours", ours_run), ("baseline", base_run)):
+        if run.error:
+            result.errors.append(f"{label}: {run.error}")
+    result.tokens = base_counter.tokens or (ours_counter.tokens // max(1, args.repeats))
+    result.patches = base_counter.patches
+    result.padded_tokens_baseline = base_counter.padded_tokens
+    result.padded_tokens_ours = ours_counter.padded_tokens // max(1, len(ours_run.seconds) or 1)
+    ours_tokens = ours_counter.tokens // max(1, len(ours_run.seconds) or 1)
+    if ours_run.time and base_counter.tokens and ours_tokens != base_counter.tokens and not ours_run.error:
+        result.errors.append(f"token counts differ: ours {ours_tokens}, baseline {base_counter.tokens}")
+    result.ours_seconds, result.baseline_seconds = ours_run.time, base_run.time
+    result.ours_peak_mib, result.baseline_peak_mib = ours_run.peak_mib, base_run.peak_mib
+    if ours_run.time:
+        result.ours_items_per_s = items / ours_run.time
+        result.ours_tokens_per_s = result.tokens / ours_run.time
+    if base_run.time:
+        result.baseline_items_per_s = items / base_run.time
+        result.baseline_tokens_per_s = result.tokens / base_run.time
+    if ours_run.time and base_run.time:
+        result.ratio = base_run.time / ours_run.time
+    if ours_out is not None and base_out is not None and not ours_run.error and not base_run.error:
+        result.max_abs_diff = float(np.max(np.abs(np.asarray(ours_out, np.float64) - np.asarray(base_out,
+                                                                                                 np.float64))))
+    language, vision = params
+    if result.tokens:
+        result.flops = 2.0 * language * result.tokens + 2.0 * vision * result.patches
+        peak = PEAK_FLOPS.get(args.dtype_name)
+        if device.type == "cuda" and peak:
+            if ours_run.time:
+                result.ours_mfu = result.flops / ours_run.time / peak
+            if base_run.time:
+                result.baseline_mfu = result.flops / base_run.time / peak
+    check_target(result, args, device)
+    log(f"  -> ours {_rate(result.ours_items_per_s)} {unit}/s, baseline {_rate(result.baseline_items_per_s)} "
+        f"{unit}/s, x{result.ratio or float('nan'):.2f}, {_rate(result.ours_tokens_per_s)} tokens/s, "
+        f"max|diff| {result.max_abs_diff if result.max_abs_diff is not None else float('nan'):.2e}"
+        + (f", MFU {result.ours_mfu:.1%}" if result.ours_mfu is not None else ""))
+    return result
+
+
+def check_target(result: CaseResult, args: argparse.Namespace, device: torch.device) -> None:
+    if device.type == "cpu" and args.model == "small" and result.name in CPU_RATIO_TARGETS:
+        goal = CPU_RATIO_TARGETS[result.name]
+        result.target = f">= {goal:g}x"
+        ok = result.ratio is not None and result.ratio >= goal
+        if args.dtype_name == "float32":
+            result.target += f", diff <= {DIFF_TOLERANCE:g}"
+            ok = ok and result.max_abs_diff is not None and result.max_abs_diff <= DIFF_TOLERANCE
+        result.target_met = ok
+    elif device.type == "cuda" and args.model == "2b" and result.name in GPU_TARGETS:
+        what, goal = GPU_TARGETS[result.name]
+        value = result.ours_tokens_per_s if what == "tokens/s" else result.ours_items_per_s
+        result.target = f">= {goal:,} {what}"
+        result.target_met = value is not None and value >= goal
+
+
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 10_000:
+        return f"{value / 1000:,.0f}k"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _fmt_times(run: Run) -> str:
+    text = ", ".join(f"{s:.2f} s" for s in run.seconds) or "-"
+    if run.peak_mib is not None:
+        text += f" (peak {run.peak_mib:,.0f} MiB)"
+    if run.error:
+        text += f" [{run.error}]"
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+def markdown_table(results: Sequence[CaseResult], device: torch.device) -> str:
+    gpu = device.type == "cuda"
+    header = ["case", "items", "ours items/s", "baseline items/s", "ratio", "ours tokens/s", "baseline tokens/s",
+              "peak MiB ours / baseline", "max \\|diff\\|"]
+    if gpu:
+        header += ["MFU ours / baseline"]
+    header += ["target"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in results:
+        mem = "/".join(f"{m:,.0f}" if m is not None else "-" for m in (r.ours_peak_mib, r.baseline_peak_mib))
+        row = [f"{r.name}: {r.description}", str(r.items), _rate(r.ours_items_per_s), _rate(r.baseline_items_per_s),
+               f"{r.ratio:.2f}x" if r.ratio else "-", _rate(r.ours_tokens_per_s), _rate(r.baseline_tokens_per_s),
+               mem, f"{r.max_abs_diff:.1e}" if r.max_abs_diff is not None else "-"]
+        if gpu:
+            row.append("/".join(f"{m:.1%}" if m is not None else "-" for m in (r.ours_mfu, r.baseline_mfu)))
+        if r.target:
+            row.append(f"{r.target}: {'met' if r.target_met else 'MISSED'}")
+        else:
+            row.append("-")
+        if r.errors:
+            row[-1] += " (" + "; ".join(r.errors) + ")"
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def environment(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"device": device.type, "dtype": args.dtype_name, "model": args.model, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": None, "peak_flops": None}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["peak_flops"] = PEAK_FLOPS.get(args.dtype_name)
+    return info
+
+
+def write_outputs(args: argparse.Namespace, env: dict[str, Any], notes: dict[str, Any],
+                  results: Sequence[CaseResult], device: torch.device, final: bool) -> str:
+    table = markdown_table(results, device)
+    title = (f"Qwen3-VL throughput, `{args.model}` model, {env['device']}"
+             + (f" ({env['gpu']})" if env.get("gpu") else f" ({env['cpu']}, {env['cpu_count']} cores)")
+             + f", {env['dtype']}, torch {env['torch']}, transformers {env['transformers']}")
+    footer = ["", "ratio = ours items/s / baseline items/s; tokens/s count real tokens (no padding), vision tokens "
+              "included; peak memory: " + ("CUDA max_memory_allocated" if device.type == "cuda"
+                                           else "process RSS high-water mark (VmHWM), weights included") + "."]
+    if device.type == "cuda":
+        footer.append(f"MFU = (2 x LM params (no embedding table) x tokens + 2 x vision params x patches) / time / "
+                      f"{env['peak_flops'] / 1e12:.1f} TFLOP/s ({env['dtype']} dense peak, H100 SXM datasheet); "
+                      "attention FLOPs not counted.")
+    footer.append("Inputs: " + "; ".join(f"{k}: {v}" for k, v in notes.items()) + ".")
+    text = f"{title}\n\n{table}\n" + "\n".join(footer) + "\n"
+    if not final:
+        text += "\n(partial: the run has not finished)\n"
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text, encoding="utf-8")
+    if args.json:
+        payload = {"environment": env, "inputs": notes, "final": final,
+                   "ratios": {r.name: r.ratio for r in results},
+                   "targets_met": {r.name: r.target_met for r in results if r.target},
+                   "cases": [asdict(r) for r in results]}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return text
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="small",
+                        help="tiny, small or 2b (random checkpoints, built once) or a checkpoint folder")
+    parser.add_argument("--reranker-model", default=None, help="reranker checkpoint folder (default: --model)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    parser.add_argument("--quick", action="store_true", help="a few tiny inputs per case (smoke test)")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per case (median; default 1 on CPU, "
+                        "3 on GPU)")
+    parser.add_argument("--case-timeout", type=float, default=None, help="hard cap in seconds per timed run")
+    parser.add_argument("--cache-dir", default=None, help="where random checkpoints and videos are kept")
+    parser.add_argument("--build", choices=("auto", "disk", "memory"), default="auto",
+                        help="random checkpoints: saved to the cache (tiny, small) or built in memory on the device "
+                             "(2b); default auto")
+    parser.add_argument("--json", default=None, help="write the results as JSON here")
+    parser.add_argument("--markdown", default=None, help="write the markdown table here")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N inputs of each case (experiments)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="preprocessing worker threads of our core (default: the core's)")
+    parser.add_argument("--max-batch-tokens", type=int, default=None,
+                        help="padded-token budget per micro-batch of our core (default: the core's)")
+    args = parser.parse_args(argv)
+    unknown = set(args.cases.split(",")) - set(CASES)
+    if unknown:
+        parser.error(f"unknown case(s) {sorted(unknown)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
+    from qwen3vl_integrations.core.loading import resolve_dtype
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no GPU")
+    dtype = resolve_dtype(args.dtype, device)
+    args.dtype_name = str(dtype).replace("torch.", "")
+    if args.repeats is None:
+        args.repeats = 3 if device.type == "cuda" and not args.quick else 1
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    env = environment(device, args)
+    log(f"device {device} ({env['gpu'] or env['cpu']}), dtype {args.dtype_name}, torch {env['torch']}, "
+        f"transformers {env['transformers']}, {env['torch_threads']} threads")
+
+    emb_path, rr_path, origin = checkpoint_paths(args.model, args.reranker_model, dtype, device, cache_dir,
+                                                 args.build)
+    env["checkpoint"] = origin
+    options: dict[str, Any] = {"device": device, "dtype": dtype}
+    if args.workers is not None:
+        options["preprocess_workers"] = args.workers
+    if args.max_batch_tokens:
+        options["max_batch_tokens"] = args.max_batch_tokens
+    embedder = Qwen3VLEmbedder(emb_path, **options)
+    reranker = Qwen3VLReranker(rr_path, **options)
+    start = time.perf_counter()
+    embedder.load()
+    reranker.load()
+    log(f"models ready in {time.perf_counter() - start:.1f} s")
+    params = model_parameters(embedder.load().backbone)
+    env["lm_params_without_embeddings"], env["vision_params"] = params
+    ours_embed_counter = count_ours(embedder)
+    ours_rerank_counter = count_ours(reranker)
+
+    sizes = Sizes.quick() if args.quick else Sizes()
+    if device.type == "cuda" and not args.quick:
+        sizes.images_448 = 512  # enough to keep a GPU busy for a while
+    corpora: Corpora = build_corpora(embedder.load().tokenizer, sizes, cache_dir / "media")
+    if args.limit:
+        for name in ("texts", "images", "images_448", "mixed", "rerank_texts", "rerank_images"):
+            setattr(corpora, name, getattr(corpora, name)[: args.limit])
+    notes = dict(corpora.notes)
+    notes["images_448"] = f"{len(corpora.images_448)} JPEG images of 448x448"
+
+    # Warm-up: first calls allocate, spin up thread pools and (on GPUs) load kernels.
+    warm_items = [corpora.texts[0], {"image": corpora.images_448[0]}]
+    embedder.embed(warm_items)
+    official_embed(embedder, warm_items)
+    reranker.score(corpora.query, corpora.rerank_texts[:2])
+    official_score(reranker, corpora.query, corpora.rerank_texts[:2])
+
+    def embed_case(name: str, description: str, items: list[Any]) -> CaseResult:
+        warm = None
+        if device.type == "cuda":
+            def warm() -> None:
+                embedder.embed(items[:8])
+                official_embed(embedder, items[:8])
+        return run_case(name, description, "items", len(items), lambda: embedder.embed(items),
+                        lambda counter: official_embed(embedder, items, counter), ours_embed_counter, args, device,
+                        params, warm)
+
+    def rerank_case(name: str, description: str, documents: list[Any]) -> CaseResult:
+        warm = None
+        if device.type == "cuda":
+            def warm() -> None:
+                reranker.score(corpora.query, documents[:8])
+                official_score(reranker, corpora.query, documents[:8])
+        return run_case(name, description, "pairs", len(documents), lambda: reranker.score(corpora.query, documents),
+                        lambda counter: official_score(reranker, corpora.query, documents, counter=counter),
+                        ours_rerank_counter, args, device, params, warm)
+
+    plan = {
+        "embed_text": lambda: embed_case("embed_text", f"{len(corpora.texts)} texts", corpora.texts),
+        "embed_images": lambda: embed_case("embed_images", f"{len(corpora.images)} images",
+                                           [{"image": data} for data in corpora.images]),
+        "embed_images_448": lambda: embed_case("embed_images_448", f"{len(corpora.images_448)} images 448x448",
+                                               [{"image": data} for data in corpora.images_448]),
+        "embed_mixed": lambda: embed_case("embed_mixed", f"{len(corpora.mixed)} mixed items", corpora.mixed),
+        "rerank_text": lambda: rerank_case("rerank_text", f"1 query x {len(corpora.rerank_texts)} texts",
+                                           corpora.rerank_texts),
+        "rerank_images": lambda: rerank_case("rerank_images", f"1 query x {len(corpora.rerank_images)} images",
+                                             corpora.rerank_images),
+    }
+    results: list[CaseResult] = []
+    for name in CASES:
+        if name not in args.cases.split(","):
+            continue
+        results.append(plan[name]())
+        write_outputs(args, env, notes, results, device, final=False)
+    text = write_outputs(args, env, notes, results, device, final=True)
+    print()
+    print(text, flush=True)
+    return {"environment": env, "inputs": notes, "cases": [asdict(r) for r in results], "markdown": text}
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
