@@ -1,7 +1,6 @@
 """Micro-batching: the plan (length-sorted, bounded by items and padded tokens), padding, and batch invariance."""
 from __future__ import annotations
 
-import inspect
 import itertools
 import random
 
@@ -79,11 +78,6 @@ def _best_cost_brute_force(costs, batch_size, budget, overhead):
     return best or 0
 
 
-_HAS_OVERHEAD = "batch_overhead" in inspect.signature(plan_batches).parameters
-needs_overhead = pytest.mark.skipif(not _HAS_OVERHEAD, reason="plan_batches(batch_overhead=) is not in this checkout")
-
-
-@needs_overhead
 def test_min_padding_plan_is_optimal():
     rng = random.Random(1)
     for _ in range(300):
@@ -94,7 +88,6 @@ def test_min_padding_plan_is_optimal():
         assert _plan_cost(costs, plan, overhead) == _best_cost_brute_force(costs, batch_size, budget, overhead)
 
 
-@needs_overhead
 def test_min_padding_plan_examples():
     # A small overhead: padding is a loss, so unequal items run alone and equal ones share a batch.
     assert plan_batches([10, 100, 10], 8, 10_000, batch_overhead=1) == [[1], [0, 2]]
