@@ -108,6 +108,12 @@ def media_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture
+def tiny_core_kwargs() -> dict:
+    """The options of `tiny_embedder` / `tiny_reranker` (a fresh copy; tests may pop from it)."""
+    return dict(TINY_CORE_KWARGS)
+
+
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_embedding_path):
     """A core Qwen3VLEmbedder on the tiny embedding checkpoint, with small pixel budgets, on CPU."""

@@ -539,11 +539,9 @@ def library(media_dir, tmp_path_factory) -> Path:
     return folder
 
 
-def test_embedding_from_path_shares_the_core_model(tiny_embedding_path, tiny_embedder):
+def test_embedding_from_path_shares_the_core_model(tiny_embedding_path, tiny_embedder, tiny_core_kwargs):
     """An adapter built from fields gives what the core gives for the same options (and loads the same model)."""
-    from conftest import TINY_CORE_KWARGS
-
-    options = dict(TINY_CORE_KWARGS)
+    options = tiny_core_kwargs
     emb = Qwen3VLEmbedding(
         model_name=str(tiny_embedding_path),
         device=options.pop("device"),

@@ -29,6 +29,10 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, tiny_embedding_path, ti
         "Qwen/Qwen3-VL-Reranker-2B": str(tiny_reranker_path),
         "Qwen/Qwen3-VL-Reranker-8B": str(tiny_reranker_path),
     }
+    # Other tests may have created an in-process Chroma client with other settings; the README's is a fresh one.
+    from chromadb.api.client import SharedSystemClient
+
+    SharedSystemClient.clear_system_cache()
     namespace: dict = {"__name__": "__readme__"}
     for number, block in enumerate(python_blocks(), start=1):
         for real, tiny in names.items():
