@@ -74,6 +74,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         `try_embed` to skip bad inputs instead. `dimensions` truncates (Matryoshka) and re-normalises;
         `precision` other than float32 quantizes (see `qwen3vl_integrations.quantization`).
         """
+        self._check_dimensions(dimensions)
         result = self._embed(items, instruction, normalize, batch_size, show_progress, strict=True)
         return self._finish(result.embeddings, dimensions, normalize, precision, ranges)
 
@@ -90,6 +91,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         show_progress: bool = False,
     ) -> EmbeddingResult:
         """Like `embed`, but bad inputs are skipped and reported: `.embeddings[k]` belongs to `items[.indices[k]]`."""
+        self._check_dimensions(dimensions)
         result = self._embed(items, instruction, normalize, batch_size, show_progress, strict=False)
         result.embeddings = self._finish(result.embeddings, dimensions, normalize, precision, ranges)
         return result
@@ -99,6 +101,13 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         return torch.from_numpy(self.embed(list(inputs), normalize=normalize))
 
     # ----------------------------------------------------------------------------- internals
+    def _check_dimensions(self, dimensions: int | None) -> None:
+        """Reject a bad Matryoshka size before any model work (not after embedding everything)."""
+        if dimensions is not None:
+            from .quantization import truncate
+
+            truncate(np.ones((1, self.embedding_dim), np.float32), dimensions)
+
     def _finish(self, vectors: np.ndarray, dimensions: int | None, normalize: bool, precision: str,
                 ranges: Any) -> np.ndarray:
         if dimensions is not None:

@@ -182,7 +182,8 @@ class Qwen3VLRunner:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(costs), desc="Qwen3-VL", unit="item")
-        workers = self.preprocess_workers
+        # One micro-batch has nothing to overlap with: skip the pool (and its per-thread processor copies).
+        workers = self.preprocess_workers if len(batches) > 1 else 0
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qwen3vl-prep") if workers else None
         try:
             pending: deque[Future] = deque()
