@@ -11,7 +11,8 @@ from its batched `embed`/`score` loops:
   every pair, as upstream's `tokenize([pair])` does. The score head is ours (W_yes - W_no in float32; upstream
   applies the LM head in the model dtype): the comparison is about batching, not about the head.
 
-The shared model's vision patch embedding is switched back to the stock Conv3d while the baseline runs.
+While the baseline runs, the shared model's vision tower is switched back to transformers' stock code (Conv3d
+patch embedding, one attention call per image).
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def official_embed(embedder: Any, raw_items: Sequence[Any], counter: Counter | N
         if counter is not None:
             counter.add(batch)
         batch = {k: v.to(loaded.device) for k, v in batch.items()}
-        with torch.no_grad(), stock_patch_embed(loaded.backbone):
+        with torch.no_grad(), stock_forwards(loaded.backbone):
             hidden = loaded.backbone(**batch).last_hidden_state
             mask = batch["attention_mask"]
             last = mask.shape[1] - 1 - torch.argmax(torch.flip(mask, dims=[1]), dim=1)
@@ -106,24 +107,28 @@ def official_score(reranker: Any, query: Any, documents: Sequence[Any], instruct
         if counter is not None:
             counter.add(batch)
         batch = {k: v.to(loaded.device) for k, v in batch.items()}
-        with torch.no_grad(), stock_patch_embed(loaded.backbone):
+        with torch.no_grad(), stock_forwards(loaded.backbone):
             hidden = loaded.backbone(**batch).last_hidden_state[:, -1]
             scores.append(torch.sigmoid(hidden.float() @ loaded.score_weight).cpu().numpy())
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
-class stock_patch_embed:
-    """Within this block the vision patch embedding runs as the stock Conv3d (as upstream), not our matrix product."""
+class stock_forwards:
+    """Within this block the shared model runs transformers' stock code, as upstream does: the per-instance
+    `forward` overrides our loader installs (patch embedding as a matrix product, grouped vision attention) are
+    taken off and put back afterwards."""
 
     def __init__(self, backbone: Any) -> None:
-        self.patch_embed = getattr(getattr(backbone, "visual", None), "patch_embed", None)
-        self.saved = None
+        self.backbone = backbone
+        self.saved: list[tuple[Any, Any]] = []
 
-    def __enter__(self) -> "stock_patch_embed":
-        if self.patch_embed is not None and "forward" in vars(self.patch_embed):
-            self.saved = vars(self.patch_embed).pop("forward")
+    def __enter__(self) -> "stock_forwards":
+        for module in self.backbone.modules():
+            if "forward" in vars(module):
+                self.saved.append((module, vars(module).pop("forward")))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.saved is not None:
-            self.patch_embed.forward = self.saved
+        for module, forward in self.saved:
+            module.forward = forward
+        self.saved.clear()

@@ -148,6 +148,7 @@ def _load(key: ModelKey, path: str, device: torch.device, dtype: torch.dtype, at
     backbone.to(device).eval()
     backbone.requires_grad_(False)
     use_linear_patch_embed(backbone)
+    use_grouped_vision_attention(backbone)
     return LoadedModel(key, backbone, processor, backbone.config, device, dtype, score_weight)
 
 
@@ -172,6 +173,68 @@ def use_linear_patch_embed(backbone: Any) -> bool:
         return False
     patch_embed.forward = _linear_patch_embed_forward.__get__(patch_embed)
     return True
+
+
+def _runs(lengths: list[int]) -> list[tuple[int, int]]:
+    """(length, count) for each run of equal consecutive lengths."""
+    runs: list[tuple[int, int]] = []
+    for length in lengths:
+        if runs and runs[-1][0] == length:
+            runs[-1] = (length, runs[-1][1] + 1)
+        else:
+            runs.append((length, 1))
+    return runs
+
+
+def _grouped_vision_attention_forward(self: Any, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
+                                      position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                                      max_seqlen: int | None = None, **kwargs: Any) -> torch.Tensor:
+    """Qwen3-VL vision attention with one attention call per run of equally long chunks (images of one size,
+    the frame groups of a video) instead of one call per chunk, as the stock non-flash path does."""
+    import sys
+
+    module = sys.modules[type(self).__module__]
+    seq_length = hidden_states.shape[0]
+    query, key, value = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    query, key = module.apply_rotary_pos_emb_vision(query, key, cos, sin)
+    attention = module.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                             module.eager_attention_forward)
+    heads = self.num_heads
+    outputs = []
+    start = 0
+    for length, count in _runs((cu_seqlens[1:] - cu_seqlens[:-1]).tolist()):
+        end = start + length * count
+        # (tokens, heads, dim) -> (count, heads, length, dim)
+        q, k, v = (t[start:end].reshape(count, length, heads, -1).transpose(1, 2) for t in (query, key, value))
+        out, _ = attention(self, q, k, v, attention_mask=None, scaling=self.scaling, dropout=0.0, is_causal=False,
+                           **kwargs)
+        outputs.append(out.reshape(count * length, -1))  # out: (count, length, heads, dim)
+        start = end
+    attn_output = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return self.proj(attn_output.contiguous())
+
+
+def use_grouped_vision_attention(backbone: Any) -> int:
+    """Batch the vision tower's per-image attention calls (SDPA and eager attention; FlashAttention-2 already runs
+    all chunks in one varlen call and is left alone). Returns the number of attention layers changed.
+
+    Stock transformers calls attention once per image (or video frame group) in each of the tower's layers: 24 x
+    the number of images per forward pass for the 2B model. Equal-length neighbours (the planner puts images of one
+    size side by side; a video's frame groups are equal) share one call. `del layer.forward` restores a layer.
+    """
+    visual = getattr(backbone, "visual", None)
+    if visual is None:
+        return 0
+    changed = 0
+    for layer in visual.modules():
+        config = getattr(layer, "config", None)
+        if (type(layer).__name__.endswith("VisionAttention") and hasattr(layer, "qkv")
+                and hasattr(layer, "num_heads") and config is not None
+                and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")):
+            layer.forward = _grouped_vision_attention_forward.__get__(layer)
+            changed += 1
+    return changed
 
 
 def clear_registry() -> None:

@@ -1,0 +1,77 @@
+"""Vision-tower levers installed by the loader: the patch embedding as one matrix product and the grouped
+per-image attention. Both must give the stock transformers results (to float rounding)."""
+from __future__ import annotations
+
+import torch
+
+from qwen3vl_integrations.core.loading import use_grouped_vision_attention, use_linear_patch_embed
+
+
+def test_linear_patch_embed_matches_conv3d():
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionPatchEmbed
+
+    config = type("C", (), dict(patch_size=16, temporal_patch_size=2, in_channels=3, hidden_size=48))()
+    torch.manual_seed(0)
+    module = Qwen3VLVisionPatchEmbed(config).eval()
+    backbone = torch.nn.Module()
+    backbone.visual = torch.nn.Module()
+    backbone.visual.patch_embed = module
+    pixels = torch.randn(37, 3 * 2 * 16 * 16)
+    with torch.no_grad():
+        expected = module(pixels)
+        assert use_linear_patch_embed(backbone)
+        got = module(pixels)
+    assert got.shape == expected.shape == (37, 48)
+    assert (got - expected).abs().max() <= 1e-5
+    assert module.proj.weight.data_ptr() == module.proj.weight.view(48, -1).data_ptr()  # shared, not copied
+    del module.forward  # the original Conv3d path comes back
+    with torch.no_grad():
+        assert torch.equal(module(pixels), expected)
+
+
+def test_linear_patch_embed_skips_other_models():
+    assert not use_linear_patch_embed(torch.nn.Linear(2, 2))
+
+
+def _stock(model):
+    for module in model.modules():
+        vars(module).pop("forward", None)
+
+
+def test_grouped_vision_attention_matches_stock(tiny_embedding_path):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(tiny_embedding_path), dtype=torch.float32, attn_implementation="sdpa").eval()
+    _stock(model)
+    # Runs of equal chunks (three 6x6 images, a 4-group video) between single odd sizes.
+    grid = torch.tensor([[1, 6, 6], [1, 6, 6], [1, 6, 6], [1, 4, 8], [4, 4, 6], [1, 6, 6], [1, 2, 2]])
+    torch.manual_seed(0)
+    pixels = torch.randn(int(grid.prod(1).sum()), 3 * 2 * 16 * 16)
+    with torch.no_grad():
+        expected = model.visual(pixels, grid_thw=grid)
+        assert use_grouped_vision_attention(model) == model.config.vision_config.depth
+        got = model.visual(pixels, grid_thw=grid)
+    assert (got.pooler_output - expected.pooler_output).abs().max() <= 1e-6
+    for a, b in zip(got.deepstack_features, expected.deepstack_features):
+        assert (a - b).abs().max() <= 1e-6
+    _stock(model)
+    with torch.no_grad():
+        assert torch.equal(model.visual(pixels, grid_thw=grid).pooler_output, expected.pooler_output)
+
+
+def test_grouped_vision_attention_leaves_flash_attention_alone(tiny_embedding_path):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(tiny_embedding_path), dtype=torch.float32, attn_implementation="sdpa")
+    _stock(model)
+    for module in model.visual.modules():
+        if getattr(module, "config", None) is not None and type(module).__name__.endswith("VisionAttention"):
+            module.config._attn_implementation = "flash_attention_2"
+    assert use_grouped_vision_attention(model) == 0
+    assert use_grouped_vision_attention(torch.nn.Linear(2, 2)) == 0
+
+
+def test_loaded_models_use_both_levers(tiny_embedder):
+    visual = tiny_embedder.load().backbone.visual
+    assert "forward" in vars(visual.patch_embed)
+    assert all("forward" in vars(block.attn) for block in visual.blocks)
