@@ -23,6 +23,10 @@ TEXT_TOKENS_PER_CHAR = 0.34  # a cheap upper-ish estimate used only before the t
 # padding is pure loss there; GPUs need larger batches to be efficient.
 BATCH_OVERHEAD_TOKENS = {"cpu": 64, "mps": 256}
 DEFAULT_BATCH_OVERHEAD_TOKENS = 1024
+# On CPUs a micro-batch also never exceeds this many padded tokens, whatever max_batch_tokens says: bigger batches
+# run slower per token there (activations no longer fit the caches) and save nothing, as one forward pass costs
+# little beyond its arithmetic. An item longer than the cap still runs, alone.
+CPU_MAX_BATCH_TOKENS = 2048
 
 BuildSequence = Callable[[int], EncodedItem]
 
@@ -165,7 +169,10 @@ class Qwen3VLRunner:
         """
         loaded = self.load()
         overhead = BATCH_OVERHEAD_TOKENS.get(loaded.device.type, DEFAULT_BATCH_OVERHEAD_TOKENS)
-        batches = plan_batches(costs, batch_size or self.batch_size, self.max_batch_tokens, batch_overhead=overhead)
+        budget = self.max_batch_tokens
+        if loaded.device.type == "cpu":
+            budget = min(budget, CPU_MAX_BATCH_TOKENS)
+        batches = plan_batches(costs, batch_size or self.batch_size, budget, batch_overhead=overhead)
 
         def build_batch(positions: list[int]) -> tuple[list[int], list[EncodedItem], list[Qwen3VLInputError]]:
             ok, sequences, errors = [], [], []
