@@ -34,6 +34,9 @@ from typing import Any, Callable, Iterator, Sequence
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads that spin while waiting make timings erratic on a shared CPU (a spinning thread takes the core its
+# descheduled partner needs). Sleeping waits cost both sides the same; export OMP_WAIT_POLICY=ACTIVE to measure spins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -117,6 +120,7 @@ def build_in_memory(size: str, dtype: torch.dtype, device: torch.device, cache_d
         model = Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
     model.eval().requires_grad_(False)
     loading.use_linear_patch_embed(model.model)
+    loading.use_grouped_vision_attention(model.model)
     if device.type == "cuda":
         torch.cuda.synchronize()
     log(f"  initialised in {time.perf_counter() - start:.1f} s")
@@ -198,8 +202,13 @@ class PeakMemory:
 @dataclass
 class Run:
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # process CPU time, all threads
     peak_mib: float | None = None
     error: str | None = None
+
+    @property
+    def cpu_time(self) -> float | None:
+        return statistics.median(self.cpu_seconds) if self.cpu_seconds else None
 
     @property
     def time(self) -> float | None:
@@ -207,21 +216,53 @@ class Run:
 
 
 def measure(fn: Callable[[], Any], device: torch.device, repeats: int, timeout: float | None) -> tuple[Run, Any]:
+    """Time `repeats` calls of `fn` (median reported). `timeout` caps all repeats together: a repeat that would not
+    fit is skipped, and a first call that overruns is stopped and reported."""
     run, result = Run(), None
     memory = PeakMemory(device)
     memory.reset()
+    start_all = time.perf_counter()
     try:
-        for _ in range(repeats):
-            with time_limit(timeout):
-                start = time.perf_counter()
+        with time_limit(timeout):
+            for _ in range(repeats):
+                if timeout and run.seconds and time.perf_counter() - start_all + max(run.seconds) > timeout:
+                    break  # another repeat would not fit under the cap
+                start, cpu_start = time.perf_counter(), time.process_time()
                 result = fn()
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 run.seconds.append(time.perf_counter() - start)
+                run.cpu_seconds.append(time.process_time() - cpu_start)
     except CaseTimeout as exc:
-        run.error = f"timed out ({exc})"
+        if not run.seconds:
+            run.error = f"timed out ({exc})"
     run.peak_mib = memory.peak_mib()
     return run, result
+
+
+def profile_once(fn: Callable[[], Any], device: torch.device, path: Path, label: str) -> None:
+    """One more call of `fn` under torch.profiler; the top operators by device and by CPU time go to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    averages = prof.key_averages()
+    device_key = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
+    lines = [f"## {label}: {wall:.3f} s wall under the profiler"]
+    if device.type == "cuda":
+        device_total = sum(getattr(e, device_key, 0) or 0 for e in averages) / 1e6
+        lines.append(f"device busy {device_total:.3f} s of {wall:.3f} s ({device_total / wall:.0%}); kernels by time:")
+        lines.append(averages.table(sort_by=device_key, row_limit=25, max_name_column_width=60))
+    lines.append("CPU operators by self time:")
+    lines.append(averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n\n")
+    log(f"  profile of {label} appended to {path}")
 
 
 @dataclass
@@ -239,6 +280,10 @@ class CaseResult:
     ours_items_per_s: float | None = None
     baseline_items_per_s: float | None = None
     ratio: float | None = None
+    ours_cpu_seconds: float | None = None
+    baseline_cpu_seconds: float | None = None
+    cpu_time_ratio: float | None = None  # baseline CPU time / ours: robust to other load on a shared machine
+    load_average: float | None = None
     ours_tokens_per_s: float | None = None
     baseline_tokens_per_s: float | None = None
     ours_peak_mib: float | None = None
@@ -280,12 +325,16 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
              base_fn: Callable[[Counter], np.ndarray], ours_counter: Counter, args: argparse.Namespace,
              device: torch.device, params: tuple[int, int], warmup: Callable[[], None] | None) -> CaseResult:
     result = CaseResult(name, description, items, unit)
-    log(f"{name}: {description}")
+    result.load_average = _load_average()
+    log(f"{name}: {description}" + (f" (load average {result.load_average:.1f})"
+                                    if result.load_average is not None else ""))
     if warmup is not None:
         warmup()
     ours_counter.tokens = ours_counter.padded_tokens = 0
     ours_run, ours_out = measure(ours_fn, device, args.repeats, args.case_timeout)
     log(f"  ours:     {_fmt_times(ours_run)}")
+    ours_calls = max(1, len(ours_run.seconds))
+    ours_tokens, ours_padded = ours_counter.tokens // ours_calls, ours_counter.padded_tokens // ours_calls
     base_counter = Counter()
     counting = [base_counter]
 
@@ -293,16 +342,29 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
         counter = counting.pop() if counting else Counter()  # count the first repetition only
         return base_fn(counter)
 
-    base_run, base_out = measure(base_once, device, args.repeats, args.case_timeout)
-    log(f"  baseline: {_fmt_times(base_run)}")
+    reuse: CaseResult | None = getattr(args, "baseline_skip", None)
+    if reuse is None:
+        base_run, base_out = measure(base_once, device, args.repeats, args.case_timeout)
+        log(f"  baseline: {_fmt_times(base_run)}")
+    else:  # an extra row: the main row's baseline stands
+        base_run = Run([reuse.baseline_seconds] if reuse.baseline_seconds else [],
+                       [reuse.baseline_cpu_seconds] if reuse.baseline_cpu_seconds else [], reuse.baseline_peak_mib)
+        base_out = None
+        base_counter.tokens, base_counter.patches = reuse.tokens, reuse.patches
+        base_counter.padded_tokens = reuse.padded_tokens_baseline
+    if args.profile and name in args.profile.split(","):
+        try:
+            with time_limit(args.case_timeout):
+                profile_once(ours_fn, device, Path(args.profile_out), f"{name} (ours)")
+        except Exception as exc:  # a diagnosis must never cost the table
+            log(f"  profiling {name} failed: {exc!r}")
     for label, run in (("ours", ours_run), ("baseline", base_run)):
         if run.error:
             result.errors.append(f"{label}: {run.error}")
-    result.tokens = base_counter.tokens or (ours_counter.tokens // max(1, args.repeats))
+    result.tokens = base_counter.tokens or ours_tokens
     result.patches = base_counter.patches
     result.padded_tokens_baseline = base_counter.padded_tokens
-    result.padded_tokens_ours = ours_counter.padded_tokens // max(1, len(ours_run.seconds) or 1)
-    ours_tokens = ours_counter.tokens // max(1, len(ours_run.seconds) or 1)
+    result.padded_tokens_ours = ours_padded
     if ours_run.time and base_counter.tokens and ours_tokens != base_counter.tokens and not ours_run.error:
         result.errors.append(f"token counts differ: ours {ours_tokens}, baseline {base_counter.tokens}")
     result.ours_seconds, result.baseline_seconds = ours_run.time, base_run.time
@@ -315,6 +377,9 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
         result.baseline_tokens_per_s = result.tokens / base_run.time
     if ours_run.time and base_run.time:
         result.ratio = base_run.time / ours_run.time
+    result.ours_cpu_seconds, result.baseline_cpu_seconds = ours_run.cpu_time, base_run.cpu_time
+    if ours_run.cpu_time and base_run.cpu_time:
+        result.cpu_time_ratio = base_run.cpu_time / ours_run.cpu_time
     if ours_out is not None and base_out is not None and not ours_run.error and not base_run.error:
         result.max_abs_diff = float(np.max(np.abs(np.asarray(ours_out, np.float64) - np.asarray(base_out,
                                                                                                  np.float64))))
@@ -335,6 +400,19 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
     return result
 
 
+def extra_row(main_row: CaseResult, plan: dict[str, Callable[[], CaseResult]], args: argparse.Namespace,
+              device: torch.device) -> CaseResult:
+    """Ours again with other settings; the baseline is not re-run (its figures are copied from `main_row`)."""
+    saved = args.baseline_skip
+    args.baseline_skip = main_row
+    try:
+        row = plan[main_row.name]()
+    finally:
+        args.baseline_skip = saved
+    row.description += f" [workers={args.extra_workers}]"
+    return row
+
+
 def check_target(result: CaseResult, args: argparse.Namespace, device: torch.device) -> None:
     if device.type == "cpu" and args.model == "small" and result.name in CPU_RATIO_TARGETS:
         goal = CPU_RATIO_TARGETS[result.name]
@@ -351,6 +429,13 @@ def check_target(result: CaseResult, args: argparse.Namespace, device: torch.dev
         result.target_met = value is not None and value >= goal
 
 
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def _rate(value: float | None) -> str:
     if value is None:
         return "-"
@@ -365,6 +450,8 @@ def _rate(value: float | None) -> str:
 
 def _fmt_times(run: Run) -> str:
     text = ", ".join(f"{s:.2f} s" for s in run.seconds) or "-"
+    if run.cpu_seconds:
+        text += " (CPU " + ", ".join(f"{s:.2f} s" for s in run.cpu_seconds) + ")"
     if run.peak_mib is not None:
         text += f" (peak {run.peak_mib:,.0f} MiB)"
     if run.error:
@@ -376,8 +463,10 @@ def _fmt_times(run: Run) -> str:
 
 def markdown_table(results: Sequence[CaseResult], device: torch.device) -> str:
     gpu = device.type == "cuda"
-    header = ["case", "items", "ours items/s", "baseline items/s", "ratio", "ours tokens/s", "baseline tokens/s",
-              "peak MiB ours / baseline", "max \\|diff\\|"]
+    header = ["case", "items", "ours items/s", "baseline items/s", "ratio"]
+    if not gpu:
+        header += ["ratio of CPU time"]
+    header += ["ours tokens/s", "baseline tokens/s", "peak MiB ours / baseline", "max \\|diff\\|"]
     if gpu:
         header += ["MFU ours / baseline"]
     header += ["target"]
@@ -385,8 +474,11 @@ def markdown_table(results: Sequence[CaseResult], device: torch.device) -> str:
     for r in results:
         mem = "/".join(f"{m:,.0f}" if m is not None else "-" for m in (r.ours_peak_mib, r.baseline_peak_mib))
         row = [f"{r.name}: {r.description}", str(r.items), _rate(r.ours_items_per_s), _rate(r.baseline_items_per_s),
-               f"{r.ratio:.2f}x" if r.ratio else "-", _rate(r.ours_tokens_per_s), _rate(r.baseline_tokens_per_s),
-               mem, f"{r.max_abs_diff:.1e}" if r.max_abs_diff is not None else "-"]
+               f"{r.ratio:.2f}x" if r.ratio else "-"]
+        if not gpu:
+            row.append(f"{r.cpu_time_ratio:.2f}x" if r.cpu_time_ratio else "-")
+        row += [_rate(r.ours_tokens_per_s), _rate(r.baseline_tokens_per_s), mem,
+                f"{r.max_abs_diff:.1e}" if r.max_abs_diff is not None else "-"]
         if gpu:
             row.append("/".join(f"{m:.1%}" if m is not None else "-" for m in (r.ours_mfu, r.baseline_mfu)))
         if r.target:
@@ -426,9 +518,16 @@ def write_outputs(args: argparse.Namespace, env: dict[str, Any], notes: dict[str
     title = (f"Qwen3-VL throughput, `{args.model}` model, {env['device']}"
              + (f" ({env['gpu']})" if env.get("gpu") else f" ({env['cpu']}, {env['cpu_count']} cores)")
              + f", {env['dtype']}, torch {env['torch']}, transformers {env['transformers']}")
-    footer = ["", "ratio = ours items/s / baseline items/s; tokens/s count real tokens (no padding), vision tokens "
-              "included; peak memory: " + ("CUDA max_memory_allocated" if device.type == "cuda"
-                                           else "process RSS high-water mark (VmHWM), weights included") + "."]
+    footer = ["", "ratio = ours items/s / baseline items/s (wall clock); tokens/s count real tokens (no padding), "
+              "vision tokens included; peak memory: " + ("CUDA max_memory_allocated" if device.type == "cuda"
+                                                         else "process RSS high-water mark (VmHWM), weights included")
+              + "."]
+    if device.type != "cuda":
+        loads = [r.load_average for r in results if r.load_average is not None]
+        footer.append("ratio of CPU time = baseline process CPU seconds / ours (all threads; less sensitive to other "
+                      "load on a shared machine)" + (f"; 1-minute load average during the run {min(loads):.1f}-"
+                                                     f"{max(loads):.1f} on {env['cpu_count']} cores" if loads else "")
+                      + f"; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}.")
     if device.type == "cuda":
         footer.append(f"MFU = (2 x LM params (no embedding table) x tokens + 2 x vision params x patches) / time / "
                       f"{env['peak_flops'] / 1e12:.1f} TFLOP/s ({env['dtype']} dense peak, H100 SXM datasheet); "
@@ -471,6 +570,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(2b); default auto")
     parser.add_argument("--json", default=None, help="write the results as JSON here")
     parser.add_argument("--markdown", default=None, help="write the markdown table here")
+    parser.add_argument("--extra-workers", type=int, default=None,
+                        help="after the main cases, time ours again with this many preprocessing workers on "
+                             "--extra-cases (extra rows; the baseline figures are the main row's)")
+    parser.add_argument("--extra-cases", default="embed_text,embed_images,embed_images_448",
+                        help="cases for --extra-workers")
+    parser.add_argument("--profile", default=None,
+                        help="comma-separated cases to run once more, ours only, under torch.profiler")
+    parser.add_argument("--profile-out", default="profile.txt", help="where --profile writes its tables")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N inputs of each case (experiments)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--workers", type=int, default=None,
@@ -478,6 +585,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch-tokens", type=int, default=None,
                         help="padded-token budget per micro-batch of our core (default: the core's)")
     args = parser.parse_args(argv)
+    args.baseline_skip = None
     unknown = set(args.cases.split(",")) - set(CASES)
     if unknown:
         parser.error(f"unknown case(s) {sorted(unknown)}")
@@ -577,6 +685,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             continue
         results.append(plan[name]())
         write_outputs(args, env, notes, results, device, final=False)
+    if args.extra_workers is not None:
+        for main_row in [r for r in results if r.name in args.extra_cases.split(",")]:
+            runner = embedder if main_row.name.startswith("embed") else reranker
+            saved, runner.preprocess_workers = runner.preprocess_workers, max(0, args.extra_workers)
+            try:
+                results.append(extra_row(main_row, plan, args, device))
+            finally:
+                runner.preprocess_workers = saved
+            write_outputs(args, env, notes, results, device, final=False)
     text = write_outputs(args, env, notes, results, device, final=True)
     print()
     print(text, flush=True)

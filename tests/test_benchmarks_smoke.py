@@ -26,3 +26,29 @@ def test_quantization_benchmark_smoke(tmp_path, capsys):
         if r["precision"] == "float32":
             assert r["recall_at_10_vs_same_dims_float32"] == 1.0
     assert rows[0]["recall_at_10_vs_full_float32"] == 1.0  # the baseline itself
+
+
+def test_throughput_smoke(tmp_path):
+    """The throughput benchmark end to end on the tiny checkpoints: every case runs, ours equals the baseline."""
+    from benchmarks.throughput import CASES, main
+
+    out_json, out_md = tmp_path / "t.json", tmp_path / "t.md"
+    result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
+                   "--json", str(out_json), "--markdown", str(out_md)])
+    cases = {c["name"]: c for c in result["cases"]}
+    assert list(cases) == list(CASES)
+    for name, case in cases.items():
+        assert case["errors"] == [], name
+        assert case["items"] > 0 and case["tokens"] > 0, name
+        assert case["ours_items_per_s"] > 0 and case["baseline_items_per_s"] > 0, name
+        assert case["max_abs_diff"] is not None and case["max_abs_diff"] <= 1e-5, name
+        # Our planner never pads more than the official fixed chunks of 8 (or one pair per pass).
+        assert case["padded_tokens_ours"] <= max(case["padded_tokens_baseline"], case["tokens"]) * 1.25, name
+    assert cases["embed_mixed"]["patches"] > 0 and cases["rerank_images"]["patches"] > 0
+    table = out_md.read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| case")]
+    assert [row.split("|")[1].strip().split(":")[0] for row in rows] == list(CASES)
+    assert "max \\|diff\\|" in table and table == result["markdown"]
+    payload = json.loads(out_json.read_text())
+    assert payload["final"] is True and set(payload["ratios"]) == set(CASES)
+    assert payload["environment"]["device"] == "cpu" and payload["environment"]["torch"]
