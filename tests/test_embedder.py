@@ -654,8 +654,6 @@ def test_vision_tokens_over_max_length_is_an_input_error(short, media_dir):
     assert info.value.index == 1
 
 
-@pytest.mark.xfail(strict=True, reason="over-long vision is only detected while encoding, after earlier micro-batches "
-                                        "ran (REFERENCE.md §11 #5: raise before calling the model)")
 def test_vision_tokens_over_max_length_is_caught_before_any_forward(short, media_dir):
     with capture_forward(short) as calls:
         with pytest.raises(Qwen3VLInputError):

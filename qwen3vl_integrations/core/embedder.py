@@ -130,6 +130,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         costs: dict[int, int] = {}
         for position in good:
             try:
+                self._check_fits(self._special_tokens(parsed[position]), self.max_length - EMBEDDING_SUFFIX)
                 costs[position] = self._vision_cost(parsed[position])
             except _Invalid as exc:
                 errors.append(Qwen3VLInputError(str(exc), index=position))

@@ -100,10 +100,12 @@ class Qwen3VLReranker(Qwen3VLRunner):
             raise Qwen3VLInputError(error.cause, index=query_index(error.index), role="query")
         documents, errors = parse_items([document for _, document in pairs], self.policy, role="document")
         costs: list[int] = []
-        query_costs = []
+        query_costs, query_specials = [], []
         for q, item in enumerate(queries):
             try:
                 query_costs.append(self._vision_cost(item))
+                query_specials.append(self._special_tokens(item))
+                self._check_fits(query_specials[-1], self.max_length)
             except _Invalid as exc:
                 raise Qwen3VLInputError(str(exc), index=query_index(q), role="query") from None
         for position, item in enumerate(documents):
@@ -112,6 +114,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
                 continue
             try:
                 costs.append(self._vision_cost(item) + query_costs[pair_query[position]])
+                self._check_fits(self._special_tokens(item) + query_specials[pair_query[position]], self.max_length)
             except _Invalid as exc:
                 errors.append(Qwen3VLInputError(str(exc), index=position, role="document"))
         errors.sort(key=lambda e: e.index)

@@ -28,6 +28,9 @@ DEFAULT_BATCH_OVERHEAD_TOKENS = 1024
 # little beyond its arithmetic. An item longer than the cap still runs, alone.
 CPU_MAX_BATCH_TOKENS = 2048
 
+# <|im_start|> (system), <|im_end|>, <|im_start|> (user): template specials before the chat suffix.
+TEMPLATE_SPECIAL_TOKENS = 3
+
 BuildSequence = Callable[[int], EncodedItem]
 
 
@@ -120,6 +123,22 @@ class Qwen3VLRunner:
         cost = sum(image_tokens(image.width, image.height, self.limits) + 2 for image in item.images)
         cost += sum(video_tokens(video, item.fps, item.max_frames, self.limits) for video in item.videos)
         return cost
+
+    def _special_tokens(self, item: Item) -> int:
+        """Special and vision tokens of an item's media, exactly: what truncation can never drop. Raises _Invalid."""
+        count = sum(image_tokens(image.width, image.height, self.limits) + 2 for image in item.images)
+        count += sum(video_tokens(video, item.fps, item.max_frames, self.limits, timestamps=False)
+                     for video in item.videos)
+        return count
+
+    def _check_fits(self, special_tokens: int, budget: int) -> None:
+        """Refuse, before any model work, media whose vision tokens alone exceed the sequence budget."""
+        needed = special_tokens + TEMPLATE_SPECIAL_TOKENS
+        if needed > budget:
+            raise _Invalid(
+                f"needs {needed} special/vision tokens, more than max_length allows ({budget}); "
+                "lower max_pixels/total_pixels or max_frames, or raise max_length"
+            )
 
     def _text_cost(self, texts: Sequence[str]) -> list[int]:
         tokenizer = self.load().tokenizer

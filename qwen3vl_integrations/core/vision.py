@@ -168,8 +168,9 @@ def prepare_video(source: VideoSource, item_fps: float | None, item_max_frames: 
 
 
 def video_tokens(source: VideoSource, item_fps: float | None, item_max_frames: int | None,
-                 limits: VisionLimits) -> int:
-    """Estimated prompt tokens of one video (vision tokens plus per-group timestamps). Raises _Invalid."""
+                 limits: VisionLimits, timestamps: bool = True) -> int:
+    """Prompt tokens of one video: its special and vision tokens (exact), plus an estimate of the per-group
+    timestamp text unless `timestamps` is False. Raises _Invalid."""
     try:
         if isinstance(source, FrameListSource):
             n = min(len(source.frames), limits.max_frames)
@@ -191,4 +192,7 @@ def video_tokens(source: VideoSource, item_fps: float | None, item_max_frames: i
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
     groups = nframes // FRAME_FACTOR
-    return groups * ((new_h // IMAGE_FACTOR) * (new_w // IMAGE_FACTOR) + TOKENS_PER_GROUP_OVERHEAD) + 2
+    per_group = (new_h // IMAGE_FACTOR) * (new_w // IMAGE_FACTOR) + 2  # pads plus <|vision_start|> <|vision_end|>
+    if timestamps:
+        per_group += TOKENS_PER_GROUP_OVERHEAD - 2
+    return groups * per_group + 2  # the template's outer <|vision_start|> ... <|vision_end|>
