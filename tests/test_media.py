@@ -630,3 +630,13 @@ def test_remote_errors_through_the_embedder(tiny_embedding_path, http_base):
     with pytest.raises(Qwen3VLInputError, match="item 0: .*404"):
         emb.embed([{"image": f"{http_base}/nope.png"}])
     assert not emb.is_loaded  # refused before any model work
+
+
+def test_empty_video_list_is_an_error_not_null(tiny_embedding_path):
+    """`{"video": []}` is refused (upstream would embed it as NULL), before any model work."""
+    from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLInputError
+
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), device="cpu")
+    with pytest.raises(Qwen3VLInputError, match=r"^item 1: video is an empty list"):
+        emb.embed(["fine", {"video": []}])
+    assert not emb.is_loaded

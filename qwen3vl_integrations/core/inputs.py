@@ -139,6 +139,10 @@ def parse_item(raw: Any, policy: MediaPolicy) -> Item:
     elif is_single_video(video_value):
         video_values = [video_value]
     elif isinstance(video_value, (list, tuple)):
+        if not video_value:
+            # Upstream reads [] as "no video" and embeds the item as NULL; an empty list here is almost always a
+            # video whose frames went missing, so it is refused rather than silently replaced.
+            raise _Invalid("video is an empty list (no frames); leave the key out for an item without video")
         video_values = list(video_value)
     else:
         raise _Invalid(f"unsupported video type {type(video_value).__name__}")
