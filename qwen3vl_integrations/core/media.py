@@ -171,29 +171,23 @@ def _image_from_array(array: np.ndarray) -> Image.Image:
     raise _Invalid(f"image arrays must be HxW, HxWx3 or HxWx4, got shape {tuple(array.shape)}")
 
 
-def resolve_image(value: Any, policy: MediaPolicy) -> ImageSource:
-    """Validate one image value and return where its pixels come from. Raises _Invalid."""
-    if isinstance(value, Image.Image):
-        return ImageSource(value.width, value.height, image=value)
-    if isinstance(value, np.ndarray):
-        img = _image_from_array(value)
-        return ImageSource(img.width, img.height, image=img)
+def locate(value: Any, policy: MediaPolicy, kind: str) -> tuple[Path | None, bytes | None]:
+    """Where a file given as bytes, a file object, a Path, a path string, a file:// / http(s):// URL or a data: URI
+    lives: a checked local path, or its bytes (remote content fetched under the policy). Raises _Invalid."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
-    elif isinstance(value, io.IOBase) or hasattr(value, "read"):
+    elif hasattr(value, "read"):
         if hasattr(value, "seek"):
             value.seek(0)
         data = value.read()
         if not isinstance(data, (bytes, bytearray)):
-            raise _Invalid("file-like image objects must be opened in binary mode")
+            raise _Invalid(f"file-like {kind} objects must be opened in binary mode")
         data = bytes(data)
     elif isinstance(value, Path):
-        path = local_path(value)
-        with _open_pil(path, policy, load=False) as img:
-            return ImageSource(img.width, img.height, path=path)
+        return local_path(value), None
     elif isinstance(value, str):
         if not value.strip():
-            raise _Invalid("empty string where an image was expected")
+            raise _Invalid(f"empty string where {'an' if kind[0] in 'aeiou' else 'a'} {kind} was expected")
         if is_remote(value):
             data = fetch_remote(value, policy)
         elif value.startswith("data:"):
@@ -201,15 +195,24 @@ def resolve_image(value: Any, policy: MediaPolicy) -> ImageSource:
         elif "://" in value and not value.startswith("file://"):
             raise _Invalid(f"unsupported URL scheme (only http, https, file and data): {value!r}")
         else:
-            path = local_path(value)
-            with _open_pil(path, policy, load=False) as img:
-                return ImageSource(img.width, img.height, path=path)
+            return local_path(value), None
     else:
-        raise _Invalid(f"unsupported image type {type(value).__name__}")
+        raise _Invalid(f"unsupported {kind} type {type(value).__name__}")
     if not data:
-        raise _Invalid("empty image data")
-    with _open_pil(io.BytesIO(data), policy, load=False) as img:
-        return ImageSource(img.width, img.height, data=data)
+        raise _Invalid(f"empty {kind} data")
+    return None, data
+
+
+def resolve_image(value: Any, policy: MediaPolicy) -> ImageSource:
+    """Validate one image value (header only) and return where its pixels come from. Raises _Invalid."""
+    if isinstance(value, Image.Image):
+        return ImageSource(value.width, value.height, image=value)
+    if isinstance(value, np.ndarray):
+        img = _image_from_array(value)
+        return ImageSource(img.width, img.height, image=img)
+    path, data = locate(value, policy, "image")
+    with _open_pil(path if path is not None else io.BytesIO(data), policy, load=False) as img:
+        return ImageSource(img.width, img.height, path=path, data=data)
 
 
 # ---------------------------------------------------------------------------------------------- videos
@@ -282,36 +285,8 @@ def resolve_video(value: Any, policy: MediaPolicy) -> VideoSource:
             except _Invalid as exc:
                 raise _Invalid(f"frame {position}: {exc}") from None
         return FrameListSource(frames)
-    path: Path | None = None
-    data: bytes | None = None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
-    elif hasattr(value, "read"):
-        if hasattr(value, "seek"):
-            value.seek(0)
-        data = bytes(value.read())
-    elif isinstance(value, Path):
-        path = local_path(value)
-    elif isinstance(value, str):
-        if not value.strip():
-            raise _Invalid("empty string where a video was expected")
-        if is_remote(value):
-            data = fetch_remote(value, policy)
-        elif value.startswith("data:"):
-            data = decode_data_uri(value)
-        elif "://" in value and not value.startswith("file://"):
-            raise _Invalid(f"unsupported URL scheme (only http, https, file and data): {value!r}")
-        else:
-            path = local_path(value)
-    else:
-        raise _Invalid(f"unsupported video type {type(value).__name__}")
-    if data is not None and not data:
-        raise _Invalid("empty video data")
+    path, data = locate(value, policy, "video")
     frames, fps, width, height = probe_video_file(str(path) if path is not None else io.BytesIO(data))
     if width * height > policy.max_image_pixels:  # every decoded frame would be this large
         raise _Invalid(f"video frames of {width}x{height} pixels exceed max_image_pixels={policy.max_image_pixels}")
     return VideoFileSource(frames, fps, width, height, path=path, data=data)
-
-
-def invalid_to_error(exc: _Invalid, index: int | None, role: str) -> Qwen3VLInputError:
-    return Qwen3VLInputError(str(exc), index=index, role=role)
