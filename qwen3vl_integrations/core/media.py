@@ -18,7 +18,6 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import Qwen3VLInputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tiff", ".tif", ".svg")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg", ".flv", ".wmv", ".3gp")
