@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,21 @@ class LoadedModel:
     dtype: torch.dtype
     score_weight: torch.Tensor | None = None  # reranker only: W_yes - W_no, float32, on device
     lock: threading.Lock = field(default_factory=threading.Lock)
+    lock_pools: threading.Lock = field(default_factory=threading.Lock)
     _local: threading.local = field(default_factory=threading.local)
+    _pools: dict[int, ThreadPoolExecutor] = field(default_factory=dict)
+
+    def preprocess_pool(self, workers: int) -> ThreadPoolExecutor:
+        """A persistent pool of `workers` preprocessing threads, shared by every call on this model.
+
+        Reusing threads keeps their private processor copies (a deep copy of a 151k-entry tokenizer is not free).
+        """
+        with self.lock_pools:
+            pool = self._pools.get(workers)
+            if pool is None:
+                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qwen3vl-prep")
+                self._pools[workers] = pool
+            return pool
 
     @property
     def tokenizer(self) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -210,9 +210,10 @@ class Qwen3VLRunner:
             progress = tqdm(total=len(costs), desc="Qwen3-VL", unit="item")
         # One micro-batch has nothing to overlap with: skip the pool (and its per-thread processor copies).
         workers = self.preprocess_workers if len(batches) > 1 else 0
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qwen3vl-prep") if workers else None
+        # The pool lives with the loaded model: its threads (and their processor copies) serve every call.
+        pool = loaded.preprocess_pool(workers) if workers else None
+        pending: deque[Future] = deque()
         try:
-            pending: deque[Future] = deque()
             upcoming = iter(batches)
 
             def submit_next() -> None:
@@ -236,7 +237,7 @@ class Qwen3VLRunner:
                     progress.update(len(ok) + len(errors))
                 yield ok, hidden, errors
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            for future in pending:  # a call that stops early leaves no queued work behind
+                future.cancel()
             if progress is not None:
                 progress.close()
