@@ -129,14 +129,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
 
         def build(position: int) -> EncodedItem:
             q = pair_query[position]
-            try:
-                return self._encode_pair(loaded, queries[q], prepared_queries[q], documents[position], instruction)
-            except _Invalid:
-                # A query whose own special/vision tokens exceed max_length fails with every document: name it.
-                cause = self._query_overflow(loaded, queries[q], prepared_queries[q], instruction)
-                if cause is not None:
-                    raise Qwen3VLInputError(cause, index=query_index(q), role="query") from None
-                raise
+            return self._encode_pair(loaded, queries[q], prepared_queries[q], documents[position], instruction)
 
         scores = np.zeros(len(pairs), np.float32)
         for positions, hidden, _ in self._run(costs, build, "document", batch_size, show_progress):
@@ -150,15 +143,6 @@ class Qwen3VLReranker(Qwen3VLRunner):
             return self._prepare_media(item)
         except _Invalid as exc:
             raise Qwen3VLInputError(str(exc), index=index, role=role) from None
-
-    def _query_overflow(self, loaded: Any, query: Item, query_media: tuple[list[Any], list[Any]],
-                        instruction: str | None) -> str | None:
-        """The cause when the query with an empty ("NULL") document is already over max_length, else None."""
-        try:
-            self._encode_pair(loaded, query, query_media, Item(), instruction)
-        except _Invalid as exc:
-            return str(exc)
-        return None
 
     def _encode_pair(self, loaded: Any, query: Item, query_media: tuple[list[Any], list[Any]], document: Item,
                      instruction: str | None) -> EncodedItem:
