@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 from llama_index.core.base.embeddings.base import Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
@@ -17,20 +17,13 @@ from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index.core.schema import BaseNode, ImageType, QueryBundle
 
 from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
+from ._core import CoreObjectPickling, dtype_name
 from .nodes import node_to_item
 
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
 DEFAULT_EMBED_BATCH_SIZE = 32
 
 __all__ = ["Qwen3VLEmbedding", "image_query_bundle", "video_query_bundle", "DEFAULT_EMBEDDING_MODEL"]
-
-
-def _dtype_name(value: Any) -> Any:
-    """Keep ``dtype`` serialisable: ``torch.bfloat16`` -> ``"bfloat16"``."""
-    if value is None or isinstance(value, str):
-        return value
-    text = str(value)
-    return text[len("torch."):] if text.startswith("torch.") else text
 
 
 def _add_note(error: BaseException, items_owner: Sequence[Any], describe) -> None:
@@ -40,7 +33,7 @@ def _add_note(error: BaseException, items_owner: Sequence[Any], describe) -> Non
         error.add_note(describe(items_owner[index]))
 
 
-class Qwen3VLEmbedding(MultiModalEmbedding):
+class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
     """Qwen3-VL-Embedding for LlamaIndex: text, images and video in one space.
 
     Args:
@@ -84,6 +77,7 @@ class Qwen3VLEmbedding(MultiModalEmbedding):
         default_factory=dict, description="Other keyword arguments for the core Qwen3VLEmbedder."
     )
 
+    core_attribute: ClassVar[str] = "embedder"
     _embedder: Any = PrivateAttr(default=None)
     _owns_embedder: bool = PrivateAttr(default=True)
 
@@ -101,7 +95,7 @@ class Qwen3VLEmbedding(MultiModalEmbedding):
     @field_validator("dtype", mode="before")
     @classmethod
     def _normalise_dtype(cls, value: Any) -> Any:
-        return _dtype_name(value)
+        return dtype_name(value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -130,26 +124,6 @@ class Qwen3VLEmbedding(MultiModalEmbedding):
     def embedding_dim(self) -> int:
         """Length of the vectors this adapter returns (``dimensions`` or the model's hidden size)."""
         return self.dimensions if self.dimensions is not None else int(self.embedder.embedding_dim)
-
-    def __getstate__(self) -> Dict[str, Any]:
-        # A core object this adapter built itself is rebuilt after unpickling (and shares the loaded model through
-        # the core's registry): never drag a loaded model through pickle. One the user passed in is kept.
-        if not self._owns_embedder:
-            return super().__getstate__()
-        core, self._embedder = self._embedder, None
-        try:
-            return super().__getstate__()
-        finally:
-            self._embedder = core
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        # BaseComponent re-runs __init__ from the fields, which loses private attributes: restore a core object
-        # the user passed in.
-        super().__setstate__(state)
-        private = state.get("__pydantic_private__") or {}
-        if private.get("_embedder") is not None and not private.get("_owns_embedder", True):
-            self._embedder = private["_embedder"]
-            self._owns_embedder = False
 
     def _embed(
         self, items: Sequence[Any], instruction: Optional[str], show_progress: bool = False

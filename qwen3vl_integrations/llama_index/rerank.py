@@ -8,7 +8,7 @@ file extension). Documents are read from the nodes exactly as the embedding adap
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -17,7 +17,7 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from .embedding import _dtype_name
+from ._core import CoreObjectPickling, dtype_name
 from .nodes import node_to_item, query_bundle_to_item
 
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-VL-Reranker-2B"
@@ -27,7 +27,7 @@ dispatcher = get_dispatcher(__name__)
 __all__ = ["Qwen3VLRerank", "DEFAULT_RERANKER_MODEL"]
 
 
-class Qwen3VLRerank(BaseNodePostprocessor):
+class Qwen3VLRerank(CoreObjectPickling, BaseNodePostprocessor):
     """Rerank retrieved nodes (text, ``ImageNode``, ``Node`` with image/video resources, nodes whose metadata names
     an image or video file) with Qwen3-VL-Reranker.
 
@@ -58,6 +58,7 @@ class Qwen3VLRerank(BaseNodePostprocessor):
         default_factory=dict, description="Other keyword arguments for the core Qwen3VLReranker."
     )
 
+    core_attribute: ClassVar[str] = "reranker"
     _reranker: Any = PrivateAttr(default=None)
     _owns_reranker: bool = PrivateAttr(default=True)
 
@@ -72,7 +73,7 @@ class Qwen3VLRerank(BaseNodePostprocessor):
     @field_validator("dtype", mode="before")
     @classmethod
     def _normalise_dtype(cls, value: Any) -> Any:
-        return _dtype_name(value)
+        return dtype_name(value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -94,26 +95,6 @@ class Qwen3VLRerank(BaseNodePostprocessor):
             options.update(self.core_options)
             self._reranker = Qwen3VLReranker(model_name_or_path=self.model, **options)
         return self._reranker
-
-    def __getstate__(self) -> Dict[str, Any]:
-        # A core object this adapter built itself is rebuilt after unpickling (and shares the loaded model through
-        # the core's registry): never drag a loaded model through pickle. One the user passed in is kept.
-        if not self._owns_reranker:
-            return super().__getstate__()
-        core, self._reranker = self._reranker, None
-        try:
-            return super().__getstate__()
-        finally:
-            self._reranker = core
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        # BaseComponent re-runs __init__ from the fields, which loses private attributes: restore a core object
-        # the user passed in.
-        super().__setstate__(state)
-        private = state.get("__pydantic_private__") or {}
-        if private.get("_reranker") is not None and not private.get("_owns_reranker", True):
-            self._reranker = private["_reranker"]
-            self._owns_reranker = False
 
     def _postprocess_nodes(
         self,
