@@ -5,6 +5,7 @@ import threading
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 _LOCK = threading.RLock()
 
@@ -84,3 +85,42 @@ def to_float_lists(array: Any) -> list[list[float]]:
 def to_floats(array: Any) -> list[float]:
     """Core scores (numpy [N]) -> Python ``list[float]``."""
     return [float(x) for x in np.asarray(array, dtype=np.float64).reshape(-1)]
+
+
+class RerankerOptions(BaseModel):
+    """Fields and lazy core object shared by the LangChain reranker classes."""
+
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), populate_by_name=True, arbitrary_types_allowed=True
+    )
+
+    model_name: str = Field(default="Qwen/Qwen3-VL-Reranker-2B", alias="model")
+    """Hugging Face model id or local checkpoint folder."""
+    instruction: str | None = None
+    """Task instruction (``None``: the model's default)."""
+    batch_size: int | None = None
+    """Query-document pairs per forward pass (``None``: the core's default)."""
+    device: str | None = None
+    dtype: Any = None
+    core_options: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments for the core `Qwen3VLReranker` (e.g. ``max_pixels``, ``fps``, ``max_frames``)."""
+    reranker: Any = Field(default=None, exclude=True)
+    """An existing core `Qwen3VLReranker` to use instead of building one from the fields above."""
+
+    _core: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _attach_reranker(self) -> "RerankerOptions":
+        attach_core(self, "reranker", "score")
+        return self
+
+    @property
+    def core_reranker(self) -> Any:
+        """The core `Qwen3VLReranker` (created on first access; creating it loads no weights)."""
+        if self.reranker is not None:
+            return self.reranker
+        return lazy(
+            self,
+            "_core",
+            lambda: build_reranker(self.model_name, self.device, self.dtype, self.batch_size, self.core_options),
+        )

@@ -4,14 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_core.cross_encoders import BaseCrossEncoder
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from ._core import attach_core, build_reranker, lazy, to_floats
+from ._core import RerankerOptions, to_floats
 
 __all__ = ["Qwen3VLCrossEncoder"]
 
 
-class Qwen3VLCrossEncoder(BaseModel, BaseCrossEncoder):
+class Qwen3VLCrossEncoder(RerankerOptions, BaseCrossEncoder):
     """Qwen3-VL-Reranker as a LangChain cross encoder: ``score([(query, text), ...]) -> list[float]``.
 
     A one-line switch for `CrossEncoderReranker` users::
@@ -25,40 +24,6 @@ class Qwen3VLCrossEncoder(BaseModel, BaseCrossEncoder):
     metadata); use `Qwen3VLRerank` to rerank image and video documents. Pairs sharing a query are scored in one
     core call; scores are floats in (0, 1) in the order of ``text_pairs``. The model loads lazily on first use.
     """
-
-    model_config = ConfigDict(
-        extra="forbid", protected_namespaces=(), populate_by_name=True, arbitrary_types_allowed=True
-    )
-
-    model_name: str = Field(default="Qwen/Qwen3-VL-Reranker-2B", alias="model")
-    """Hugging Face model id or local checkpoint folder."""
-    instruction: str | None = None
-    """Task instruction (``None``: the model's default)."""
-    batch_size: int | None = None
-    device: str | None = None
-    dtype: Any = None
-    core_options: dict[str, Any] = Field(default_factory=dict)
-    """Extra keyword arguments for the core `Qwen3VLReranker`."""
-    reranker: Any = Field(default=None, exclude=True)
-    """An existing core `Qwen3VLReranker` to use instead of building one from the fields above."""
-
-    _core: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="after")
-    def _validate(self) -> "Qwen3VLCrossEncoder":
-        attach_core(self, "reranker", "score")
-        return self
-
-    @property
-    def core_reranker(self) -> Any:
-        """The core `Qwen3VLReranker` (created on first access; creating it loads no weights)."""
-        if self.reranker is not None:
-            return self.reranker
-        return lazy(
-            self,
-            "_core",
-            lambda: build_reranker(self.model_name, self.device, self.dtype, self.batch_size, self.core_options),
-        )
 
     def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
         """Score ``(query, document)`` pairs; pairs with the same query are batched together."""

@@ -7,14 +7,14 @@ from typing import Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import model_validator
 
-from ._core import attach_core, build_reranker, lazy, to_floats
+from ._core import RerankerOptions, to_floats
 from .documents import document_to_item
 
 __all__ = ["Qwen3VLRerank"]
 
-class Qwen3VLRerank(BaseDocumentCompressor):
+class Qwen3VLRerank(RerankerOptions, BaseDocumentCompressor):
     """Rerank LangChain documents, including image and video documents, with Qwen3-VL-Reranker.
 
     Each document becomes a core item (see `qwen3vl_integrations.langchain.documents`):
@@ -41,44 +41,14 @@ class Qwen3VLRerank(BaseDocumentCompressor):
         ```
     """
 
-    model_config = ConfigDict(
-        extra="forbid", protected_namespaces=(), populate_by_name=True, arbitrary_types_allowed=True
-    )
-
-    model_name: str = Field(default="Qwen/Qwen3-VL-Reranker-2B", alias="model")
-    """Hugging Face model id or local checkpoint folder."""
     top_n: int | None = 3
     """How many documents to return (``None``: all of them, sorted)."""
-    instruction: str | None = None
-    """Task instruction (``None``: the model's default)."""
-    batch_size: int | None = None
-    """Query-document pairs per forward pass (``None``: the core's default)."""
-    device: str | None = None
-    dtype: Any = None
-    core_options: dict[str, Any] = Field(default_factory=dict)
-    """Extra keyword arguments for the core `Qwen3VLReranker` (e.g. ``max_pixels``, ``fps``, ``max_frames``)."""
-    reranker: Any = Field(default=None, exclude=True)
-    """An existing core `Qwen3VLReranker` to use instead of building one from the fields above."""
-
-    _core: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _validate(self) -> "Qwen3VLRerank":
+    def _check_top_n(self) -> "Qwen3VLRerank":
         if self.top_n is not None and self.top_n < 0:
             raise ValueError("top_n must be >= 0 or None")
-        attach_core(self, "reranker", "score")
         return self
-
-    @property
-    def core_reranker(self) -> Any:
-        """The core `Qwen3VLReranker` (created on first access; creating it loads no weights)."""
-        if self.reranker is not None:
-            return self.reranker
-        return lazy(
-            self,
-            "_core",
-            lambda: build_reranker(self.model_name, self.device, self.dtype, self.batch_size, self.core_options),
-        )
 
     def score_documents(self, documents: Sequence[Document], query: Any) -> list[float]:
         """Scores for ``documents`` against ``query``, in input order (no sorting, no cut)."""
