@@ -11,6 +11,7 @@
 #   gpu_table.md / gpu.json    the table: ours vs the official procedure, tokens/s, MFU, targets
 #   gpu_profile.txt            torch.profiler tables of one run of ours for three cases (where the time goes)
 #   gpu_log.txt                everything printed, with timestamps
+# CASES=a,b,... runs a subset; EXTRA_WORKERS=N adds rows with N preprocessing workers for three embed cases.
 # Hard caps: 75 s per timed side of a case, 330 s for the main run, 7.5 minutes for the whole script.
 set -euo pipefail
 START=$SECONDS
@@ -42,11 +43,11 @@ print(f"python {platform.python_version()}, torch {torch.__version__}, transform
       f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs")
 EOF
 
-say "main run: 6 cases, ours vs the official procedure, 3 repeats each"
+say "main run: 7 cases, ours vs the official procedure, 3 repeats each"
 status=0
 timeout 330 python3 -m benchmarks.throughput --model 2b --device cuda --dtype bfloat16 \
-  --cases "${CASES:-embed_text,embed_images,embed_images_448,embed_mixed,rerank_text,rerank_images}" \
-  --case-timeout 75 --extra-workers "${EXTRA_WORKERS:-8}" \
+  --cases "${CASES:-embed_text,embed_images,embed_images_448,embed_mixed,rerank_text,rerank_images,rerank_image_query}" \
+  --case-timeout 75 ${EXTRA_WORKERS:+--extra-workers "$EXTRA_WORKERS"} \
   --profile embed_text,embed_images_448,rerank_text --profile-out "$OUT/gpu_profile.txt" \
   --markdown "$OUT/gpu_table.md" --json "$OUT/gpu.json" 2>&1 | tee -a "$LOG" || status=$?
 if [ "$status" -ne 0 ]; then

@@ -11,6 +11,7 @@ Cases (items/s and real tokens/s, i.e. without padding; peak memory; max |ours -
 * ``embed_mixed``      (c) texts, images, image+text, videos (frame lists and mp4 files)
 * ``rerank_text``      1 query x 64 text documents (10-1,000 tokens)
 * ``rerank_images``    1 query x 64 image documents (224-896 px)
+* ``rerank_image_query`` 1 image query (448x448) x the 64 text documents of ``rerank_text``
 
 The baseline (benchmarks/official.py) embeds in chunks of 8, one padded processor call and forward per chunk, and
 scores one reranker pair per forward pass, as upstream does. Random checkpoints are built once into
@@ -45,7 +46,8 @@ from benchmarks.corpora import Corpora, Sizes, build_corpora  # noqa: E402
 from benchmarks.official import Counter, official_embed, official_score  # noqa: E402
 
 SIZES = ("tiny", "small", "2b")
-CASES = ("embed_text", "embed_images", "embed_images_448", "embed_mixed", "rerank_text", "rerank_images")
+CASES = ("embed_text", "embed_images", "embed_images_448", "embed_mixed", "rerank_text", "rerank_images",
+         "rerank_image_query")
 DIFF_TOLERANCE = 1e-5  # float32 on CPU
 # Dense peak throughput used for model FLOP utilisation (H100 SXM datasheet; the H200 has the same compute).
 PEAK_FLOPS = {"bfloat16": 989.4e12, "float16": 989.4e12, "float32": 494.7e12}  # fp32 counted at the TF32 rate
@@ -298,7 +300,8 @@ class CaseResult:
 
 
 def count_ours(runner: Any) -> Counter:
-    """Count the tokens our runner actually sends (real and padded), by wrapping its forward."""
+    """Count the tokens of the sequences our runner scores (whole sequences, as the baseline counts them) and the
+    padded tokens it actually sends, by wrapping its forward passes."""
     counter = Counter()
     original = type(runner)._forward_last_hidden
 
@@ -308,6 +311,17 @@ def count_ours(runner: Any) -> Counter:
         return original(runner, loaded, sequences)
 
     runner._forward_last_hidden = wrapped
+    if hasattr(runner, "share_query_prefix"):  # the reranker's pass after a shared query part
+        from qwen3vl_integrations.core import reranker as reranker_module
+
+        after_prefix = reranker_module.forward_after_prefix
+
+        def wrapped_after_prefix(loaded: Any, prefix: Any, sequences: list, shared: int) -> torch.Tensor:
+            counter.tokens += sum(len(s) for s in sequences)
+            counter.padded_tokens += len(sequences) * (max(len(s) for s in sequences) - shared)
+            return after_prefix(loaded, prefix, sequences, shared)
+
+        reranker_module.forward_after_prefix = wrapped_after_prefix
     return counter
 
 
@@ -532,6 +546,11 @@ def write_outputs(args: argparse.Namespace, env: dict[str, Any], notes: dict[str
         footer.append(f"MFU = (2 x LM params (no embedding table) x tokens + 2 x vision params x patches) / time / "
                       f"{env['peak_flops'] / 1e12:.1f} TFLOP/s ({env['dtype']} dense peak, H100 SXM datasheet); "
                       "attention FLOPs not counted.")
+    if any(r.name.startswith("rerank") for r in results):
+        footer.append("Reranker tokens count every pair's whole prompt, for ours and the baseline alike. Shared query "
+                      f"prefix {env.get('share_query_prefix', 'on')}: when on, ours runs the part of the prompt that "
+                      "all pairs of the query begin with once per call" + (", so its MFU is an effective figure"
+                                                                           if device.type == "cuda" else "") + ".")
     footer.append("Inputs: " + "; ".join(f"{k}: {v}" for k, v in notes.items()) + ".")
     text = f"{title}\n\n{table}\n" + "\n".join(footer) + "\n"
     if not final:
@@ -582,6 +601,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--workers", type=int, default=None,
                         help="preprocessing worker threads of our core (default: the core's)")
+    parser.add_argument("--share-query-prefix", choices=("on", "off"), default="on",
+                        help="our reranker runs the query part of its prompts once per call (default on)")
     parser.add_argument("--max-batch-tokens", type=int, default=None,
                         help="padded-token budget per micro-batch of our core (default: the core's)")
     args = parser.parse_args(argv)
@@ -620,7 +641,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.max_batch_tokens:
         options["max_batch_tokens"] = args.max_batch_tokens
     embedder = Qwen3VLEmbedder(emb_path, **options)
-    reranker = Qwen3VLReranker(rr_path, **options)
+    reranker = Qwen3VLReranker(rr_path, share_query_prefix=args.share_query_prefix == "on", **options)
+    env["share_query_prefix"] = args.share_query_prefix
     start = time.perf_counter()
     embedder.load()
     reranker.load()
@@ -657,14 +679,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         lambda counter: official_embed(embedder, items, counter), ours_embed_counter, args, device,
                         params, warm)
 
-    def rerank_case(name: str, description: str, documents: list[Any]) -> CaseResult:
+    def rerank_case(name: str, description: str, documents: list[Any], query: Any = corpora.query) -> CaseResult:
         warm = None
         if device.type == "cuda":
             def warm() -> None:
-                reranker.score(corpora.query, documents[:8])
-                official_score(reranker, corpora.query, documents[:8])
-        return run_case(name, description, "pairs", len(documents), lambda: reranker.score(corpora.query, documents),
-                        lambda counter: official_score(reranker, corpora.query, documents, counter=counter),
+                reranker.score(query, documents[:8])
+                official_score(reranker, query, documents[:8])
+        return run_case(name, description, "pairs", len(documents), lambda: reranker.score(query, documents),
+                        lambda counter: official_score(reranker, query, documents, counter=counter),
                         ours_rerank_counter, args, device, params, warm)
 
     plan = {
@@ -678,6 +700,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                            corpora.rerank_texts),
         "rerank_images": lambda: rerank_case("rerank_images", f"1 query x {len(corpora.rerank_images)} images",
                                              corpora.rerank_images),
+        "rerank_image_query": lambda: rerank_case(
+            "rerank_image_query", f"1 image query x {len(corpora.rerank_texts)} texts", corpora.rerank_texts,
+            query={"image": corpora.images_448[0]}),
     }
     results: list[CaseResult] = []
     for name in CASES:

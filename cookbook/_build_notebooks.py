@@ -608,6 +608,16 @@ for i, score in rr.rank({"image": str(DATA / "sunset_beach.jpg")}, documents, to
     print(round(score, 3), Path(candidates[i]).name)
 """),
     md("""
+Every pair of one query begins with the same tokens (system prompt, instruction, the query with its image or
+video), so the reranker runs them once per call and each document attends to their cached keys and values
+(`share_query_prefix=True`, the default). The scores are those of scoring each pair whole, up to float rounding:
+"""),
+    code("""
+whole = Qwen3VLReranker(model_name_or_path=RERANKER_MODEL, share_query_prefix=False)
+query = {"image": str(DATA / "sunset_beach.jpg")}
+print("largest difference:", float(np.abs(rr.score(query, documents) - whole.score(query, documents)).max()))
+"""),
+    md("""
 ## 6. One model, many wrappers
 
 Adapters take an existing core object, or build their own; either way the loaded model is shared.

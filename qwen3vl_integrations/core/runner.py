@@ -32,6 +32,8 @@ CPU_MAX_BATCH_TOKENS = 2048
 TEMPLATE_SPECIAL_TOKENS = 3
 
 BuildSequence = Callable[[int], EncodedItem]
+# (positions, their sequences) -> last hidden states [B, H], float32
+Forward = Callable[[list[int], list[EncodedItem]], torch.Tensor]
 
 
 class Qwen3VLRunner:
@@ -180,18 +182,32 @@ class Qwen3VLRunner:
         batch_size: int | None = None,
         show_progress: bool = False,
         raise_errors: bool = True,
+        groups: Sequence[int] | None = None,
+        forward: Forward | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor | None, list[Qwen3VLInputError]]]:
         """Yield (positions, last hidden states [len(positions), H], errors) per micro-batch.
 
         `build(position)` turns one position into a sequence; it runs in worker threads a couple of batches
         ahead of the model. A position whose media fail to decode is reported (raised when `raise_errors`).
+        With `groups`, a micro-batch only holds positions of one group, and the groups run one after another in
+        order of first appearance. `forward` replaces the plain forward pass.
         """
         loaded = self.load()
         overhead = BATCH_OVERHEAD_TOKENS.get(loaded.device.type, DEFAULT_BATCH_OVERHEAD_TOKENS)
         budget = self.max_batch_tokens
         if loaded.device.type == "cpu":
             budget = min(budget, CPU_MAX_BATCH_TOKENS)
-        batches = plan_batches(costs, batch_size or self.batch_size, budget, batch_overhead=overhead)
+        members: dict[int, list[int]] = {}
+        for position, group in enumerate(groups if groups is not None else [0] * len(costs)):
+            members.setdefault(group, []).append(position)
+        batches = [[positions[i] for i in batch] for positions in members.values()
+                   for batch in plan_batches([costs[p] for p in positions], batch_size or self.batch_size, budget,
+                                             batch_overhead=overhead)]
+
+        def run_forward(positions: list[int], sequences: list[EncodedItem]) -> torch.Tensor:
+            if forward is not None:
+                return forward(positions, sequences)
+            return self._forward_last_hidden(loaded, sequences)
 
         def build_batch(positions: list[int]) -> tuple[list[int], list[EncodedItem], list[Qwen3VLInputError]]:
             ok, sequences, errors = [], [], []
@@ -232,7 +248,7 @@ class Qwen3VLRunner:
                 submit_next()
                 if errors and raise_errors:
                     raise errors[0]
-                hidden = self._forward_last_hidden(loaded, sequences) if sequences else None
+                hidden = run_forward(ok, sequences) if sequences else None
                 if progress is not None:
                     progress.update(len(ok) + len(errors))
                 yield ok, hidden, errors

@@ -1,0 +1,169 @@
+"""One query, many documents: run the query's part of the reranker prompt once and reuse its key/value cache.
+
+Every pair of one query starts with the same tokens: system prompt, instruction, the query (its media and text)
+and the `<Document>:` marker (REFERENCE.md §5.2). Attention is causal, so their keys and values do not depend on
+the document. The reranker runs them once per call and each micro-batch of documents attends to that cache.
+Scores equal scoring each pair whole, up to float rounding.
+
+Which tokens are shared is decided on token ids, never on text: the end of the query text may merge with the
+following "\\n" into one token, and truncation may drop query text, so each batch shares the longest run of
+tokens that its sequences have in common with the query part.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .encoding import EncodedItem, collate
+
+
+def common_prefix_length(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Number of leading positions where two 1-D id tensors agree."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    differs = (a[:n] != b[:n]).nonzero()
+    return int(differs[0]) if len(differs) else n
+
+
+def _rows(grid_thw: torch.Tensor | None) -> tuple[int, int]:
+    """(number of images or videos, number of pixel-value rows) of a grid tensor."""
+    if grid_thw is None:
+        return 0, 0
+    return int(grid_thw.shape[0]), int(grid_thw.prod(-1).sum())
+
+
+VISION_END = "<|vision_end|>"
+
+
+@dataclass
+class QueryPrefix:
+    """The query's part of every pair's prompt, encoded once; its key/value cache is computed on first use.
+
+    `head_text` is the prompt through the query's last `<|vision_end|>` ("" for a query without media) and
+    `head_length` its number of tokens. A special token always ends a tokenizer segment, so a pair's tokens are
+    these plus the encoding of the rest of its prompt: the query's media are processed once, not once per pair.
+    """
+
+    item: EncodedItem
+    head_text: str = ""
+    head_length: int = 0
+    _keys_values: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_encoding(cls, item: EncodedItem, text: str, vision_end_id: int) -> "QueryPrefix":
+        """`item` is the encoding of `text`, the prompt up to the document's content."""
+        # The processor expands each media placeholder within its own span, so the text's last <|vision_end|> is
+        # the encoding's last one.
+        ends = (item.input_ids == vision_end_id).nonzero()
+        if len(ends) == 0 or VISION_END not in text:
+            return cls(item)
+        return cls(item, text[: text.rindex(VISION_END) + len(VISION_END)], int(ends[-1]) + 1)
+
+    def join(self, tail: EncodedItem) -> EncodedItem:
+        """A pair's sequence from the head and the encoding of the prompt after `head_text`."""
+        head, n = self.item, self.head_length
+
+        def both(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+            return a if b is None else b if a is None else torch.cat([a, b])
+
+        return EncodedItem(
+            input_ids=torch.cat([head.input_ids[:n], tail.input_ids]),
+            mm_token_type_ids=torch.cat([head.mm_token_type_ids[:n], tail.mm_token_type_ids]),
+            pixel_values=both(head.pixel_values, tail.pixel_values),
+            image_grid_thw=both(head.image_grid_thw, tail.image_grid_thw),
+            pixel_values_videos=both(head.pixel_values_videos, tail.pixel_values_videos),
+            video_grid_thw=both(head.video_grid_thw, tail.video_grid_thw),
+        )
+
+    def shared_length(self, sequences: Sequence[EncodedItem]) -> int:
+        """Tokens that every sequence shares with the query part; 0 when sharing would be wrong or pointless."""
+        length = min(common_prefix_length(self.item.input_ids, s.input_ids) for s in sequences)
+        # The sequences carry the query's pixel values only to be dropped: its vision tokens must all be shared.
+        vision = (self.item.mm_token_type_ids != 0).nonzero()
+        return length if length >= max(int(vision[-1]) + 1 if len(vision) else 0, 1) else 0
+
+    def release(self) -> None:
+        self._keys_values = None
+
+    def keys_values(self, loaded: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (keys, values) of the whole query part, [1, kv_heads, length, head_dim]. Call under the lock."""
+        if self._keys_values is None:
+            item = self.item
+            batch, _ = collate([item], 0)
+            batch = {k: v.to(loaded.device) for k, v in batch.items()}
+            batch["position_ids"] = rope_positions(loaded.backbone, [item], 0).to(loaded.device)
+            cache = _new_cache(loaded)
+            loaded.backbone(**batch, **{cache_argument(loaded.backbone): cache}, use_cache=True)
+            self._keys_values = [(layer.keys, layer.values) for layer in cache.layers]
+        return self._keys_values
+
+
+def rope_positions(backbone: Any, sequences: Sequence[EncodedItem], start: int) -> torch.Tensor:
+    """M-RoPE position ids [3, B, max(len) - start] of each whole sequence from `start` on, right-padded with 0.
+
+    Positions of vision tokens depend on their grids, so they come from the model's own rule on the whole
+    sequence, then the shared part is cut off.
+    """
+    width = max(len(s) for s in sequences) - start
+    positions = torch.zeros(3, len(sequences), width, dtype=torch.long)
+    for row, item in enumerate(sequences):
+        whole, _ = backbone.get_rope_index(
+            item.input_ids[None], mm_token_type_ids=item.mm_token_type_ids[None],
+            image_grid_thw=item.image_grid_thw, video_grid_thw=item.video_grid_thw,
+        )
+        positions[:, row, : len(item) - start] = whole[:, 0, start:]
+    return positions
+
+
+def _without_prefix(item: EncodedItem, start: int, prefix: EncodedItem) -> EncodedItem:
+    """The tokens of `item` from `start` on, with the query's pixel values (which come first) dropped."""
+    images, image_rows = _rows(prefix.image_grid_thw)
+    videos, video_rows = _rows(prefix.video_grid_thw)
+
+    def rest(values: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+        return values[rows:] if values is not None and values.shape[0] > rows else None
+
+    return EncodedItem(
+        input_ids=item.input_ids[start:], mm_token_type_ids=item.mm_token_type_ids[start:],
+        pixel_values=rest(item.pixel_values, image_rows), image_grid_thw=rest(item.image_grid_thw, images),
+        pixel_values_videos=rest(item.pixel_values_videos, video_rows),
+        video_grid_thw=rest(item.video_grid_thw, videos),
+    )
+
+
+def forward_after_prefix(loaded: Any, prefix: QueryPrefix, sequences: list[EncodedItem],
+                         shared: int) -> torch.Tensor:
+    """Last-layer hidden state at each sequence's last token, float32 [B, H], running only tokens after `shared`."""
+    rest = [_without_prefix(item, shared, prefix.item) for item in sequences]
+    pad_id = loaded.tokenizer.pad_token_id
+    batch, last = collate(rest, pad_id if pad_id is not None else 0)
+    batch["position_ids"] = rope_positions(loaded.backbone, sequences, shared)
+    batch["attention_mask"] = torch.cat(
+        [torch.ones(len(rest), shared, dtype=batch["attention_mask"].dtype), batch["attention_mask"]], dim=1)
+    non_blocking = loaded.device.type == "cuda"
+    if non_blocking:
+        batch = {k: v.pin_memory() for k, v in batch.items()}
+    batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in batch.items()}
+    with loaded.lock, torch.inference_mode():
+        cache = _new_cache(loaded)
+        for layer, (keys, values) in enumerate(prefix.keys_values(loaded)):
+            shape = (len(rest), -1, -1, -1)
+            cache.update(keys[:, :, :shared].expand(shape), values[:, :, :shared].expand(shape), layer)
+        hidden = loaded.backbone(**batch, **{cache_argument(loaded.backbone): cache}, use_cache=True).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, last.to(hidden.device)].float()
+
+
+def _new_cache(loaded: Any) -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache(config=getattr(loaded.config, "text_config", loaded.config))
+
+
+def cache_argument(backbone: Any) -> str:
+    """The backbone's name for the key/value cache: `cache` in recent transformers 5.x, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(type(backbone).forward).parameters else "past_key_values"

@@ -1,0 +1,188 @@
+"""The reranker's shared query prefix (issue 8): the part of the prompt that all pairs of a query begin with runs once.
+
+Every check compares the shared path with scoring each pair whole (`share_query_prefix=False`), which
+tests/test_reranker.py checks against the official procedure.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import qwen3vl_integrations.core.reranker as reranker_module
+from qwen3vl_integrations import Qwen3VLReranker
+from qwen3vl_integrations.core.encoding import EncodedItem
+from qwen3vl_integrations.core.inputs import parse_items
+from qwen3vl_integrations.core.prefix import QueryPrefix, common_prefix_length
+
+K = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
+ATOL = 1e-5
+RED = Image.new("RGB", (160, 120), (220, 20, 30))
+GREEN = Image.new("RGB", (100, 90), (20, 200, 30))
+FRAMES = [Image.new("RGB", (64, 64), (30 * i, 90, 0)) for i in range(4)]
+
+DOCUMENTS = [
+    "a red thing",
+    "blue sky and some more words " * 6,
+    {"image": GREEN},
+    {"image": GREEN, "text": "green!"},
+    {"video": FRAMES},
+    "",  # scored as NULL
+    '"quoted',  # may merge with the ':' of "<Document>:" into one token
+    "\nstarts with a newline",
+]
+QUERIES = {
+    "text": "what is red?",
+    "text ending in a newline": "ends with a newline?\n",  # "?\n" merges with the marker's "\n"
+    "image and text": {"image": RED, "text": "what is red?"},
+    "image only": {"image": RED},
+    "video and text": {"video": FRAMES, "text": "a moving square"},
+    "own instruction": {"text": "red", "instruction": "Find red things."},
+    "special token in text": {"image": RED, "text": "x <|vision_end|> y"},
+}
+
+
+@pytest.fixture(scope="module")
+def shared(tiny_reranker_path) -> Qwen3VLReranker:
+    return Qwen3VLReranker(str(tiny_reranker_path), **K)
+
+
+@pytest.fixture(scope="module")
+def whole(tiny_reranker_path) -> Qwen3VLReranker:
+    return Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=False, **K)
+
+
+def language_model_tokens(reranker: Qwen3VLReranker, call) -> list[tuple[int, int]]:
+    """(rows, tokens per row) of every language-model pass during `call()`."""
+    shapes: list[tuple[int, int]] = []
+
+    def hook(module, args, kwargs):
+        shapes.append(tuple(kwargs["inputs_embeds"].shape[:2]))
+
+    handle = reranker.load().backbone.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        call()
+    finally:
+        handle.remove()
+    return shapes
+
+
+@pytest.mark.parametrize("name", list(QUERIES))
+def test_scores_equal_whole_pairs(shared, whole, name):
+    query = QUERIES[name]
+    expected = whole.score(query, DOCUMENTS, batch_size=3)
+    np.testing.assert_allclose(shared.score(query, DOCUMENTS, batch_size=3), expected, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(shared.score(query, DOCUMENTS), expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["image and text", "video and text", "special token in text"])
+def test_pairs_built_after_the_query_media_equal_whole_encodings(shared, name):
+    """Pairs reuse the query's encoded media; their tensors equal a whole-prompt encoding exactly."""
+    loaded = shared.load()
+    (query,), _ = parse_items([QUERIES[name]], shared.policy, role="query")
+    documents, _ = parse_items(DOCUMENTS, shared.policy, role="document")
+    media = shared._prepare_media(query)
+    prefix = shared._query_prefix(loaded, query, media, None, None)
+    assert prefix.head_text and prefix.head_length > 0
+    for document in documents:
+        joined = shared._encode_pair(loaded, query, media, document, None, prefix)
+        direct = shared._encode_pair(loaded, query, media, document, None)
+        for key in ("input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw", "pixel_values_videos",
+                    "video_grid_thw"):
+            a, b = getattr(joined, key), getattr(direct, key)
+            assert (a is None) == (b is None), key
+            if a is not None:
+                assert torch.equal(a, b), key
+
+
+def test_query_part_runs_once(shared, whole):
+    """The language model sees the shared tokens once instead of once per pair."""
+    query, documents = QUERIES["text"], DOCUMENTS[:4]
+    whole_tokens = sum(rows * width for rows, width in
+                       language_model_tokens(whole, lambda: whole.score(query, documents, batch_size=1)))
+    shapes = language_model_tokens(shared, lambda: shared.score(query, documents, batch_size=1))
+    shared_tokens = sum(rows * width for rows, width in shapes)
+    assert len(shapes) == len(documents) + 1  # the query part, then one pass per document
+    # The system prompt and the instruction alone are more than 30 tokens.
+    assert whole_tokens - shared_tokens >= 30 * (len(documents) - 1)
+
+
+def test_image_query_goes_through_the_vision_tower_once(shared, whole):
+    patches: list[int] = []
+    visual = shared.load().backbone.visual
+    handle = visual.register_forward_pre_hook(lambda module, args: patches.append(int(args[0].shape[0])))
+    try:
+        shared.score(QUERIES["image only"], ["one", "two", "three", "four"], batch_size=2)
+        once = list(patches)
+        patches.clear()
+        whole.score(QUERIES["image only"], ["one", "two", "three", "four"], batch_size=2)
+    finally:
+        handle.remove()
+    assert len(once) == 1
+    assert sum(patches) == 4 * once[0]
+
+
+def test_single_document_is_scored_whole(shared, monkeypatch):
+    calls = []
+    original = reranker_module.forward_after_prefix
+    monkeypatch.setattr(reranker_module, "forward_after_prefix", lambda *a: calls.append(1) or original(*a))
+    shared.score("a query", ["one document"])
+    assert calls == []
+    shared.score("a query", ["one document", "another"])
+    assert calls
+
+
+def test_truncated_query_text_still_matches(tiny_reranker_path):
+    """A query longer than max_length loses text in some pairs: each batch shares only what its pairs share."""
+    short = Qwen3VLReranker(str(tiny_reranker_path), max_length=40, **K)
+    reference = Qwen3VLReranker(str(tiny_reranker_path), max_length=40, share_query_prefix=False, **K)
+    for query, documents in [("word " * 100, ["x", "y y"]), ("a few words", ["x " * 50, "y y", "z"]),
+                             ({"image": RED, "text": "word " * 60}, ["x", "y"])]:
+        np.testing.assert_allclose(short.score(query, documents), reference.score(query, documents),
+                                   atol=ATOL, rtol=0)
+
+
+def test_several_queries_each_run_once(shared, whole, monkeypatch):
+    computed = []
+    original = QueryPrefix.keys_values
+
+    def counting(self, loaded):
+        if self._keys_values is None:
+            computed.append(self)
+        return original(self, loaded)
+
+    monkeypatch.setattr(QueryPrefix, "keys_values", counting)
+    first, second = "first query", {"image": RED, "text": "second"}
+    pairs = [(first, "d1"), (second, "d2"), (first, "d3 d3"), (second, {"image": GREEN}), ("alone", "d5")]
+    np.testing.assert_allclose(shared.score_pairs(pairs, batch_size=1), whole.score_pairs(pairs, batch_size=1),
+                               atol=ATOL, rtol=0)
+    assert len(computed) == 2  # once per query with several documents; "alone" is scored whole
+    assert all(prefix._keys_values is None for prefix in computed)  # released when the call ends
+
+
+def _item(ids: list[int], types: list[int] | None = None) -> EncodedItem:
+    return EncodedItem(torch.tensor(ids), torch.tensor(types or [0] * len(ids)))
+
+
+def test_common_prefix_length():
+    assert common_prefix_length(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 4, 5])) == 2
+    assert common_prefix_length(torch.tensor([1, 2]), torch.tensor([1, 2, 3])) == 2
+    assert common_prefix_length(torch.tensor([7]), torch.tensor([1])) == 0
+    assert common_prefix_length(torch.tensor([], dtype=torch.long), torch.tensor([1])) == 0
+
+
+def test_shared_length_keeps_the_query_media_whole():
+    prefix = QueryPrefix(_item([1, 2, 9, 9, 3, 4], [0, 0, 1, 1, 0, 0]))
+    assert prefix.shared_length([_item([1, 2, 9, 9, 3, 4, 5]), _item([1, 2, 9, 9, 3, 6])]) == 5
+    assert prefix.shared_length([_item([1, 2, 9, 9, 8])]) == 4
+    assert prefix.shared_length([_item([1, 2, 9, 8])]) == 0  # would cut through the query's image
+    assert QueryPrefix(_item([1, 2])).shared_length([_item([3, 4])]) == 0
+
+
+def test_option_reaches_the_core_from_the_adapters(tiny_reranker_path):
+    pytest.importorskip("langchain_core")
+    from qwen3vl_integrations.langchain import Qwen3VLRerank
+
+    reranker = Qwen3VLRerank(model=str(tiny_reranker_path), core_options={**K, "share_query_prefix": False})
+    assert reranker.core_reranker.share_query_prefix is False
