@@ -48,13 +48,16 @@ class Sizes:
     rerank_doc_max: int = 1000
     rerank_image_min: int = 224
     rerank_image_max: int = 896
+    queries: int = 64  # short queries embedded one call each (online latency)
+    query_min: int = 8
+    query_max: int = 32
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(texts=12, text_min=10, text_max=200, images=6, image_min=64, image_max=256, images_448=4,
                    mixed_texts=4, mixed_images=2, mixed_image_texts=1, mixed_frame_videos=1, mixed_file_videos=1,
                    video_frames=4, video_size=(96, 64), rerank_docs=6, rerank_doc_min=10, rerank_doc_max=120,
-                   rerank_image_min=64, rerank_image_max=192)
+                   rerank_image_min=64, rerank_image_max=192, queries=4)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Corpora:
     query: str
     rerank_texts: list[str]
     rerank_images: list[Any]
+    queries: list[str]
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -195,6 +199,7 @@ def build_corpora(tokenizer: Any, sizes: Sizes, media_dir: Path, seed: int = 0) 
                                                                sizes.rerank_doc_max, seed + 9)]
     rerank_images = [{"image": data} for data in mixed_size_images(sizes.rerank_docs, sizes.rerank_image_min,
                                                                   sizes.rerank_image_max, seed + 10)]
+    queries = [maker.text(n) for n in log_uniform_lengths(sizes.queries, sizes.query_min, sizes.query_max, seed + 11)]
     notes = {"text_lengths": f"log-uniform {sizes.text_min}-{sizes.text_max} tokens",
              "image_sizes": f"{sizes.image_min}-{sizes.image_max} px per side, JPEG bytes",
              "mixed": (f"{sizes.mixed_texts} texts, {sizes.mixed_images} images, {sizes.mixed_image_texts} image+text, "
@@ -202,4 +207,5 @@ def build_corpora(tokenizer: Any, sizes: Sizes, media_dir: Path, seed: int = 0) 
                        f"({sizes.video_frames} frames {sizes.video_size[0]}x{sizes.video_size[1]})"),
              "rerank_docs": (f"{sizes.rerank_docs} texts of {sizes.rerank_doc_min}-{sizes.rerank_doc_max} tokens; "
                              f"{sizes.rerank_docs} images of {sizes.rerank_image_min}-{sizes.rerank_image_max} px")}
-    return Corpora(texts, images, images_448, mixed, query, rerank_texts, rerank_images, notes)
+    notes["queries"] = f"{sizes.queries} texts of {sizes.query_min}-{sizes.query_max} tokens, one call each"
+    return Corpora(texts, images, images_448, mixed, query, rerank_texts, rerank_images, queries, notes)

@@ -9,6 +9,7 @@ Cases (items/s and real tokens/s, i.e. without padding; peak memory; max |ours -
 * ``embed_images``     (b) 64 JPEG images, 224-1,344 px per side
 * ``embed_images_448`` 448x448 JPEG images (the GPU images/s target)
 * ``embed_mixed``      (c) texts, images, image+text, videos (frame lists and mp4 files)
+* ``embed_query``      64 short texts (8-32 tokens), one call each: the latency of online query embedding
 * ``rerank_text``      1 query x 64 text documents (10-1,000 tokens)
 * ``rerank_images``    1 query x 64 image documents (224-896 px)
 * ``rerank_image_query`` 1 image query (448x448) x the 64 text documents of ``rerank_text``
@@ -46,8 +47,8 @@ from benchmarks.corpora import Corpora, Sizes, build_corpora  # noqa: E402
 from benchmarks.official import Counter, official_embed, official_score  # noqa: E402
 
 SIZES = ("tiny", "small", "2b")
-CASES = ("embed_text", "embed_images", "embed_images_448", "embed_mixed", "rerank_text", "rerank_images",
-         "rerank_image_query")
+CASES = ("embed_text", "embed_images", "embed_images_448", "embed_mixed", "embed_query", "rerank_text",
+         "rerank_images", "rerank_image_query")
 DIFF_TOLERANCE = 1e-5  # float32 on CPU
 # Dense peak throughput used for model FLOP utilisation (H100 SXM datasheet; the H200 has the same compute).
 PEAK_FLOPS = {"bfloat16": 989.4e12, "float16": 989.4e12, "float32": 494.7e12}  # fp32 counted at the TF32 rate
@@ -657,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sizes.images_448 = 512  # enough to keep a GPU busy for a while
     corpora: Corpora = build_corpora(embedder.load().tokenizer, sizes, cache_dir / "media")
     if args.limit:
-        for name in ("texts", "images", "images_448", "mixed", "rerank_texts", "rerank_images"):
+        for name in ("texts", "images", "images_448", "mixed", "rerank_texts", "rerank_images", "queries"):
             setattr(corpora, name, getattr(corpora, name)[: args.limit])
     notes = dict(corpora.notes)
     notes["images_448"] = f"{len(corpora.images_448)} JPEG images of 448x448"
@@ -696,6 +697,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "embed_images_448": lambda: embed_case("embed_images_448", f"{len(corpora.images_448)} images 448x448",
                                                [{"image": data} for data in corpora.images_448]),
         "embed_mixed": lambda: embed_case("embed_mixed", f"{len(corpora.mixed)} mixed items", corpora.mixed),
+        "embed_query": lambda: run_case(
+            "embed_query", f"{len(corpora.queries)} short queries, one call each", "items", len(corpora.queries),
+            lambda: np.concatenate([embedder.embed([q]) for q in corpora.queries]),
+            lambda counter: np.concatenate([official_embed(embedder, [q], counter) for q in corpora.queries]),
+            ours_embed_counter, args, device, params, None),
         "rerank_text": lambda: rerank_case("rerank_text", f"1 query x {len(corpora.rerank_texts)} texts",
                                            corpora.rerank_texts),
         "rerank_images": lambda: rerank_case("rerank_images", f"1 query x {len(corpora.rerank_images)} images",

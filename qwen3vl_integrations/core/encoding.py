@@ -29,6 +29,8 @@ class EncodedItem:
 
 def encode(processor: Any, text: str, images: Sequence[Any], videos: Sequence[PreparedVideo]) -> EncodedItem:
     """Run the checkpoint's processor on one prompt; media are already resized (do_resize=False)."""
+    if not images and not videos and processor.image_token not in text and processor.video_token not in text:
+        return encode_text(processor, text)
     kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt", "padding": False, "truncation": False}
     if images:
         kwargs.update(images=list(images), do_resize=False)
@@ -48,6 +50,14 @@ def encode(processor: Any, text: str, images: Sequence[Any], videos: Sequence[Pr
         pixel_values_videos=out.get("pixel_values_videos"),
         video_grid_thw=out.get("video_grid_thw"),
     )
+
+
+def encode_text(processor: Any, text: str) -> EncodedItem:
+    """A prompt without media or media placeholders: the processor's own tokenizer call, without the processor's
+    keyword merging and checks around it (about 3 ms a call, most of a short text's preprocessing)."""
+    input_ids = processor.tokenizer([text], return_tensors="pt", padding=False, truncation=False,
+                                    return_token_type_ids=False)["input_ids"][0].long()
+    return EncodedItem(input_ids=input_ids, mm_token_type_ids=torch.zeros_like(input_ids))
 
 
 def append_token(item: EncodedItem, token_id: int) -> EncodedItem:
