@@ -43,10 +43,10 @@ print(f"python {platform.python_version()}, torch {torch.__version__}, transform
       f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs")
 EOF
 
-say "main run: 7 cases, ours vs the official procedure, 3 repeats each"
+say "main run: 8 cases, ours vs the official procedure, 3 repeats each"
 status=0
 timeout 330 python3 -m benchmarks.throughput --model 2b --device cuda --dtype bfloat16 \
-  --cases "${CASES:-embed_text,embed_images,embed_images_448,embed_mixed,rerank_text,rerank_images,rerank_image_query}" \
+  --cases "${CASES:-embed_text,embed_images,embed_images_448,embed_mixed,embed_query,rerank_text,rerank_images,rerank_image_query}" \
   --case-timeout 75 ${EXTRA_WORKERS:+--extra-workers "$EXTRA_WORKERS"} \
   --profile embed_text,embed_images_448,rerank_text --profile-out "$OUT/gpu_profile.txt" \
   --markdown "$OUT/gpu_table.md" --json "$OUT/gpu.json" 2>&1 | tee -a "$LOG" || status=$?
