@@ -186,3 +186,14 @@ def test_option_reaches_the_core_from_the_adapters(tiny_reranker_path):
 
     reranker = Qwen3VLRerank(model=str(tiny_reranker_path), core_options={**K, "share_query_prefix": False})
     assert reranker.core_reranker.share_query_prefix is False
+
+
+def test_token_budget_counts_the_shared_query_part(tiny_reranker_path):
+    """Each row of a batch holds its own copy of the query part's keys and values: a long query means fewer rows."""
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), max_batch_tokens=400, **K)
+    shapes = language_model_tokens(reranker, lambda: reranker.score("word " * 100, ["a", "b", "c", "d"]))
+    assert len(shapes) == 5  # the query part once, then one document per pass
+    assert all(rows == 1 for rows, _ in shapes)
+    roomy = Qwen3VLReranker(str(tiny_reranker_path), max_batch_tokens=2000, **K)
+    shapes = language_model_tokens(roomy, lambda: roomy.score("word " * 100, ["a", "b", "c", "d"]))
+    assert [rows for rows, _ in shapes] == [1, 4]

@@ -135,8 +135,9 @@ class Qwen3VLReranker(Qwen3VLRunner):
                        zip(query_costs, self._text_cost([" ".join(query.texts) for query in queries]))]
         document_parts = [c + t + DOCUMENT_OVERHEAD for c, t in
                           zip(document_costs, self._text_cost([" ".join(doc.texts) for doc in documents]))]
-        # A shared query part runs once, not in each pair: the batch planner then sees the documents only.
-        costs = [document_parts[p] + (0 if shared[q] else query_parts[q]) for p, q in enumerate(pair_query)]
+        # Whole pairs, even where the query part runs once: while a batch runs, each of its rows holds its own copy
+        # of that part's keys and values in every layer, so the token budget must count it.
+        costs = [document_parts[p] + query_parts[q] for p, q in enumerate(pair_query)]
         prepared_queries = [self._prepare_or_raise(query, query_index(q), "query")
                             for q, query in enumerate(queries)]
         prefixes = {q: self._query_prefix(loaded, queries[q], prepared_queries[q], instruction, query_index(q))
