@@ -19,6 +19,8 @@ import torch
 
 from .encoding import EncodedItem, collate
 
+VISION_END = "<|vision_end|>"
+
 
 def common_prefix_length(a: torch.Tensor, b: torch.Tensor) -> int:
     """Number of leading positions where two 1-D id tensors agree."""
@@ -34,9 +36,6 @@ def _rows(grid_thw: torch.Tensor | None) -> tuple[int, int]:
     if grid_thw is None:
         return 0, 0
     return int(grid_thw.shape[0]), int(grid_thw.prod(-1).sum())
-
-
-VISION_END = "<|vision_end|>"
 
 
 @dataclass
@@ -87,6 +86,7 @@ class QueryPrefix:
         return length if length >= max(int(vision[-1]) + 1 if len(vision) else 0, 1) else 0
 
     def release(self) -> None:
+        """Drop the key/value cache (the query's pairs are all scored)."""
         self._keys_values = None
 
     def keys_values(self, loaded: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
