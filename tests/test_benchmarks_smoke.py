@@ -52,3 +52,16 @@ def test_throughput_smoke(tmp_path):
     payload = json.loads(out_json.read_text())
     assert payload["final"] is True and set(payload["ratios"]) == set(CASES)
     assert payload["environment"]["device"] == "cpu" and payload["environment"]["torch"]
+
+
+def test_throughput_smoke_with_whole_pairs(tmp_path):
+    """--share-query-prefix off: our reranker scores each pair whole and still equals the baseline."""
+    from benchmarks.throughput import main
+
+    result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
+                   "--cases", "rerank_text,rerank_image_query", "--share-query-prefix", "off"])
+    assert result["environment"]["share_query_prefix"] == "off"
+    for case in result["cases"]:
+        assert case["errors"] == [] and case["max_abs_diff"] <= 1e-5, case["name"]
+        assert case["padded_tokens_ours"] >= case["tokens"], case["name"]  # every pair ran whole
+    assert "Shared query prefix off" in result["markdown"]
