@@ -416,7 +416,7 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
 
 
 def extra_row(main_row: CaseResult, plan: dict[str, Callable[[], CaseResult]], args: argparse.Namespace,
-              device: torch.device) -> CaseResult:
+              device: torch.device, label: str) -> CaseResult:
     """Ours again with other settings; the baseline is not re-run (its figures are copied from `main_row`)."""
     saved = args.baseline_skip
     args.baseline_skip = main_row
@@ -424,7 +424,7 @@ def extra_row(main_row: CaseResult, plan: dict[str, Callable[[], CaseResult]], a
         row = plan[main_row.name]()
     finally:
         args.baseline_skip = saved
-    row.description += f" [workers={args.extra_workers}]"
+    row.description += f" [{label}]"
     return row
 
 
@@ -595,6 +595,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "--extra-cases (extra rows; the baseline figures are the main row's)")
     parser.add_argument("--extra-cases", default="embed_text,embed_images,embed_images_448",
                         help="cases for --extra-workers")
+    parser.add_argument("--extra-whole-pairs", default=None,
+                        help="after the main cases, time our reranker again on these cases with share_query_prefix "
+                             "off (extra rows; the baseline figures are the main row's)")
     parser.add_argument("--profile", default=None,
                         help="comma-separated cases to run once more, ours only, under torch.profiler")
     parser.add_argument("--profile-out", default="profile.txt", help="where --profile writes its tables")
@@ -721,9 +724,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             runner = embedder if main_row.name.startswith("embed") else reranker
             saved, runner.preprocess_workers = runner.preprocess_workers, max(0, args.extra_workers)
             try:
-                results.append(extra_row(main_row, plan, args, device))
+                results.append(extra_row(main_row, plan, args, device, f"workers={args.extra_workers}"))
             finally:
                 runner.preprocess_workers = saved
+            write_outputs(args, env, notes, results, device, final=False)
+    if args.extra_whole_pairs:
+        for main_row in [r for r in results if r.name in args.extra_whole_pairs.split(",")]:
+            saved, reranker.share_query_prefix = reranker.share_query_prefix, False
+            try:
+                results.append(extra_row(main_row, plan, args, device, "share_query_prefix=off"))
+            finally:
+                reranker.share_query_prefix = saved
             write_outputs(args, env, notes, results, device, final=False)
     text = write_outputs(args, env, notes, results, device, final=True)
     print()

@@ -65,3 +65,17 @@ def test_throughput_smoke_with_whole_pairs(tmp_path):
         assert case["errors"] == [] and case["max_abs_diff"] <= 1e-5, case["name"]
         assert case["padded_tokens_ours"] >= case["tokens"], case["name"]  # every pair ran whole
     assert "Shared query prefix off" in result["markdown"]
+
+
+def test_throughput_extra_rows_without_the_shared_query_part(tmp_path):
+    """--extra-whole-pairs times our reranker again with share_query_prefix off, next to the main rows."""
+    from benchmarks.throughput import main
+
+    result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
+                   "--cases", "rerank_text,rerank_image_query", "--extra-whole-pairs", "rerank_text,rerank_image_query"])
+    main_rows, extra_rows = result["cases"][:2], result["cases"][2:]
+    assert [c["name"] for c in extra_rows] == ["rerank_text", "rerank_image_query"]
+    for shared, whole in zip(main_rows, extra_rows):
+        assert "[share_query_prefix=off]" in whole["description"] and whole["errors"] == []
+        assert whole["ours_items_per_s"] > 0 and whole["tokens"] == shared["tokens"]
+        assert shared["padded_tokens_ours"] < shared["tokens"] <= whole["padded_tokens_ours"]
