@@ -103,7 +103,7 @@ def official_score(reranker: Any, query: Any, documents: Sequence[Any], instruct
         doc_images, doc_videos = _media(reranker, document)
         sequence = encode(loaded.processor, text, query_images + doc_images, query_videos + doc_videos)
         sequence = truncate_text_tokens(sequence, reranker.max_length, RERANK_SUFFIX, loaded.special_ids)
-        batch, _ = collate([sequence], loaded.tokenizer.pad_token_id or 0)
+        batch, _ = collate([sequence], loaded.pad_token_id)
         if counter is not None:
             counter.add(batch)
         batch = {k: v.to(loaded.device) for k, v in batch.items()}

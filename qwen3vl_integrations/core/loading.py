@@ -98,6 +98,12 @@ class LoadedModel:
         return self.processor.tokenizer
 
     @property
+    def pad_token_id(self) -> int:
+        """What right padding fills in (masked out; any id would do when the tokenizer has none)."""
+        pad_id = self.processor.tokenizer.pad_token_id
+        return pad_id if pad_id is not None else 0
+
+    @property
     def special_ids(self) -> torch.Tensor:
         """Ids that truncation never drops (all special tokens, vision placeholders included)."""
         ids = getattr(self._local, "special_ids", None)

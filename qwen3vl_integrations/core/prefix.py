@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from .encoding import EncodedItem, collate
+from .runner import last_token_states
 
 VISION_END = "<|vision_end|>"
 
@@ -90,16 +91,25 @@ class QueryPrefix:
         self._keys_values = None
 
     def keys_values(self, loaded: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer (keys, values) of the whole query part, [1, kv_heads, length, head_dim]. Call under the lock."""
+        """Per-layer (keys, values) of the whole query part, [1, kv_heads, length, head_dim], computed on first
+        use. Call under the model lock, in inference mode."""
         if self._keys_values is None:
-            item = self.item
-            batch, _ = collate([item], 0)
+            batch, _ = collate([self.item], loaded.pad_token_id)
             batch = {k: v.to(loaded.device) for k, v in batch.items()}
-            batch["position_ids"] = rope_positions(loaded.backbone, [item], 0).to(loaded.device)
+            batch["position_ids"] = rope_positions(loaded.backbone, [self.item], 0).to(loaded.device)
             cache = _new_cache(loaded)
             loaded.backbone(**batch, **{cache_argument(loaded.backbone): cache}, use_cache=True)
             self._keys_values = [(layer.keys, layer.values) for layer in cache.layers]
         return self._keys_values
+
+    def cache(self, loaded: Any, rows: int, length: int) -> Any:
+        """A fresh key/value cache holding the first `length` tokens of the query part for each of `rows` rows
+        (views, not copies). Call under the model lock, in inference mode."""
+        cache = _new_cache(loaded)
+        for layer, (keys, values) in enumerate(self.keys_values(loaded)):
+            shape = (rows, -1, -1, -1)
+            cache.update(keys[:, :, :length].expand(shape), values[:, :, :length].expand(shape), layer)
+        return cache
 
 
 def rope_positions(backbone: Any, sequences: Sequence[EncodedItem], start: int) -> torch.Tensor:
@@ -139,23 +149,12 @@ def forward_after_prefix(loaded: Any, prefix: QueryPrefix, sequences: list[Encod
                          shared: int) -> torch.Tensor:
     """Last-layer hidden state at each sequence's last token, float32 [B, H], running only tokens after `shared`."""
     rest = [_without_prefix(item, shared, prefix.item) for item in sequences]
-    pad_id = loaded.tokenizer.pad_token_id
-    batch, last = collate(rest, pad_id if pad_id is not None else 0)
+    batch, last = collate(rest, loaded.pad_token_id)
     batch["position_ids"] = rope_positions(loaded.backbone, sequences, shared)
     batch["attention_mask"] = torch.cat(
         [torch.ones(len(rest), shared, dtype=batch["attention_mask"].dtype), batch["attention_mask"]], dim=1)
-    non_blocking = loaded.device.type == "cuda"
-    if non_blocking:
-        batch = {k: v.pin_memory() for k, v in batch.items()}
-    batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in batch.items()}
-    with loaded.lock, torch.inference_mode():
-        cache = _new_cache(loaded)
-        for layer, (keys, values) in enumerate(prefix.keys_values(loaded)):
-            shape = (len(rest), -1, -1, -1)
-            cache.update(keys[:, :, :shared].expand(shape), values[:, :, :shared].expand(shape), layer)
-        hidden = loaded.backbone(**batch, **{cache_argument(loaded.backbone): cache}, use_cache=True).last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden[rows, last.to(hidden.device)].float()
+    return last_token_states(loaded, batch, last, lambda: {
+        cache_argument(loaded.backbone): prefix.cache(loaded, len(rest), shared), "use_cache": True})
 
 
 def _new_cache(loaded: Any) -> Any:

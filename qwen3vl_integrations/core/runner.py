@@ -163,16 +163,8 @@ class Qwen3VLRunner:
     # ------------------------------------------------------------------------------ forward loop
     def _forward_last_hidden(self, loaded: LoadedModel, sequences: list[EncodedItem]) -> torch.Tensor:
         """Last-layer hidden state of each sequence's last real token, float32, [B, H] on the model device."""
-        pad_id = loaded.tokenizer.pad_token_id
-        batch, last = collate(sequences, pad_id if pad_id is not None else 0)
-        non_blocking = loaded.device.type == "cuda"
-        if non_blocking:
-            batch = {k: v.pin_memory() for k, v in batch.items()}
-        batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in batch.items()}
-        with loaded.lock, torch.inference_mode():
-            hidden = loaded.backbone(**batch, use_cache=False).last_hidden_state
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            return hidden[rows, last.to(hidden.device)].float()
+        batch, last = collate(sequences, loaded.pad_token_id)
+        return last_token_states(loaded, batch, last)
 
     def _run(
         self,
@@ -257,3 +249,19 @@ class Qwen3VLRunner:
                 future.cancel()
             if progress is not None:
                 progress.close()
+
+
+def last_token_states(loaded: LoadedModel, batch: dict[str, torch.Tensor], last: torch.Tensor,
+                      cache_inputs: Callable[[], dict[str, Any]] | None = None) -> torch.Tensor:
+    """Run a collated batch through the backbone and return the last-layer hidden state at each row's `last`
+    index, float32 [B, H] on the model device. `cache_inputs()` runs under the model lock and returns the key/value
+    cache arguments when the rows continue a cached prefix."""
+    non_blocking = loaded.device.type == "cuda"
+    if non_blocking:
+        batch = {k: v.pin_memory() for k, v in batch.items()}
+    batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in batch.items()}
+    with loaded.lock, torch.inference_mode():
+        extra = cache_inputs() if cache_inputs is not None else {"use_cache": False}
+        hidden = loaded.backbone(**batch, **extra).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, last.to(hidden.device)].float()
