@@ -88,9 +88,11 @@ def test_pairs_built_after_the_query_media_equal_whole_encodings(shared, name):
     for document in documents:
         joined = shared._encode_pair(loaded, query, media, document, None, prefix)
         direct = shared._encode_pair(loaded, query, media, document, None)
+        assert joined.leading is prefix.item  # the query's vision inputs are shared, not copied into the pair
         for key in ("input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw", "pixel_values_videos",
                     "video_grid_thw"):
-            a, b = getattr(joined, key), getattr(direct, key)
+            a = getattr(joined, key) if key.endswith("ids") else joined.vision(key)
+            b = getattr(direct, key)
             assert (a is None) == (b is None), key
             if a is not None:
                 assert torch.equal(a, b), key
@@ -197,3 +199,17 @@ def test_token_budget_counts_the_shared_query_part(tiny_reranker_path):
     roomy = Qwen3VLReranker(str(tiny_reranker_path), max_batch_tokens=2000, **K)
     shapes = language_model_tokens(roomy, lambda: roomy.score("word " * 100, ["a", "b", "c", "d"]))
     assert [rows for rows, _ in shapes] == [1, 4]
+
+
+@pytest.mark.parametrize("name", ["image and text", "video and text"])
+def test_pairs_built_after_the_query_media_also_run_whole(shared, name):
+    """A pair that holds the query's vision inputs by reference still runs on the plain path (collate brings them)."""
+    loaded = shared.load()
+    (query,), _ = parse_items([QUERIES[name]], shared.policy, role="query")
+    documents, _ = parse_items([{"image": GREEN}, {"video": FRAMES}, "text"], shared.policy, role="document")
+    media = shared._prepare_media(query)
+    prefix = shared._query_prefix(loaded, query, media, None, None)
+    joined = [shared._encode_pair(loaded, query, media, d, None, prefix) for d in documents]
+    direct = [shared._encode_pair(loaded, query, media, d, None) for d in documents]
+    torch.testing.assert_close(shared._forward_last_hidden(loaded, joined), shared._forward_last_hidden(loaded, direct),
+                               atol=ATOL, rtol=0)

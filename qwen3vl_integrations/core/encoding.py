@@ -10,6 +10,7 @@ from .media import _Invalid
 from .vision import PreparedVideo
 
 PER_TOKEN_KEYS = ("input_ids", "mm_token_type_ids")
+VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 
 
 @dataclass
@@ -22,9 +23,20 @@ class EncodedItem:
     image_grid_thw: torch.Tensor | None = None
     pixel_values_videos: torch.Tensor | None = None
     video_grid_thw: torch.Tensor | None = None
+    # Vision inputs that come before the item's own in the prompt, held by reference rather than copied: a reranker
+    # query's media, which all of its pairs share.
+    leading: EncodedItem | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+    def vision(self, key: str) -> torch.Tensor | None:
+        """The vision tensor `key` (one of VISION_KEYS) of the whole prompt: the leading inputs, then the item's."""
+        own = getattr(self, key)
+        first = getattr(self.leading, key) if self.leading is not None else None
+        if first is None or own is None:
+            return own if first is None else first
+        return torch.cat([first, own])
 
 
 def encode(processor: Any, text: str, images: Sequence[Any], videos: Sequence[PreparedVideo]) -> EncodedItem:
@@ -110,8 +122,8 @@ def collate(items: Sequence[EncodedItem], pad_token_id: int) -> tuple[dict[str, 
     batch: dict[str, torch.Tensor] = {
         "input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": token_types,
     }
-    for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
-        parts = [getattr(item, key) for item in items if getattr(item, key) is not None]
+    for key in VISION_KEYS:
+        parts = [part for part in (item.vision(key) for item in items) if part is not None]
         if parts:
             batch[key] = torch.cat(parts)
     return batch, lengths - 1

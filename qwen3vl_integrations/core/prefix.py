@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .encoding import EncodedItem, collate
+from .encoding import VISION_KEYS, EncodedItem, collate
 from .runner import last_token_states
 
 VISION_END = "<|vision_end|>"
@@ -64,25 +64,19 @@ class QueryPrefix:
         return cls(item, text[: text.rindex(VISION_END) + len(VISION_END)], int(ends[-1]) + 1)
 
     def join(self, tail: EncodedItem) -> EncodedItem:
-        """A pair's sequence from the head and the encoding of the prompt after `head_text`."""
-        head, n = self.item, self.head_length
-
-        def both(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-            return a if b is None else b if a is None else torch.cat([a, b])
-
+        """A pair's sequence from the head and the encoding of the prompt after `head_text`. The query's vision
+        inputs are referenced (`leading`), not copied into every pair."""
+        n = self.head_length
         return EncodedItem(
-            input_ids=torch.cat([head.input_ids[:n], tail.input_ids]),
-            mm_token_type_ids=torch.cat([head.mm_token_type_ids[:n], tail.mm_token_type_ids]),
-            pixel_values=both(head.pixel_values, tail.pixel_values),
-            image_grid_thw=both(head.image_grid_thw, tail.image_grid_thw),
-            pixel_values_videos=both(head.pixel_values_videos, tail.pixel_values_videos),
-            video_grid_thw=both(head.video_grid_thw, tail.video_grid_thw),
+            input_ids=torch.cat([self.item.input_ids[:n], tail.input_ids]),
+            mm_token_type_ids=torch.cat([self.item.mm_token_type_ids[:n], tail.mm_token_type_ids]),
+            **{key: getattr(tail, key) for key in VISION_KEYS}, leading=self.item,
         )
 
     def shared_length(self, sequences: Sequence[EncodedItem]) -> int:
         """Tokens that every sequence shares with the query part; 0 when sharing would be wrong or pointless."""
         length = min(common_prefix_length(self.item.input_ids, s.input_ids) for s in sequences)
-        # The sequences carry the query's pixel values only to be dropped: its vision tokens must all be shared.
+        # The cache brings the query's vision inputs, the rows only their own: no query vision token may be left.
         vision = (self.item.mm_token_type_ids != 0).nonzero()
         return length if length >= max(int(vision[-1]) + 1 if len(vision) else 0, 1) else 0
 
@@ -123,26 +117,27 @@ def rope_positions(backbone: Any, sequences: Sequence[EncodedItem], start: int) 
     for row, item in enumerate(sequences):
         whole, _ = backbone.get_rope_index(
             item.input_ids[None], mm_token_type_ids=item.mm_token_type_ids[None],
-            image_grid_thw=item.image_grid_thw, video_grid_thw=item.video_grid_thw,
+            image_grid_thw=item.vision("image_grid_thw"), video_grid_thw=item.vision("video_grid_thw"),
         )
         positions[:, row, : len(item) - start] = whole[:, 0, start:]
     return positions
 
 
 def _without_prefix(item: EncodedItem, start: int, prefix: EncodedItem) -> EncodedItem:
-    """The tokens of `item` from `start` on, with the query's pixel values (which come first) dropped."""
-    images, image_rows = _rows(prefix.image_grid_thw)
-    videos, video_rows = _rows(prefix.video_grid_thw)
+    """The tokens of `item` from `start` on, with only its own vision inputs: the query's come with the cache."""
+    if item.leading is prefix:  # built from the query part: its own inputs are the document's
+        own = {key: getattr(item, key) for key in VISION_KEYS}
+    else:  # a whole-prompt encoding: the query's inputs come first and are dropped
+        images, image_rows = _rows(prefix.image_grid_thw)
+        videos, video_rows = _rows(prefix.video_grid_thw)
 
-    def rest(values: torch.Tensor | None, rows: int) -> torch.Tensor | None:
-        return values[rows:] if values is not None and values.shape[0] > rows else None
+        def rest(values: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+            return values[rows:] if values is not None and values.shape[0] > rows else None
 
-    return EncodedItem(
-        input_ids=item.input_ids[start:], mm_token_type_ids=item.mm_token_type_ids[start:],
-        pixel_values=rest(item.pixel_values, image_rows), image_grid_thw=rest(item.image_grid_thw, images),
-        pixel_values_videos=rest(item.pixel_values_videos, video_rows),
-        video_grid_thw=rest(item.video_grid_thw, videos),
-    )
+        own = {"pixel_values": rest(item.pixel_values, image_rows), "image_grid_thw": rest(item.image_grid_thw, images),
+               "pixel_values_videos": rest(item.pixel_values_videos, video_rows),
+               "video_grid_thw": rest(item.video_grid_thw, videos)}
+    return EncodedItem(input_ids=item.input_ids[start:], mm_token_type_ids=item.mm_token_type_ids[start:], **own)
 
 
 def forward_after_prefix(loaded: Any, prefix: QueryPrefix, sequences: list[EncodedItem],
