@@ -130,8 +130,9 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         costs: dict[int, int] = {}
         for position in good:
             try:
-                self._check_fits(self._special_tokens(parsed[position]), self.max_length - EMBEDDING_SUFFIX)
-                costs[position] = self._vision_cost(parsed[position])
+                self._check_fits(self._media_tokens(parsed[position], timestamps=False),
+                                 self.max_length - EMBEDDING_SUFFIX)
+                costs[position] = self._media_tokens(parsed[position])
             except _Invalid as exc:
                 errors.append(Qwen3VLInputError(str(exc), index=position))
         errors.sort(key=lambda e: e.index)

@@ -110,8 +110,8 @@ class Qwen3VLReranker(Qwen3VLRunner):
         query_costs, query_specials = [], []
         for q, item in enumerate(queries):
             try:
-                query_costs.append(self._vision_cost(item))
-                query_specials.append(self._special_tokens(item))
+                query_costs.append(self._media_tokens(item))
+                query_specials.append(self._media_tokens(item, timestamps=False))
                 self._check_fits(query_specials[-1], self.max_length)
             except _Invalid as exc:
                 raise Qwen3VLInputError(str(exc), index=query_index(q), role="query") from None
@@ -121,8 +121,9 @@ class Qwen3VLReranker(Qwen3VLRunner):
                 document_costs.append(0)
                 continue
             try:
-                document_costs.append(self._vision_cost(item))
-                self._check_fits(self._special_tokens(item) + query_specials[pair_query[position]], self.max_length)
+                document_costs.append(self._media_tokens(item))
+                self._check_fits(self._media_tokens(item, timestamps=False) + query_specials[pair_query[position]],
+                                 self.max_length)
             except _Invalid as exc:
                 errors.append(Qwen3VLInputError(str(exc), index=position, role="document"))
         errors.sort(key=lambda e: e.index)

@@ -120,16 +120,12 @@ class Qwen3VLRunner:
                 f"dtype={str(self.dtype).replace('torch.', '')!r}, loaded={self.is_loaded})")
 
     # ------------------------------------------------------------------------------- preprocessing
-    def _vision_cost(self, item: Item) -> int:
-        """Vision tokens of an item (exact for images, close for videos). Raises _Invalid."""
-        cost = sum(image_tokens(image.width, image.height, self.limits) + 2 for image in item.images)
-        cost += sum(video_tokens(video, item.fps, item.max_frames, self.limits) for video in item.videos)
-        return cost
-
-    def _special_tokens(self, item: Item) -> int:
-        """Special and vision tokens of an item's media, exactly: what truncation can never drop. Raises _Invalid."""
+    def _media_tokens(self, item: Item, timestamps: bool = True) -> int:
+        """Prompt tokens of an item's media: special and vision tokens (exact), plus an estimate of the videos'
+        timestamp text unless `timestamps` is False, which counts exactly what truncation can never drop.
+        Raises _Invalid."""
         count = sum(image_tokens(image.width, image.height, self.limits) + 2 for image in item.images)
-        count += sum(video_tokens(video, item.fps, item.max_frames, self.limits, timestamps=False)
+        count += sum(video_tokens(video, item.fps, item.max_frames, self.limits, timestamps=timestamps)
                      for video in item.videos)
         return count
 
