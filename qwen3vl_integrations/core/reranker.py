@@ -130,8 +130,6 @@ class Qwen3VLReranker(Qwen3VLRunner):
         raise_first(errors)
 
         loaded = self.load()
-        pairs_per_query = np.bincount(pair_query, minlength=len(queries))
-        shared = [self.share_query_prefix and int(count) > 1 for count in pairs_per_query]
         query_parts = [c + t + PROMPT_OVERHEAD for c, t in
                        zip(query_costs, self._text_cost([" ".join(query.texts) for query in queries]))]
         document_parts = [c + t + DOCUMENT_OVERHEAD for c, t in
@@ -141,8 +139,10 @@ class Qwen3VLReranker(Qwen3VLRunner):
         costs = [document_parts[p] + query_parts[q] for p, q in enumerate(pair_query)]
         prepared_queries = [self._prepare_or_raise(query, query_index(q), "query")
                             for q, query in enumerate(queries)]
+        # A query with one document has nothing to share: its pair runs whole.
+        pairs_per_query = np.bincount(pair_query, minlength=len(queries))
         prefixes = {q: self._query_prefix(loaded, queries[q], prepared_queries[q], instruction, query_index(q))
-                    for q in range(len(queries)) if shared[q]}
+                    for q in range(len(queries)) if self.share_query_prefix and pairs_per_query[q] > 1}
 
         def build(position: int) -> EncodedItem:
             q = pair_query[position]
