@@ -1,4 +1,4 @@
-"""Text-only prompts are tokenised without the processor's wrapper (issue 8): the same tensors, less overhead."""
+"""Prompts without videos are encoded without the processor's wrapper (issue 8): the same tensors, less overhead."""
 from __future__ import annotations
 
 import pytest
@@ -36,3 +36,42 @@ def test_text_only_encoding_equals_the_processor(processor, text, monkeypatch):
 def test_placeholders_without_media_still_meet_the_processor_check(processor):
     with pytest.raises(ValueError, match="image"):
         encode(processor, "look: <|image_pad|>", [], [])
+
+
+def _images(*sizes):
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    return [Image.frombytes("RGB", (w, h), torch.randint(0, 256, (h * w * 3,), generator=rng,
+                                                          dtype=torch.uint8).numpy().tobytes()) for w, h in sizes]
+
+
+IMAGE_PROMPTS = [
+    ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>a cat<|im_end|>\n", [(64, 96)]),
+    ("sys<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|image_pad|><|vision_end|>x\n<|endoftext|>",
+     [(32, 32), (128, 64)]),
+    ("<|im_start|>user\n<Query>:<|vision_start|><|image_pad|><|vision_end|>\n<Document>:"
+     "<|vision_start|><|image_pad|><|vision_end|>«ü» 数字<|im_end|>\n<|im_start|>assistant\n", [(96, 32), (96, 32)]),
+]
+
+
+@pytest.mark.parametrize("text,sizes", IMAGE_PROMPTS)
+def test_image_encoding_equals_the_processor(processor, text, sizes, monkeypatch):
+    images = _images(*sizes)
+    expected = processor(text=[text], images=images, do_resize=False, return_tensors="pt", padding=False,
+                         truncation=False)
+    calls = []
+    monkeypatch.setattr(type(processor), "__call__", lambda *a, **k: calls.append(1))
+    item = encode(processor, text, images, [])
+    assert calls == []  # the processor wrapper is skipped
+    assert torch.equal(item.input_ids, expected["input_ids"][0])
+    assert torch.equal(item.mm_token_type_ids, expected["mm_token_type_ids"][0].long())
+    assert int((item.mm_token_type_ids == 1).sum()) == int(expected["image_grid_thw"].prod(-1).sum()) // 4
+    assert torch.equal(item.pixel_values, expected["pixel_values"])
+    assert torch.equal(item.image_grid_thw, expected["image_grid_thw"])
+    assert item.pixel_values_videos is None
+
+
+def test_image_placeholders_that_do_not_match_the_images_still_meet_the_processor_check(processor):
+    with pytest.raises(ValueError, match="image"):
+        encode(processor, "<|image_pad|> and <|image_pad|>", _images((32, 32)), [])

@@ -1,5 +1,6 @@
-"""Vision-tower levers installed by the loader: the patch embedding as one matrix product and the grouped
-per-image attention. Both must give the stock transformers results (to float rounding)."""
+"""Levers installed by the loader: the patch embedding as one matrix product, the grouped per-image attention of
+the vision tower and the fused RMSNorm of the language model. Each must give the stock transformers results (to float
+rounding; the RMSNorm bit for bit)."""
 from __future__ import annotations
 
 import torch
@@ -71,7 +72,43 @@ def test_grouped_vision_attention_leaves_flash_attention_alone(tiny_embedding_pa
     assert use_grouped_vision_attention(torch.nn.Linear(2, 2)) == 0
 
 
-def test_loaded_models_use_both_levers(tiny_embedder):
-    visual = tiny_embedder.load().backbone.visual
+def test_loaded_models_use_the_levers(tiny_embedder):
+    backbone = tiny_embedder.load().backbone
+    visual = backbone.visual
     assert "forward" in vars(visual.patch_embed)
     assert all("forward" in vars(block.attn) for block in visual.blocks)
+    assert all("forward" in vars(layer.input_layernorm) and "forward" in vars(layer.self_attn.q_norm)
+               for layer in backbone.language_model.layers)
+
+
+def test_fused_rms_norm_is_bit_identical(tiny_embedding_path):
+    from transformers import AutoModel
+
+    from qwen3vl_integrations.core.loading import use_fused_rms_norm
+
+    for dtype in (torch.float32, torch.bfloat16):
+        model = AutoModel.from_pretrained(str(tiny_embedding_path), dtype=dtype, attn_implementation="sdpa").eval()
+        _stock(model)
+        norms = [m for m in model.modules() if type(m).__name__ == "Qwen3VLTextRMSNorm"]
+        layers = model.config.text_config.num_hidden_layers
+        assert len(norms) == 4 * layers + 1  # input, post-attention, q and k norms per layer; the final norm
+        torch.manual_seed(0)
+        for norm in norms:  # stock weights are all ones, which would hide a misplaced weight product
+            norm.weight.data.normal_()
+        ids = torch.randint(0, model.config.text_config.vocab_size, (2, 23))
+        with torch.inference_mode():
+            expected = model.language_model(input_ids=ids).last_hidden_state
+            assert use_fused_rms_norm(model) == len(norms)
+            got = model.language_model(input_ids=ids).last_hidden_state
+            x = torch.randn(3, 5, norms[0].weight.shape[0], dtype=dtype) * 4
+            assert torch.equal(norms[0](x), type(norms[0]).forward(norms[0], x))
+        assert torch.equal(got, expected), dtype
+        _stock(model)
+        assert "forward" not in vars(norms[0])
+
+
+def test_fused_rms_norm_skips_other_norms():
+    from qwen3vl_integrations.core.loading import use_fused_rms_norm
+
+    model = torch.nn.Sequential(torch.nn.LayerNorm(4), torch.nn.RMSNorm(4))
+    assert use_fused_rms_norm(model) == 0

@@ -41,8 +41,11 @@ class EncodedItem:
 
 def encode(processor: Any, text: str, images: Sequence[Any], videos: Sequence[PreparedVideo]) -> EncodedItem:
     """Run the checkpoint's processor on one prompt; media are already resized (do_resize=False)."""
-    if not images and not videos and processor.image_token not in text and processor.video_token not in text:
-        return encode_text(processor, text)
+    if not videos and processor.video_token not in text:
+        if not images and processor.image_token not in text:
+            return encode_text(processor, text)
+        if text.count(processor.image_token) == len(images):
+            return encode_images(processor, text, images)
     kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt", "padding": False, "truncation": False}
     if images:
         kwargs.update(images=list(images), do_resize=False)
@@ -70,6 +73,30 @@ def encode_text(processor: Any, text: str) -> EncodedItem:
     input_ids = processor.tokenizer([text], return_tensors="pt", padding=False, truncation=False,
                                     return_token_type_ids=False)["input_ids"][0].long()
     return EncodedItem(input_ids=input_ids, mm_token_type_ids=torch.zeros_like(input_ids))
+
+
+def encode_images(processor: Any, text: str, images: Sequence[Any]) -> EncodedItem:
+    """A prompt with images and no videos, as the processor encodes it but cheaper: the image processor runs on its
+    own, and the text is tokenised with one placeholder per image, each then repeated to the image's token count.
+
+    Equal to the processor's ids because the placeholder is a special token, which the tokenizer never merges with
+    its neighbours; the processor instead tokenises the text with every placeholder already repeated (hundreds of
+    tokens per image) after its keyword merging and checks (about 2 ms a call).
+    """
+    vision = processor.image_processor(list(images), do_resize=False, return_tensors="pt")
+    grid = vision["image_grid_thw"]
+    counts = (grid.prod(-1) // processor.image_processor.merge_size ** 2).long()
+    ids = processor.tokenizer([text], return_tensors="pt", padding=False, truncation=False,
+                              return_token_type_ids=False)["input_ids"][0].long()
+    repeats = torch.ones_like(ids)
+    placeholders = (ids == processor.image_token_id).nonzero().flatten()
+    if placeholders.numel() != counts.numel():  # cannot happen for our prompts; keep the processor's own checks
+        raise _Invalid(f"the prompt holds {placeholders.numel()} image placeholders for {counts.numel()} images")
+    repeats[placeholders] = counts
+    ids = ids.repeat_interleave(repeats)
+    token_types = torch.as_tensor(processor.create_mm_token_type_ids([ids.tolist()])[0], dtype=torch.long)
+    return EncodedItem(input_ids=ids, mm_token_type_ids=token_types, pixel_values=vision["pixel_values"],
+                       image_grid_thw=grid)
 
 
 def append_token(item: EncodedItem, token_id: int) -> EncodedItem:
