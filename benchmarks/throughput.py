@@ -122,8 +122,7 @@ def build_in_memory(size: str, dtype: torch.dtype, device: torch.device, cache_d
         torch.manual_seed(0)
         model = Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
     model.eval().requires_grad_(False)
-    loading.use_linear_patch_embed(model.model)
-    loading.use_grouped_vision_attention(model.model)
+    loading.use_model_levers(model.model)
     if device.type == "cuda":
         torch.cuda.synchronize()
     log(f"  initialised in {time.perf_counter() - start:.1f} s")
@@ -345,6 +344,8 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
                                     if result.load_average is not None else ""))
     if warmup is not None:
         warmup()
+    if getattr(args, "full_warmup", False):
+        ours_fn()  # e.g. compilation for every shape of the case happens here, not in the timed runs
     ours_counter.tokens = ours_counter.padded_tokens = 0
     ours_run, ours_out = measure(ours_fn, device, args.repeats, args.case_timeout)
     log(f"  ours:     {_fmt_times(ours_run)}")
@@ -361,10 +362,11 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
     if reuse is None:
         base_run, base_out = measure(base_once, device, args.repeats, args.case_timeout)
         log(f"  baseline: {_fmt_times(base_run)}")
+        args.baseline_outputs[name] = base_out
     else:  # an extra row: the main row's baseline stands
         base_run = Run([reuse.baseline_seconds] if reuse.baseline_seconds else [],
                        [reuse.baseline_cpu_seconds] if reuse.baseline_cpu_seconds else [], reuse.baseline_peak_mib)
-        base_out = None
+        base_out = args.baseline_outputs.get(name)
         base_counter.tokens, base_counter.patches = reuse.tokens, reuse.patches
         base_counter.padded_tokens = reuse.padded_tokens_baseline
     if args.profile and name in args.profile.split(","):
@@ -426,6 +428,38 @@ def extra_row(main_row: CaseResult, plan: dict[str, Callable[[], CaseResult]], a
         args.baseline_skip = saved
     row.description += f" [{label}]"
     return row
+
+
+@contextmanager
+def stock_rms_norm(*backbones: Any) -> Iterator[None]:
+    """Within this block the language models run transformers' own RMSNorm (the fused one comes back after)."""
+    from qwen3vl_integrations.core.loading import use_fused_rms_norm
+
+    for backbone in backbones:
+        for module in backbone.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                vars(module).pop("forward", None)
+    try:
+        yield
+    finally:
+        for backbone in backbones:
+            use_fused_rms_norm(backbone)
+
+
+@contextmanager
+def compiled_decoder_layers(*backbones: Any) -> Iterator[None]:
+    """Within this block each decoder layer of the language models runs under torch.compile with dynamic shapes.
+
+    Regional compilation: the layers are alike, so they share the compiled code (their weights are its inputs).
+    """
+    layers = list({id(layer): layer for backbone in backbones for layer in backbone.language_model.layers}.values())
+    for layer in layers:
+        layer.compile(dynamic=True)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None
 
 
 def check_target(result: CaseResult, args: argparse.Namespace, device: torch.device) -> None:
@@ -598,6 +632,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--extra-whole-pairs", default=None,
                         help="after the main cases, time our reranker again on these cases with share_query_prefix "
                              "off (extra rows; the baseline figures are the main row's)")
+    parser.add_argument("--extra-stock-rms-norm", default=None,
+                        help="after the main cases, time ours again on these cases with the language model's stock "
+                             "RMSNorm instead of the fused one (extra rows; the baseline figures are the main row's)")
+    parser.add_argument("--extra-batch-overhead", type=int, default=None,
+                        help="after the main cases, time ours again on --extra-overhead-cases with this fixed cost per "
+                             "forward pass (in tokens) in the batch planner instead of the core's (extra rows)")
+    parser.add_argument("--extra-overhead-cases", default="embed_text,embed_images_448",
+                        help="cases for --extra-batch-overhead")
+    parser.add_argument("--extra-compiled", default=None,
+                        help="last, time ours again on these cases with each decoder layer of the language model "
+                             "under torch.compile (dynamic shapes; one untimed full run first compiles; extra rows)")
     parser.add_argument("--profile", default=None,
                         help="comma-separated cases to run once more, ours only, under torch.profiler")
     parser.add_argument("--profile-out", default="profile.txt", help="where --profile writes its tables")
@@ -611,6 +656,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="padded-token budget per micro-batch of our core (default: the core's)")
     args = parser.parse_args(argv)
     args.baseline_skip = None
+    args.baseline_outputs = {}
+    args.full_warmup = False
     unknown = set(args.cases.split(",")) - set(CASES)
     if unknown:
         parser.error(f"unknown case(s) {sorted(unknown)}")
@@ -719,8 +766,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             continue
         results.append(plan[name]())
         write_outputs(args, env, notes, results, device, final=False)
+    main_rows = list(results)  # extra rows are made from these only
     if args.extra_workers is not None:
-        for main_row in [r for r in results if r.name in args.extra_cases.split(",")]:
+        for main_row in [r for r in main_rows if r.name in args.extra_cases.split(",")]:
             runner = embedder if main_row.name.startswith("embed") else reranker
             saved, runner.preprocess_workers = runner.preprocess_workers, max(0, args.extra_workers)
             try:
@@ -729,13 +777,47 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 runner.preprocess_workers = saved
             write_outputs(args, env, notes, results, device, final=False)
     if args.extra_whole_pairs:
-        for main_row in [r for r in results if r.name in args.extra_whole_pairs.split(",")]:
+        for main_row in [r for r in main_rows if r.name in args.extra_whole_pairs.split(",")]:
             saved, reranker.share_query_prefix = reranker.share_query_prefix, False
             try:
                 results.append(extra_row(main_row, plan, args, device, "share_query_prefix=off"))
             finally:
                 reranker.share_query_prefix = saved
             write_outputs(args, env, notes, results, device, final=False)
+    if args.extra_stock_rms_norm:
+        for main_row in [r for r in main_rows if r.name in args.extra_stock_rms_norm.split(",")]:
+            with stock_rms_norm(embedder.load().backbone, reranker.load().backbone):
+                results.append(extra_row(main_row, plan, args, device, "stock RMSNorm"))
+            write_outputs(args, env, notes, results, device, final=False)
+    if args.extra_batch_overhead is not None:
+        from qwen3vl_integrations.core import runner as runner_module
+
+        saved_overheads = dict(runner_module.BATCH_OVERHEAD_TOKENS), runner_module.DEFAULT_BATCH_OVERHEAD_TOKENS
+        runner_module.BATCH_OVERHEAD_TOKENS[device.type] = args.extra_batch_overhead
+        runner_module.DEFAULT_BATCH_OVERHEAD_TOKENS = args.extra_batch_overhead
+        try:
+            for main_row in [r for r in main_rows if r.name in args.extra_overhead_cases.split(",")]:
+                results.append(extra_row(main_row, plan, args, device,
+                                         f"batch overhead {args.extra_batch_overhead} tokens"))
+                write_outputs(args, env, notes, results, device, final=False)
+        finally:
+            runner_module.BATCH_OVERHEAD_TOKENS.clear()
+            runner_module.BATCH_OVERHEAD_TOKENS.update(saved_overheads[0])
+            runner_module.DEFAULT_BATCH_OVERHEAD_TOKENS = saved_overheads[1]
+    if args.extra_compiled:
+        args.full_warmup = True
+        try:
+            with compiled_decoder_layers(embedder.load().backbone, reranker.load().backbone):
+                for main_row in [r for r in main_rows if r.name in args.extra_compiled.split(",")]:
+                    results.append(extra_row(main_row, plan, args, device, "torch.compile"))
+                    write_outputs(args, env, notes, results, device, final=False)
+        except Exception as exc:  # an experiment must never cost the table
+            log(f"torch.compile rows stopped: {exc!r}")
+        finally:
+            args.full_warmup = False
+            from torch._dynamo.utils import counters
+
+            log(f"torch.compile: {dict(counters['stats'])}; graph breaks: {dict(counters['graph_break'])}")
     text = write_outputs(args, env, notes, results, device, final=True)
     print()
     print(text, flush=True)

@@ -79,3 +79,21 @@ def test_throughput_extra_rows_without_the_shared_query_part(tmp_path):
         assert "[share_query_prefix=off]" in whole["description"] and whole["errors"] == []
         assert whole["ours_items_per_s"] > 0 and whole["tokens"] == shared["tokens"]
         assert shared["padded_tokens_ours"] < shared["tokens"] <= whole["padded_tokens_ours"]
+
+
+def test_throughput_extra_rows_with_the_stock_rms_norm(tmp_path):
+    """--extra-stock-rms-norm times ours again with transformers' RMSNorm; the fused one is back afterwards."""
+    from benchmarks.throughput import main
+    from qwen3vl_integrations.core import loading
+
+    result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
+                   "--cases", "embed_text,rerank_text", "--extra-whole-pairs", "rerank_text",
+                   "--extra-stock-rms-norm", "embed_text,rerank_text"])
+    main_rows, extra_rows = result["cases"][:2], result["cases"][3:]
+    assert "[share_query_prefix=off]" in result["cases"][2]["description"]
+    assert [c["name"] for c in extra_rows] == ["embed_text", "rerank_text"]  # one per main row, none of extra rows
+    for fused, stock in zip(main_rows, extra_rows):
+        assert "[stock RMSNorm]" in stock["description"] and stock["errors"] == []
+        assert stock["ours_items_per_s"] > 0 and stock["tokens"] == fused["tokens"]
+    loaded = [m for m in loading._REGISTRY.values() if "tiny" in m.key.path]
+    assert loaded and all("forward" in vars(m.backbone.language_model.norm) for m in loaded)
