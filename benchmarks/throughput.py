@@ -257,7 +257,9 @@ def profile_once(fn: Callable[[], Any], device: torch.device, path: Path, label:
     device_key = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
     lines = [f"## {label}: {wall:.3f} s wall under the profiler"]
     if device.type == "cuda":
-        device_total = sum(getattr(e, device_key, 0) or 0 for e in averages) / 1e6
+        # Kernels only: an operator's device time repeats that of the kernels it launched.
+        device_total = sum(getattr(e, device_key, 0) or 0 for e in averages
+                           if str(getattr(e, "device_type", "")).endswith(("CUDA", "PrivateUse1"))) / 1e6
         lines.append(f"device busy {device_total:.3f} s of {wall:.3f} s ({device_total / wall:.0%}); kernels by time:")
         lines.append(averages.table(sort_by=device_key, row_limit=25, max_name_column_width=60))
     lines.append("CPU operators by self time:")
@@ -296,6 +298,8 @@ class CaseResult:
     baseline_mfu: float | None = None
     target: str | None = None
     target_met: bool | None = None
+    ours_runs: list[float] = field(default_factory=list)  # every timed run, in order (the first may pay warm-up
+    baseline_runs: list[float] = field(default_factory=list)  # costs such as per-shape kernel plans)
     errors: list[str] = field(default_factory=list)
 
 
@@ -305,10 +309,10 @@ def count_ours(runner: Any) -> Counter:
     counter = Counter()
     original = type(runner)._forward_last_hidden
 
-    def wrapped(loaded: Any, sequences: list) -> torch.Tensor:
+    def wrapped(loaded: Any, sequences: list, collated: Any = None) -> torch.Tensor:
         counter.tokens += sum(len(s) for s in sequences)
         counter.padded_tokens += len(sequences) * max(len(s) for s in sequences)
-        return original(runner, loaded, sequences)
+        return original(runner, loaded, sequences, collated)
 
     runner._forward_last_hidden = wrapped
     if hasattr(runner, "share_query_prefix"):  # the reranker's pass after a shared query part
@@ -385,6 +389,7 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
     if ours_run.time and base_counter.tokens and ours_tokens != base_counter.tokens and not ours_run.error:
         result.errors.append(f"token counts differ: ours {ours_tokens}, baseline {base_counter.tokens}")
     result.ours_seconds, result.baseline_seconds = ours_run.time, base_run.time
+    result.ours_runs, result.baseline_runs = list(ours_run.seconds), list(base_run.seconds)
     result.ours_peak_mib, result.baseline_peak_mib = ours_run.peak_mib, base_run.peak_mib
     if ours_run.time:
         result.ours_items_per_s = items / ours_run.time
@@ -640,6 +645,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "forward pass (in tokens) in the batch planner instead of the core's (extra rows)")
     parser.add_argument("--extra-overhead-cases", default="embed_text,embed_images_448",
                         help="cases for --extra-batch-overhead")
+    parser.add_argument("--extra-cudnn-attention", default=None,
+                        help="after the main cases, time ours again on these cases with torch's own choice of "
+                             "attention kernels, cuDNN's included (extra rows; CUDA only)")
     parser.add_argument("--extra-compiled", default=None,
                         help="last, time ours again on these cases with each decoder layer of the language model "
                              "under torch.compile (dynamic shapes; one untimed full run first compiles; extra rows)")
@@ -804,6 +812,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             runner_module.BATCH_OVERHEAD_TOKENS.clear()
             runner_module.BATCH_OVERHEAD_TOKENS.update(saved_overheads[0])
             runner_module.DEFAULT_BATCH_OVERHEAD_TOKENS = saved_overheads[1]
+    if args.extra_cudnn_attention:
+        from qwen3vl_integrations.core import runner as runner_module
+
+        saved_backends, runner_module.CUDA_ATTENTION_BACKENDS = runner_module.CUDA_ATTENTION_BACKENDS, None
+        try:
+            for main_row in [r for r in main_rows if r.name in args.extra_cudnn_attention.split(",")]:
+                results.append(extra_row(main_row, plan, args, device, "torch's attention choice, cuDNN included"))
+                write_outputs(args, env, notes, results, device, final=False)
+        finally:
+            runner_module.CUDA_ATTENTION_BACKENDS = saved_backends
     if args.extra_compiled:
         args.full_warmup = True
         try:

@@ -123,6 +123,19 @@ def test_collate_right_pads_and_points_at_the_last_real_token():
     assert "pixel_values_videos" not in batch and "video_grid_thw" not in batch
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs a CUDA driver")
+def test_collate_into_page_locked_memory():
+    a = EncodedItem(input_ids=torch.tensor([5, 6]), mm_token_type_ids=torch.tensor([1, 0]),
+                    pixel_values=torch.randn(4, 3), image_grid_thw=torch.tensor([[1, 2, 2]]))
+    b = EncodedItem(input_ids=torch.tensor([8]), mm_token_type_ids=torch.tensor([0]),
+                    pixel_values=torch.randn(8, 3), image_grid_thw=torch.tensor([[1, 2, 4]]))
+    plain, _ = collate([a, b], pad_token_id=0)
+    pinned, _ = collate([a, b], pad_token_id=0, pin_memory=True)
+    assert plain.keys() == pinned.keys()
+    for key in plain:
+        assert pinned[key].is_pinned() and torch.equal(pinned[key], plain[key]), key
+
+
 # ------------------------------------------------------------------------------------------ batch invariance
 
 
@@ -197,6 +210,27 @@ def test_shuffled_input_gives_shuffled_output(emb, mixed_items, one_by_one):
     order = [4, 10, 0, 7, 2, 9, 6, 1, 8, 3, 5]
     got = emb.embed([mixed_items[i] for i in order])
     assert np.abs(got - one_by_one[order]).max() <= 1e-5
+
+
+def test_worker_threads_pad_the_batches(tiny_embedding_path, mixed_items, one_by_one, monkeypatch):
+    """With preprocessing workers, the plain forward's batches are padded in those threads, not the model's."""
+    import threading
+
+    from qwen3vl_integrations.core import runner as runner_module
+
+    threads = []
+    original = runner_module.collate
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "collate", spy)
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), **{**TINY, "batch_size": 2, "preprocess_workers": 2})
+    together = emb.embed(mixed_items)
+    assert len(threads) >= len(mixed_items) // 2
+    assert all(name.startswith("qwen3vl-prep") for name in threads), threads
+    assert np.abs(together - one_by_one).max() <= 1e-5
 
 
 def test_no_prefetch_workers(tiny_embedding_path, mixed_items, one_by_one):

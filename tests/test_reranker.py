@@ -188,9 +188,9 @@ class Spy:
                 self.videos.append(list(videos))
             return original_encode(processor, text, images, videos)
 
-        def forward(loaded, sequences):
+        def forward(loaded, sequences, collated=None):
             self.sequences.extend(sequences)
-            return original_forward(loaded, sequences)
+            return original_forward(loaded, sequences, collated)
 
         monkeypatch.setattr(reranker_module, "encode", encode)
         monkeypatch.setattr(reranker, "_forward_last_hidden", forward)

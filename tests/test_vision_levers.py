@@ -112,3 +112,17 @@ def test_fused_rms_norm_skips_other_norms():
 
     model = torch.nn.Sequential(torch.nn.LayerNorm(4), torch.nn.RMSNorm(4))
     assert use_fused_rms_norm(model) == 0
+
+
+def test_cuda_forwards_leave_cudnn_attention_out():
+    """cuDNN attention builds a plan per new batch shape; our CUDA forward passes run without it, others untouched."""
+    from qwen3vl_integrations.core import runner
+
+    before = torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled()
+    with runner.attention_backends(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+    assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled()) == before
+    with runner.attention_backends(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before[0]

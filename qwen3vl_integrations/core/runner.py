@@ -2,10 +2,11 @@
 batched forward loop (length-sorted micro-batches, preprocessing in worker threads overlapping compute)."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 
@@ -28,12 +29,18 @@ DEFAULT_BATCH_OVERHEAD_TOKENS = 1024
 # little beyond its arithmetic. An item longer than the cap still runs, alone.
 CPU_MAX_BATCH_TOKENS = 2048
 
+# Attention kernels our CUDA forward passes may use, by torch's SDPBackend names. cuDNN's is left out: torch sends
+# padded (masked) attention to it first on Hopper GPUs, and it builds an execution plan for every new batch shape
+# (tens of milliseconds each), which a corpus of varied lengths pays batch after batch. None: torch's own choice.
+CUDA_ATTENTION_BACKENDS: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+
 # <|im_start|> (system), <|im_end|>, <|im_start|> (user): template specials before the chat suffix.
 TEMPLATE_SPECIAL_TOKENS = 3
 
 BuildSequence = Callable[[int], EncodedItem]
 # (positions, their sequences) -> last hidden states [B, H], float32
 Forward = Callable[[list[int], list[EncodedItem]], torch.Tensor]
+Collated = tuple[dict[str, torch.Tensor], torch.Tensor]  # model inputs, each row's last real token
 
 
 class Qwen3VLRunner:
@@ -157,10 +164,13 @@ class Qwen3VLRunner:
         return images, videos
 
     # ------------------------------------------------------------------------------ forward loop
-    def _forward_last_hidden(self, loaded: LoadedModel, sequences: list[EncodedItem]) -> torch.Tensor:
-        """Last-layer hidden state of each sequence's last real token, float32, [B, H] on the model device."""
-        batch, last = collate(sequences, loaded.pad_token_id)
+    def _forward_last_hidden(self, loaded: LoadedModel, sequences: list[EncodedItem],
+                             collated: Collated | None = None) -> torch.Tensor:
+        """Last-layer hidden state of each sequence's last real token, float32, [B, H] on the model device.
+        `collated`: the sequences already padded into model inputs."""
+        batch, last = collated if collated is not None else collate(sequences, loaded.pad_token_id)
         return last_token_states(loaded, batch, last)
+
 
     def _run(
         self,
@@ -192,12 +202,8 @@ class Qwen3VLRunner:
                    for batch in plan_batches([costs[p] for p in positions], batch_size or self.batch_size, budget,
                                              batch_overhead=overhead)]
 
-        def run_forward(positions: list[int], sequences: list[EncodedItem]) -> torch.Tensor:
-            if forward is not None:
-                return forward(positions, sequences)
-            return self._forward_last_hidden(loaded, sequences)
-
-        def build_batch(positions: list[int]) -> tuple[list[int], list[EncodedItem], list[Qwen3VLInputError]]:
+        def build_batch(positions: list[int]) -> tuple[list[int], list[EncodedItem], Collated | None,
+                                                        list[Qwen3VLInputError]]:
             ok, sequences, errors = [], [], []
             for position in positions:
                 try:
@@ -205,7 +211,10 @@ class Qwen3VLRunner:
                     ok.append(position)
                 except _Invalid as exc:
                     errors.append(Qwen3VLInputError(str(exc), index=position, role=role))
-            return ok, sequences, errors
+            # The plain forward's inputs are padded (and page-locked for a GPU) here, in the worker thread.
+            collated = collate(sequences, loaded.pad_token_id, pin_memory=loaded.device.type == "cuda") \
+                if sequences and forward is None else None
+            return ok, sequences, collated, errors
 
         progress = None
         if show_progress:
@@ -232,11 +241,15 @@ class Qwen3VLRunner:
             for _ in range(max(1, workers) + 1):  # keep the workers busy while the model runs
                 submit_next()
             while pending:
-                ok, sequences, errors = pending.popleft().result()
+                ok, sequences, collated, errors = pending.popleft().result()
                 submit_next()
                 if errors and raise_errors:
                     raise errors[0]
-                hidden = run_forward(ok, sequences) if sequences else None
+                hidden = None
+                if collated is not None:
+                    hidden = self._forward_last_hidden(loaded, sequences, collated)
+                elif sequences:
+                    hidden = forward(ok, sequences)
                 if progress is not None:
                     progress.update(len(ok) + len(errors))
                 yield ok, hidden, errors
@@ -247,16 +260,25 @@ class Qwen3VLRunner:
                 progress.close()
 
 
+def attention_backends(device: torch.device) -> ContextManager[Any]:
+    """The attention kernels of CUDA_ATTENTION_BACKENDS for the forward passes within this block (on CUDA)."""
+    if device.type != "cuda" or CUDA_ATTENTION_BACKENDS is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, name) for name in CUDA_ATTENTION_BACKENDS])
+
+
 def last_token_states(loaded: LoadedModel, batch: dict[str, torch.Tensor], last: torch.Tensor,
                       cache_inputs: Callable[[], dict[str, Any]] | None = None) -> torch.Tensor:
     """Run a collated batch through the backbone and return the last-layer hidden state at each row's `last`
     index, float32 [B, H] on the model device. `cache_inputs()` runs under the model lock and returns the key/value
     cache arguments when the rows continue a cached prefix."""
     non_blocking = loaded.device.type == "cuda"
-    if non_blocking:
-        batch = {k: v.pin_memory() for k, v in batch.items()}
+    if non_blocking:  # an asynchronous copy needs page-locked memory
+        batch = {k: v if v.is_pinned() else v.pin_memory() for k, v in batch.items()}
     batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in batch.items()}
-    with loaded.lock, torch.inference_mode():
+    with loaded.lock, torch.inference_mode(), attention_backends(loaded.device):
         extra = cache_inputs() if cache_inputs is not None else {"use_cache": False}
         hidden = loaded.backbone(**batch, **extra).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
