@@ -436,6 +436,53 @@ def extra_row(main_row: CaseResult, plan: dict[str, Callable[[], CaseResult]], a
 
 
 @contextmanager
+def attributes(owner: Any, **values: Any) -> Iterator[None]:
+    """Within this block `owner`'s attributes have these values (the old ones come back after)."""
+    saved = {name: getattr(owner, name) for name in values}
+    for name, value in values.items():
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(owner, name, value)
+
+
+@contextmanager
+def compiled(args: argparse.Namespace, *backbones: Any) -> Iterator[None]:
+    """Decoder layers under torch.compile, and one untimed full run per case first (it compiles every shape)."""
+    with attributes(args, full_warmup=True), compiled_decoder_layers(*backbones):
+        yield
+
+
+def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, device: torch.device
+                   ) -> list[tuple[str, str, Callable[[str], Any]]]:
+    """(cases, label, case name -> context manager) for each extra-row option given, in the order they run."""
+    from qwen3vl_integrations.core import runner as runner_module
+
+    backbones = (embedder.load().backbone, reranker.load().backbone)
+    settings: list[tuple[str, str, Callable[[str], Any]]] = []
+    if args.extra_workers is not None:
+        settings.append((args.extra_cases, f"workers={args.extra_workers}", lambda name: attributes(
+            embedder if name.startswith("embed") else reranker, preprocess_workers=max(0, args.extra_workers))))
+    if args.extra_whole_pairs:
+        settings.append((args.extra_whole_pairs, "share_query_prefix=off",
+                         lambda name: attributes(reranker, share_query_prefix=False)))
+    if args.extra_stock_rms_norm:
+        settings.append((args.extra_stock_rms_norm, "stock RMSNorm", lambda name: stock_rms_norm(*backbones)))
+    if args.extra_batch_overhead is not None:
+        overhead = args.extra_batch_overhead
+        settings.append((args.extra_overhead_cases, f"batch overhead {overhead} tokens", lambda name: attributes(
+            runner_module, BATCH_OVERHEAD_TOKENS={device.type: overhead}, DEFAULT_BATCH_OVERHEAD_TOKENS=overhead)))
+    if args.extra_cudnn_attention:
+        settings.append((args.extra_cudnn_attention, "torch's attention choice, cuDNN included",
+                         lambda name: attributes(runner_module, CUDA_ATTENTION_BACKENDS=None)))
+    if args.extra_compiled:
+        settings.append((args.extra_compiled, "torch.compile", lambda name: compiled(args, *backbones)))
+    return settings
+
+
+@contextmanager
 def stock_rms_norm(*backbones: Any) -> Iterator[None]:
     """Within this block the language models run transformers' own RMSNorm (the fused one comes back after)."""
     from qwen3vl_integrations.core.loading import use_fused_rms_norm
@@ -775,67 +822,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results.append(plan[name]())
         write_outputs(args, env, notes, results, device, final=False)
     main_rows = list(results)  # extra rows are made from these only
-    if args.extra_workers is not None:
-        for main_row in [r for r in main_rows if r.name in args.extra_cases.split(",")]:
-            runner = embedder if main_row.name.startswith("embed") else reranker
-            saved, runner.preprocess_workers = runner.preprocess_workers, max(0, args.extra_workers)
+    for cases, label, setting in extra_settings(args, embedder, reranker, device):
+        for main_row in [r for r in main_rows if r.name in cases.split(",")]:
             try:
-                results.append(extra_row(main_row, plan, args, device, f"workers={args.extra_workers}"))
-            finally:
-                runner.preprocess_workers = saved
+                with setting(main_row.name):
+                    results.append(extra_row(main_row, plan, args, device, label))
+            except Exception as exc:  # an experiment must never cost the table
+                log(f"{main_row.name} [{label}] stopped: {exc!r}")
             write_outputs(args, env, notes, results, device, final=False)
-    if args.extra_whole_pairs:
-        for main_row in [r for r in main_rows if r.name in args.extra_whole_pairs.split(",")]:
-            saved, reranker.share_query_prefix = reranker.share_query_prefix, False
-            try:
-                results.append(extra_row(main_row, plan, args, device, "share_query_prefix=off"))
-            finally:
-                reranker.share_query_prefix = saved
-            write_outputs(args, env, notes, results, device, final=False)
-    if args.extra_stock_rms_norm:
-        for main_row in [r for r in main_rows if r.name in args.extra_stock_rms_norm.split(",")]:
-            with stock_rms_norm(embedder.load().backbone, reranker.load().backbone):
-                results.append(extra_row(main_row, plan, args, device, "stock RMSNorm"))
-            write_outputs(args, env, notes, results, device, final=False)
-    if args.extra_batch_overhead is not None:
-        from qwen3vl_integrations.core import runner as runner_module
-
-        saved_overheads = dict(runner_module.BATCH_OVERHEAD_TOKENS), runner_module.DEFAULT_BATCH_OVERHEAD_TOKENS
-        runner_module.BATCH_OVERHEAD_TOKENS[device.type] = args.extra_batch_overhead
-        runner_module.DEFAULT_BATCH_OVERHEAD_TOKENS = args.extra_batch_overhead
-        try:
-            for main_row in [r for r in main_rows if r.name in args.extra_overhead_cases.split(",")]:
-                results.append(extra_row(main_row, plan, args, device,
-                                         f"batch overhead {args.extra_batch_overhead} tokens"))
-                write_outputs(args, env, notes, results, device, final=False)
-        finally:
-            runner_module.BATCH_OVERHEAD_TOKENS.clear()
-            runner_module.BATCH_OVERHEAD_TOKENS.update(saved_overheads[0])
-            runner_module.DEFAULT_BATCH_OVERHEAD_TOKENS = saved_overheads[1]
-    if args.extra_cudnn_attention:
-        from qwen3vl_integrations.core import runner as runner_module
-
-        saved_backends, runner_module.CUDA_ATTENTION_BACKENDS = runner_module.CUDA_ATTENTION_BACKENDS, None
-        try:
-            for main_row in [r for r in main_rows if r.name in args.extra_cudnn_attention.split(",")]:
-                results.append(extra_row(main_row, plan, args, device, "torch's attention choice, cuDNN included"))
-                write_outputs(args, env, notes, results, device, final=False)
-        finally:
-            runner_module.CUDA_ATTENTION_BACKENDS = saved_backends
     if args.extra_compiled:
-        args.full_warmup = True
-        try:
-            with compiled_decoder_layers(embedder.load().backbone, reranker.load().backbone):
-                for main_row in [r for r in main_rows if r.name in args.extra_compiled.split(",")]:
-                    results.append(extra_row(main_row, plan, args, device, "torch.compile"))
-                    write_outputs(args, env, notes, results, device, final=False)
-        except Exception as exc:  # an experiment must never cost the table
-            log(f"torch.compile rows stopped: {exc!r}")
-        finally:
-            args.full_warmup = False
-            from torch._dynamo.utils import counters
+        from torch._dynamo.utils import counters
 
-            log(f"torch.compile: {dict(counters['stats'])}; graph breaks: {dict(counters['graph_break'])}")
+        log(f"torch.compile: {dict(counters['stats'])}; graph breaks: {dict(counters['graph_break'])}")
     text = write_outputs(args, env, notes, results, device, final=True)
     print()
     print(text, flush=True)

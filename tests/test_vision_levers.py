@@ -1,6 +1,6 @@
-"""Levers installed by the loader: the patch embedding as one matrix product, the grouped per-image attention of
-the vision tower and the fused RMSNorm of the language model. Each must give the stock transformers results (to float
-rounding; the RMSNorm bit for bit)."""
+"""Model-level levers: the loader's patch embedding as one matrix product, grouped per-image attention in the vision
+tower and fused RMSNorm in the language model (each must give the stock transformers results, to float rounding; the
+RMSNorm bit for bit), and the attention kernels our CUDA forward passes allow."""
 from __future__ import annotations
 
 import torch
