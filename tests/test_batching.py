@@ -233,6 +233,27 @@ def test_worker_threads_pad_the_batches(tiny_embedding_path, mixed_items, one_by
     assert np.abs(together - one_by_one).max() <= 1e-5
 
 
+def test_vision_positions_come_with_the_batch(tiny_embedding_path, tiny_reranker_path, mixed_items, one_by_one,
+                                             monkeypatch):
+    """M-RoPE positions of image and video prompts are computed on the CPU with the batch, never inside the forward
+    pass (on a GPU that costs several host synchronisations per image); the vectors and scores do not change."""
+    from qwen3vl_integrations import Qwen3VLReranker
+
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), **TINY)
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=False, **TINY)
+    documents = mixed_items[:4]
+    scores = reranker.score("a red car", documents)
+    for backbone in (emb.load().backbone, reranker.load().backbone):
+        def text_only(*args, original=backbone.compute_3d_position_ids, **kwargs):
+            assert kwargs.get("image_grid_thw") is None and kwargs.get("video_grid_thw") is None, \
+                "positions of a vision prompt computed inside the forward pass"
+            return original(*args, **kwargs)  # text-only batches: None, the plain 0..L-1 positions
+
+        monkeypatch.setattr(backbone, "compute_3d_position_ids", text_only)
+    assert np.abs(emb.embed(mixed_items) - one_by_one).max() <= 1e-5
+    np.testing.assert_array_equal(reranker.score("a red car", documents), scores)
+
+
 def test_no_prefetch_workers(tiny_embedding_path, mixed_items, one_by_one):
     e = Qwen3VLEmbedder(str(tiny_embedding_path), preprocess_workers=0, batch_size=3, **TINY)
     assert np.abs(e.embed(mixed_items) - one_by_one).max() <= 1e-5

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from .encoding import VISION_KEYS, EncodedItem, collate
-from .runner import last_token_states
+from .runner import last_token_states, rope_positions
 
 VISION_END = "<|vision_end|>"
 
@@ -104,23 +104,6 @@ class QueryPrefix:
             shape = (rows, -1, -1, -1)
             cache.update(keys[:, :, :length].expand(shape), values[:, :, :length].expand(shape), layer)
         return cache
-
-
-def rope_positions(backbone: Any, sequences: Sequence[EncodedItem], start: int) -> torch.Tensor:
-    """M-RoPE position ids [3, B, max(len) - start] of each whole sequence from `start` on, right-padded with 0.
-
-    Positions of vision tokens depend on their grids, so they come from the model's own rule on the whole
-    sequence, then the shared part is cut off.
-    """
-    width = max(len(s) for s in sequences) - start
-    positions = torch.zeros(3, len(sequences), width, dtype=torch.long)
-    for row, item in enumerate(sequences):
-        whole, _ = backbone.get_rope_index(
-            item.input_ids[None], mm_token_type_ids=item.mm_token_type_ids[None],
-            image_grid_thw=item.vision("image_grid_thw"), video_grid_thw=item.vision("video_grid_thw"),
-        )
-        positions[:, row, : len(item) - start] = whole[:, 0, start:]
-    return positions
 
 
 def _without_prefix(item: EncodedItem, start: int, prefix: EncodedItem) -> EncodedItem:

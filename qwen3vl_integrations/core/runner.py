@@ -168,7 +168,7 @@ class Qwen3VLRunner:
                              collated: Collated | None = None) -> torch.Tensor:
         """Last-layer hidden state of each sequence's last real token, float32, [B, H] on the model device.
         `collated`: the sequences already padded into model inputs."""
-        batch, last = collated if collated is not None else collate(sequences, loaded.pad_token_id)
+        batch, last = collated if collated is not None else model_inputs(loaded, sequences)
         return last_token_states(loaded, batch, last)
 
 
@@ -212,7 +212,7 @@ class Qwen3VLRunner:
                 except _Invalid as exc:
                     errors.append(Qwen3VLInputError(str(exc), index=position, role=role))
             # The plain forward's inputs are padded (and page-locked for a GPU) here, in the worker thread.
-            collated = collate(sequences, loaded.pad_token_id, pin_memory=loaded.device.type == "cuda") \
+            collated = model_inputs(loaded, sequences, pin_memory=loaded.device.type == "cuda") \
                 if sequences and forward is None else None
             return ok, sequences, collated, errors
 
@@ -258,6 +258,37 @@ class Qwen3VLRunner:
                 future.cancel()
             if progress is not None:
                 progress.close()
+
+
+def rope_positions(backbone: Any, sequences: Sequence[EncodedItem], start: int) -> torch.Tensor:
+    """M-RoPE position ids [3, B, max(len) - start] of each whole sequence from `start` on, right-padded with 0.
+
+    Positions of vision tokens depend on their grids, so they come from the model's own rule on the whole
+    sequence, then the shared part is cut off.
+    """
+    width = max(len(s) for s in sequences) - start
+    positions = torch.zeros(3, len(sequences), width, dtype=torch.long)
+    for row, item in enumerate(sequences):
+        whole, _ = backbone.get_rope_index(
+            item.input_ids[None], mm_token_type_ids=item.mm_token_type_ids[None],
+            image_grid_thw=item.vision("image_grid_thw"), video_grid_thw=item.vision("video_grid_thw"),
+        )
+        positions[:, row, : len(item) - start] = whole[:, 0, start:]
+    return positions
+
+
+def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem], pin_memory: bool = False) -> Collated:
+    """A micro-batch padded into model inputs, with the M-RoPE position ids of prompts that hold images or videos.
+
+    transformers would compute those positions inside the forward pass, from tensors already on the GPU, with
+    several host synchronisations per image or video; here they come from the same rule on the CPU, in the worker
+    thread that prepares the batch. Text-only batches need none (their positions are 0..L-1).
+    """
+    batch, last = collate(sequences, loaded.pad_token_id, pin_memory=pin_memory)
+    if "image_grid_thw" in batch or "video_grid_thw" in batch:
+        positions = rope_positions(loaded.backbone, sequences, 0)
+        batch["position_ids"] = positions.pin_memory() if pin_memory else positions
+    return batch, last
 
 
 def attention_backends(device: torch.device) -> ContextManager[Any]:
