@@ -304,28 +304,17 @@ class CaseResult:
 
 
 def count_ours(runner: Any) -> Counter:
-    """Count the tokens of the sequences our runner scores (whole sequences, as the baseline counts them) and the
-    padded tokens it actually sends, by wrapping its forward passes."""
+    """Count the tokens of the sequences our runner scores (whole sequences, a shared query part included, as the
+    baseline counts them) and the padded tokens it actually sends, by wrapping its forward passes."""
     counter = Counter()
     original = type(runner)._forward_last_hidden
 
-    def wrapped(loaded: Any, sequences: list, collated: Any = None) -> torch.Tensor:
-        counter.tokens += sum(len(s) for s in sequences)
-        counter.padded_tokens += len(sequences) * max(len(s) for s in sequences)
-        return original(runner, loaded, sequences, collated)
+    def wrapped(loaded: Any, inputs: Any) -> torch.Tensor:
+        counter.tokens += inputs.tokens
+        counter.padded_tokens += inputs.batch["input_ids"].numel()
+        return original(runner, loaded, inputs)
 
     runner._forward_last_hidden = wrapped
-    if hasattr(runner, "share_query_prefix"):  # the reranker's pass after a shared query part
-        from qwen3vl_integrations.core import reranker as reranker_module
-
-        after_prefix = reranker_module.forward_after_prefix
-
-        def wrapped_after_prefix(loaded: Any, prefix: Any, sequences: list, shared: int) -> torch.Tensor:
-            counter.tokens += sum(len(s) for s in sequences)
-            counter.padded_tokens += len(sequences) * (max(len(s) for s in sequences) - shared)
-            return after_prefix(loaded, prefix, sequences, shared)
-
-        reranker_module.forward_after_prefix = wrapped_after_prefix
     return counter
 
 
@@ -348,7 +337,7 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
                                     if result.load_average is not None else ""))
     if warmup is not None:
         warmup()
-    if getattr(args, "full_warmup", False):
+    if args.full_warmup:
         ours_fn()  # e.g. compilation for every shape of the case happens here, not in the timed runs
     ours_counter.tokens = ours_counter.padded_tokens = 0
     ours_run, ours_out = measure(ours_fn, device, args.repeats, args.case_timeout)
@@ -676,28 +665,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(2b); default auto")
     parser.add_argument("--json", default=None, help="write the results as JSON here")
     parser.add_argument("--markdown", default=None, help="write the markdown table here")
-    parser.add_argument("--extra-workers", type=int, default=None,
-                        help="after the main cases, time ours again with this many preprocessing workers on "
-                             "--extra-cases (extra rows; the baseline figures are the main row's)")
+    def extra_rows(flag: str, what: str, **kwargs: Any) -> None:
+        parser.add_argument(flag, default=None, **kwargs, help=f"after the main cases, time ours again {what} (extra "
+                            "rows, each against its main row's baseline)")
+
+    extra_rows("--extra-workers", "on --extra-cases with this many preprocessing workers", type=int)
     parser.add_argument("--extra-cases", default="embed_text,embed_images,embed_images_448",
                         help="cases for --extra-workers")
-    parser.add_argument("--extra-whole-pairs", default=None,
-                        help="after the main cases, time our reranker again on these cases with share_query_prefix "
-                             "off (extra rows; the baseline figures are the main row's)")
-    parser.add_argument("--extra-stock-rms-norm", default=None,
-                        help="after the main cases, time ours again on these cases with the language model's stock "
-                             "RMSNorm instead of the fused one (extra rows; the baseline figures are the main row's)")
-    parser.add_argument("--extra-batch-overhead", type=int, default=None,
-                        help="after the main cases, time ours again on --extra-overhead-cases with this fixed cost per "
-                             "forward pass (in tokens) in the batch planner instead of the core's (extra rows)")
+    extra_rows("--extra-whole-pairs", "on these cases with share_query_prefix off")
+    extra_rows("--extra-stock-rms-norm", "on these cases with the language model's stock RMSNorm")
+    extra_rows("--extra-batch-overhead", "on --extra-overhead-cases with this fixed cost per forward pass (in tokens) "
+               "in the batch planner instead of the core's", type=int)
     parser.add_argument("--extra-overhead-cases", default="embed_text,embed_images_448",
                         help="cases for --extra-batch-overhead")
-    parser.add_argument("--extra-cudnn-attention", default=None,
-                        help="after the main cases, time ours again on these cases with torch's own choice of "
-                             "attention kernels, cuDNN's included (extra rows; CUDA only)")
-    parser.add_argument("--extra-compiled", default=None,
-                        help="last, time ours again on these cases with each decoder layer of the language model "
-                             "under torch.compile (dynamic shapes; one untimed full run first compiles; extra rows)")
+    extra_rows("--extra-cudnn-attention", "on these cases with torch's own choice of attention kernels, cuDNN's "
+               "included (CUDA only)")
+    extra_rows("--extra-compiled", "on these cases, last, with each decoder layer of the language model under "
+               "torch.compile (dynamic shapes; one untimed full run first compiles)")
     parser.add_argument("--profile", default=None,
                         help="comma-separated cases to run once more, ours only, under torch.profiler")
     parser.add_argument("--profile-out", default="profile.txt", help="where --profile writes its tables")

@@ -179,7 +179,9 @@ class Spy:
         self.texts, self.images, self.videos, self.sequences = [], [], [], []
         lock = threading.Lock()
         original_encode = reranker_module.encode
-        original_forward = reranker._forward_last_hidden
+        from qwen3vl_integrations.core import runner
+
+        original_inputs = runner.model_inputs  # a newer Spy replaces an older one rather than wrapping it
 
         def encode(processor, text, images, videos):
             with lock:
@@ -188,12 +190,13 @@ class Spy:
                 self.videos.append(list(videos))
             return original_encode(processor, text, images, videos)
 
-        def forward(loaded, sequences, collated=None):
-            self.sequences.extend(sequences)
-            return original_forward(loaded, sequences, collated)
+        def model_inputs(loaded, sequences):  # pairs that run whole (not after a shared query part)
+            with lock:
+                self.sequences.extend(sequences)
+            return original_inputs(loaded, sequences)
 
         monkeypatch.setattr(reranker_module, "encode", encode)
-        monkeypatch.setattr(reranker, "_forward_last_hidden", forward)
+        monkeypatch.setattr(reranker_module, "model_inputs", model_inputs)
 
 
 def image_tokens(width: int, height: int) -> int:

@@ -15,6 +15,7 @@ from qwen3vl_integrations import Qwen3VLReranker
 from qwen3vl_integrations.core.encoding import EncodedItem
 from qwen3vl_integrations.core.inputs import parse_items
 from qwen3vl_integrations.core.prefix import QueryPrefix, common_prefix_length
+from qwen3vl_integrations.core.runner import model_inputs
 
 K = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
 ATOL = 1e-5
@@ -127,8 +128,8 @@ def test_image_query_goes_through_the_vision_tower_once(shared, whole):
 
 def test_single_document_is_scored_whole(shared, monkeypatch):
     calls = []
-    original = reranker_module.forward_after_prefix
-    monkeypatch.setattr(reranker_module, "forward_after_prefix", lambda *a: calls.append(1) or original(*a))
+    original = reranker_module.inputs_after_prefix
+    monkeypatch.setattr(reranker_module, "inputs_after_prefix", lambda *a: calls.append(1) or original(*a))
     shared.score("a query", ["one document"])
     assert calls == []
     shared.score("a query", ["one document", "another"])
@@ -211,5 +212,28 @@ def test_pairs_built_after_the_query_media_also_run_whole(shared, name):
     prefix = shared._query_prefix(loaded, query, media, None, None)
     joined = [shared._encode_pair(loaded, query, media, d, None, prefix) for d in documents]
     direct = [shared._encode_pair(loaded, query, media, d, None) for d in documents]
-    torch.testing.assert_close(shared._forward_last_hidden(loaded, joined), shared._forward_last_hidden(loaded, direct),
+    torch.testing.assert_close(shared._forward_last_hidden(loaded, model_inputs(loaded, joined)),
+                               shared._forward_last_hidden(loaded, model_inputs(loaded, direct)),
                                atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_batches_are_prepared_in_the_worker_threads(tiny_reranker_path, share, monkeypatch):
+    """Padding and M-RoPE positions of both paths (after a shared query part, and whole pairs) are made in the
+    preprocessing threads, ahead of the model, not on the thread that runs it."""
+    import threading
+
+    threads = []
+    for name in ("inputs_after_prefix", "model_inputs"):
+        original = getattr(reranker_module, name)
+
+        def spy(*args, original=original, name=name):
+            threads.append((name, threading.current_thread().name))
+            return original(*args)
+
+        monkeypatch.setattr(reranker_module, name, spy)
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=share, batch_size=2, preprocess_workers=2,
+                               **K)
+    reranker.score({"image": RED, "text": "red"}, ["one", {"image": GREEN}, "three", "four", "five", "six"])
+    assert {name for name, _ in threads} == {"inputs_after_prefix" if share else "model_inputs"}
+    assert len(threads) == 3 and all(thread.startswith("qwen3vl-prep") for _, thread in threads), threads

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from .encoding import VISION_KEYS, EncodedItem, collate
-from .runner import last_token_states, rope_positions
+from .runner import ModelInputs, model_inputs, page_locked, rope_positions
 
 VISION_END = "<|vision_end|>"
 
@@ -88,9 +88,7 @@ class QueryPrefix:
         """Per-layer (keys, values) of the whole query part, [1, kv_heads, length, head_dim], computed on first
         use. Call under the model lock, in inference mode."""
         if self._keys_values is None:
-            batch, _ = collate([self.item], loaded.pad_token_id)
-            batch = {k: v.to(loaded.device) for k, v in batch.items()}
-            batch["position_ids"] = rope_positions(loaded.backbone, [self.item], 0).to(loaded.device)
+            batch = {k: v.to(loaded.device) for k, v in model_inputs(loaded, [self.item]).batch.items()}
             cache = _new_cache(loaded)
             loaded.backbone(**batch, **{cache_argument(loaded.backbone): cache}, use_cache=True)
             self._keys_values = [(layer.keys, layer.values) for layer in cache.layers]
@@ -123,15 +121,15 @@ def _without_prefix(item: EncodedItem, start: int, prefix: EncodedItem) -> Encod
     return EncodedItem(input_ids=item.input_ids[start:], mm_token_type_ids=item.mm_token_type_ids[start:], **own)
 
 
-def forward_after_prefix(loaded: Any, prefix: QueryPrefix, sequences: list[EncodedItem],
-                         shared: int) -> torch.Tensor:
-    """Last-layer hidden state at each sequence's last token, float32 [B, H], running only tokens after `shared`."""
+def inputs_after_prefix(loaded: Any, prefix: QueryPrefix, sequences: list[EncodedItem], shared: int) -> ModelInputs:
+    """Model inputs of only the tokens after the first `shared`, whose keys and values come from the query's cache.
+    Runs in a worker thread; the cache itself is taken under the model lock."""
     rest = [_without_prefix(item, shared, prefix.item) for item in sequences]
     batch, last = collate(rest, loaded.pad_token_id)
     batch["position_ids"] = rope_positions(loaded.backbone, sequences, shared)
     batch["attention_mask"] = torch.cat(
         [torch.ones(len(rest), shared, dtype=batch["attention_mask"].dtype), batch["attention_mask"]], dim=1)
-    return last_token_states(loaded, batch, last, lambda: {
+    return ModelInputs(page_locked(loaded, batch), last, shared, lambda: {
         cache_argument(loaded.backbone): prefix.cache(loaded, len(rest), shared), "use_cache": True})
 
 

@@ -10,9 +10,9 @@ from .encoding import EncodedItem, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError
 from .inputs import Item, parse_items, raise_first
 from .media import _Invalid
-from .prefix import VISION_END, QueryPrefix, forward_after_prefix
+from .prefix import VISION_END, QueryPrefix, inputs_after_prefix
 from .prompts import RERANKER_DEFAULT_INSTRUCTION, render, rerank_conversation
-from .runner import Qwen3VLRunner
+from .runner import ModelInputs, Qwen3VLRunner, model_inputs
 
 RERANK_SUFFIX = 5  # <|im_end|> \n <|im_start|> assistant \n (the reranker tokenizer appends nothing)
 PROMPT_OVERHEAD = 64  # system prompt and markers, for length estimates
@@ -149,23 +149,27 @@ class Qwen3VLReranker(Qwen3VLRunner):
             return self._encode_pair(loaded, queries[q], prepared_queries[q], documents[position], instruction,
                                      prefixes.get(q))
 
+        def prepare(positions: list[int], sequences: list[EncodedItem]) -> ModelInputs:
+            prefix = prefixes.get(pair_query[positions[0]])  # a micro-batch holds the pairs of one query
+            length = prefix.shared_length(sequences) if prefix is not None else 0
+            if length:
+                return inputs_after_prefix(loaded, prefix, sequences, length)
+            return model_inputs(loaded, sequences)
+
         holding: list[QueryPrefix] = []  # the prefix whose key/value cache is held
 
-        def forward(positions: list[int], sequences: list[EncodedItem]) -> torch.Tensor:
-            prefix = prefixes.get(pair_query[positions[0]])  # a micro-batch holds the pairs of one query
+        def forward(positions: list[int], inputs: ModelInputs) -> torch.Tensor:
+            prefix = prefixes.get(pair_query[positions[0]])
             if holding and holding[0] is not prefix:  # queries run one after another: the last one is done
                 holding.pop().release()
             if prefix is not None and not holding:
                 holding.append(prefix)
-            length = prefix.shared_length(sequences) if prefix is not None else 0
-            if length:
-                return forward_after_prefix(loaded, prefix, sequences, length)
-            return self._forward_last_hidden(loaded, sequences)
+            return self._forward_last_hidden(loaded, inputs)
 
         scores = np.zeros(len(pairs), np.float32)
         try:
             for positions, hidden, _ in self._run(costs, build, "document", batch_size, show_progress,
-                                                  groups=pair_query, forward=forward):
+                                                  groups=pair_query, prepare=prepare, forward=forward):
                 logits = hidden @ loaded.score_weight
                 scores[positions] = torch.sigmoid(logits).cpu().numpy()
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
+from dataclasses import dataclass
 from concurrent.futures import Future
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
@@ -38,9 +39,28 @@ CUDA_ATTENTION_BACKENDS: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT
 TEMPLATE_SPECIAL_TOKENS = 3
 
 BuildSequence = Callable[[int], EncodedItem]
-# (positions, their sequences) -> last hidden states [B, H], float32
-Forward = Callable[[list[int], list[EncodedItem]], torch.Tensor]
-Collated = tuple[dict[str, torch.Tensor], torch.Tensor]  # model inputs, each row's last real token
+
+
+@dataclass
+class ModelInputs:
+    """A micro-batch ready for the backbone: padded inputs and each row's last real token. Rows that continue a
+    cached query part of `shared` tokens also bring `cache_inputs`, called under the model lock for the cache."""
+
+    batch: dict[str, torch.Tensor]
+    last: torch.Tensor
+    shared: int = 0
+    cache_inputs: Callable[[], dict[str, Any]] | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of the rows' whole sequences, cached part included."""
+        return int((self.last + 1).sum()) + self.shared * len(self.last)
+
+
+# (positions, their sequences) -> model inputs: runs in a worker thread, ahead of the model
+Prepare = Callable[[list[int], list[EncodedItem]], ModelInputs]
+# (positions, their model inputs) -> last hidden states [B, H], float32: runs on the calling thread
+Forward = Callable[[list[int], ModelInputs], torch.Tensor]
 
 
 class Qwen3VLRunner:
@@ -164,13 +184,9 @@ class Qwen3VLRunner:
         return images, videos
 
     # ------------------------------------------------------------------------------ forward loop
-    def _forward_last_hidden(self, loaded: LoadedModel, sequences: list[EncodedItem],
-                             collated: Collated | None = None) -> torch.Tensor:
-        """Last-layer hidden state of each sequence's last real token, float32, [B, H] on the model device.
-        `collated`: the sequences already padded into model inputs."""
-        batch, last = collated if collated is not None else model_inputs(loaded, sequences)
-        return last_token_states(loaded, batch, last)
-
+    def _forward_last_hidden(self, loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
+        """Last-layer hidden state of each row's last real token, float32, [B, H] on the model device."""
+        return last_token_states(loaded, inputs)
 
     def _run(
         self,
@@ -181,6 +197,7 @@ class Qwen3VLRunner:
         show_progress: bool = False,
         raise_errors: bool = True,
         groups: Sequence[int] | None = None,
+        prepare: Prepare | None = None,
         forward: Forward | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor | None, list[Qwen3VLInputError]]]:
         """Yield (positions, last hidden states [len(positions), H], errors) per micro-batch.
@@ -188,7 +205,8 @@ class Qwen3VLRunner:
         `build(position)` turns one position into a sequence; it runs in worker threads a couple of batches
         ahead of the model. A position whose media fail to decode is reported (raised when `raise_errors`).
         With `groups`, a micro-batch only holds positions of one group, and the groups run one after another in
-        order of first appearance. `forward` replaces the plain forward pass.
+        order of first appearance. `prepare` (worker threads, default: padding) and `forward` (the calling thread,
+        default: the plain forward pass) replace the two halves of running a micro-batch.
         """
         loaded = self.load()
         overhead = BATCH_OVERHEAD_TOKENS.get(loaded.device.type, DEFAULT_BATCH_OVERHEAD_TOKENS)
@@ -202,8 +220,7 @@ class Qwen3VLRunner:
                    for batch in plan_batches([costs[p] for p in positions], batch_size or self.batch_size, budget,
                                              batch_overhead=overhead)]
 
-        def build_batch(positions: list[int]) -> tuple[list[int], list[EncodedItem], Collated | None,
-                                                        list[Qwen3VLInputError]]:
+        def build_batch(positions: list[int]) -> tuple[list[int], ModelInputs | None, list[Qwen3VLInputError]]:
             ok, sequences, errors = [], [], []
             for position in positions:
                 try:
@@ -211,10 +228,10 @@ class Qwen3VLRunner:
                     ok.append(position)
                 except _Invalid as exc:
                     errors.append(Qwen3VLInputError(str(exc), index=position, role=role))
-            # The plain forward's inputs are padded (and page-locked for a GPU) here, in the worker thread.
-            collated = model_inputs(loaded, sequences, pin_memory=loaded.device.type == "cuda") \
-                if sequences and forward is None else None
-            return ok, sequences, collated, errors
+            if not sequences:
+                return ok, None, errors
+            inputs = prepare(ok, sequences) if prepare is not None else model_inputs(loaded, sequences)
+            return ok, inputs, errors
 
         progress = None
         if show_progress:
@@ -241,15 +258,13 @@ class Qwen3VLRunner:
             for _ in range(max(1, workers) + 1):  # keep the workers busy while the model runs
                 submit_next()
             while pending:
-                ok, sequences, collated, errors = pending.popleft().result()
+                ok, inputs, errors = pending.popleft().result()
                 submit_next()
                 if errors and raise_errors:
                     raise errors[0]
                 hidden = None
-                if collated is not None:
-                    hidden = self._forward_last_hidden(loaded, sequences, collated)
-                elif sequences:
-                    hidden = forward(ok, sequences)
+                if inputs is not None:
+                    hidden = forward(ok, inputs) if forward is not None else self._forward_last_hidden(loaded, inputs)
                 if progress is not None:
                     progress.update(len(ok) + len(errors))
                 yield ok, hidden, errors
@@ -277,18 +292,25 @@ def rope_positions(backbone: Any, sequences: Sequence[EncodedItem], start: int) 
     return positions
 
 
-def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem], pin_memory: bool = False) -> Collated:
-    """A micro-batch padded into model inputs, with the M-RoPE position ids of prompts that hold images or videos.
+def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem]) -> ModelInputs:
+    """A micro-batch padded into model inputs (page-locked on CUDA), with the M-RoPE position ids of prompts that
+    hold images or videos.
 
     transformers would compute those positions inside the forward pass, from tensors already on the GPU, with
     several host synchronisations per image or video; here they come from the same rule on the CPU, in the worker
     thread that prepares the batch. Text-only batches need none (their positions are 0..L-1).
     """
-    batch, last = collate(sequences, loaded.pad_token_id, pin_memory=pin_memory)
+    batch, last = collate(sequences, loaded.pad_token_id, pin_memory=loaded.device.type == "cuda")
     if "image_grid_thw" in batch or "video_grid_thw" in batch:
-        positions = rope_positions(loaded.backbone, sequences, 0)
-        batch["position_ids"] = positions.pin_memory() if pin_memory else positions
-    return batch, last
+        batch["position_ids"] = rope_positions(loaded.backbone, sequences, 0)
+    return ModelInputs(page_locked(loaded, batch), last)
+
+
+def page_locked(loaded: LoadedModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """On CUDA, the batch in page-locked memory (an asynchronous copy to the GPU needs it); elsewhere unchanged."""
+    if loaded.device.type != "cuda":
+        return batch
+    return {k: v if v.is_pinned() else v.pin_memory() for k, v in batch.items()}
 
 
 def attention_backends(device: torch.device) -> ContextManager[Any]:
@@ -300,17 +322,13 @@ def attention_backends(device: torch.device) -> ContextManager[Any]:
     return sdpa_kernel([getattr(SDPBackend, name) for name in CUDA_ATTENTION_BACKENDS])
 
 
-def last_token_states(loaded: LoadedModel, batch: dict[str, torch.Tensor], last: torch.Tensor,
-                      cache_inputs: Callable[[], dict[str, Any]] | None = None) -> torch.Tensor:
-    """Run a collated batch through the backbone and return the last-layer hidden state at each row's `last`
-    index, float32 [B, H] on the model device. `cache_inputs()` runs under the model lock and returns the key/value
-    cache arguments when the rows continue a cached prefix."""
+def last_token_states(loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
+    """Run a micro-batch through the backbone and return the last-layer hidden state at each row's last real token,
+    float32 [B, H] on the model device."""
     non_blocking = loaded.device.type == "cuda"
-    if non_blocking:  # an asynchronous copy needs page-locked memory
-        batch = {k: v if v.is_pinned() else v.pin_memory() for k, v in batch.items()}
-    batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in batch.items()}
+    batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in page_locked(loaded, inputs.batch).items()}
     with loaded.lock, torch.inference_mode(), attention_backends(loaded.device):
-        extra = cache_inputs() if cache_inputs is not None else {"use_cache": False}
+        extra = inputs.cache_inputs() if inputs.cache_inputs is not None else {"use_cache": False}
         hidden = loaded.backbone(**batch, **extra).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden[rows, last.to(hidden.device)].float()
+        return hidden[rows, inputs.last.to(hidden.device)].float()
