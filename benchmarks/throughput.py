@@ -466,6 +466,12 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
     if args.extra_cudnn_attention:
         settings.append((args.extra_cudnn_attention, "torch's attention choice, cuDNN included",
                          lambda name: attributes(runner_module, CUDA_ATTENTION_BACKENDS=None)))
+    if args.extra_whole_last_layer:
+        settings.append((args.extra_whole_last_layer, "whole last layer",
+                         lambda name: attributes(runner_module, POOL_IN_LAST_LAYER=False)))
+    if args.extra_padding_mask:
+        settings.append((args.extra_padding_mask, "padding mask sent",
+                         lambda name: attributes(runner_module, SEND_PADDING_MASK=True)))
     if args.extra_compiled:
         settings.append((args.extra_compiled, "torch.compile", lambda name: compiled(args, *backbones)))
     return settings
@@ -680,6 +686,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="cases for --extra-batch-overhead")
     extra_rows("--extra-cudnn-attention", "on these cases with torch's own choice of attention kernels, cuDNN's "
                "included (CUDA only)")
+    extra_rows("--extra-whole-last-layer", "on these cases with the last decoder layer run at every position (the "
+               "core runs it at each row's last token only)")
+    extra_rows("--extra-padding-mask", "on these cases with the padding mask sent to the model (the core sends none)")
     extra_rows("--extra-compiled", "on these cases, last, with each decoder layer of the language model under "
                "torch.compile (dynamic shapes; one untimed full run first compiles)")
     parser.add_argument("--profile", default=None,

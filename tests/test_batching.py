@@ -179,18 +179,55 @@ def test_one_call_equals_one_by_one(emb, mixed_items, one_by_one):
     np.testing.assert_allclose(together[0], together[9], atol=1e-6)
 
 
-def test_batches_really_mix_lengths(emb, mixed_items):
+def test_batches_really_mix_lengths(emb, mixed_items, monkeypatch):
     """The invariance test above is only meaningful if rows of different lengths share a padded batch."""
-    backbone = emb.load().backbone
     shapes = []
-    handle = backbone.register_forward_pre_hook(
-        lambda module, args, kwargs: shapes.append(kwargs["attention_mask"].sum(1).tolist()), with_kwargs=True)
-    try:
-        emb.embed(mixed_items)
-    finally:
-        handle.remove()
+    original = emb._forward_last_hidden
+
+    def spy(loaded, inputs):
+        shapes.append((inputs.last + 1).tolist())
+        return original(loaded, inputs)
+
+    monkeypatch.setattr(emb, "_forward_last_hidden", spy)
+    emb.embed(mixed_items)
     assert any(len(set(lengths)) > 1 for lengths in shapes)
     assert sum(len(lengths) for lengths in shapes) == len(mixed_items)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_padded_batches_need_no_padding_mask(tiny_embedding_path, tiny_reranker_path, mixed_items, attention,
+                                             monkeypatch):
+    """Rows are right-padded and attention is causal, so the model gets no padding mask; vectors and scores (whole
+    pairs and after a shared query part, whose rows are padded too) equal those computed with the mask."""
+    from qwen3vl_integrations import Qwen3VLReranker
+    from qwen3vl_integrations.core import runner as runner_module
+
+    options = {**TINY, "attn_implementation": attention, "batch_size": 4}
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), **options)
+    rerankers = [Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=share, **options)
+                 for share in (True, False)]
+    query, documents = {"text": "a red car", "image": mixed_items[1]["image"]}, [d for d in mixed_items if d != {}]
+    masks = []
+    backbones = {id(m.load().backbone): m.load().backbone for m in (emb, *rerankers)}.values()
+    handles = [backbone.register_forward_pre_hook(
+        lambda module, args, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True)
+        for backbone in backbones]
+
+    def run() -> list[np.ndarray]:
+        return [emb.embed(mixed_items), *(np.asarray(r.score(query, documents)) for r in rerankers)]
+
+    try:
+        without = run()
+        assert masks and all(mask is None for mask in masks)
+        masks.clear()
+        monkeypatch.setattr(runner_module, "SEND_PADDING_MASK", True)
+        with_mask = run()
+        assert any(mask is not None and not mask.all() for mask in masks)  # padded rows were really masked
+    finally:
+        for handle in handles:
+            handle.remove()
+    for got, expected in zip(without, with_mask):
+        assert np.abs(got - expected).max() <= 1e-6
 
 
 @pytest.mark.parametrize(("batch_size", "max_batch_tokens"), [(1, 16384), (2, 16384), (3, 400), (100, 100_000),

@@ -97,3 +97,21 @@ def test_throughput_extra_rows_with_the_stock_rms_norm(tmp_path):
         assert stock["ours_items_per_s"] > 0 and stock["tokens"] == fused["tokens"]
     loaded = [m for m in loading._REGISTRY.values() if "tiny" in m.key.path]
     assert loaded and all("forward" in vars(m.backbone.language_model.norm) for m in loaded)
+
+
+def test_throughput_extra_rows_with_the_padding_mask_and_the_whole_last_layer(tmp_path):
+    """--extra-padding-mask and --extra-whole-last-layer time ours again with the padding mask sent and with the last
+    layer run at every position; the core's settings are back afterwards."""
+    from benchmarks.throughput import main
+    from qwen3vl_integrations.core import runner
+
+    result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
+                   "--cases", "embed_text,rerank_text", "--extra-whole-last-layer", "embed_text,rerank_text",
+                   "--extra-padding-mask", "embed_text,rerank_text"])
+    main_rows, extra_rows = result["cases"][:2], result["cases"][2:]
+    assert [c["name"] for c in extra_rows] == ["embed_text", "rerank_text"] * 2
+    for row, label in zip(extra_rows, ["[whole last layer]"] * 2 + ["[padding mask sent]"] * 2):
+        main_row = main_rows[0 if row["name"] == "embed_text" else 1]
+        assert label in row["description"] and row["errors"] == []
+        assert row["tokens"] == main_row["tokens"] and row["max_abs_diff"] <= 1e-5
+    assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLInputError
+from qwen3vl_integrations.core import runner as runner_module
 
 TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
 REFERENCE_BOUNDS = dict(min_pixels=4096, max_pixels=1_843_200, total_pixels=7_864_320, fps=1.0, max_frames=64)
@@ -178,32 +179,41 @@ def fresh(path, **kwargs) -> Qwen3VLEmbedder:
 @contextlib.contextmanager
 def capture_forward(embedder: Qwen3VLEmbedder):
     """Record the tensors each forward pass receives and the hidden states it returns."""
-    backbone = embedder.load().backbone
+    loaded = embedder.load()
+    backbone = loaded.backbone
     calls: list[dict] = []
+    lasts: list[torch.Tensor] = []
+    run_batch = embedder._forward_last_hidden
+
+    def forward_last_hidden(loaded, inputs):
+        lasts.append(inputs.last.clone())  # the model gets no padding mask: each row's length comes from here
+        return run_batch(loaded, inputs)
 
     def before(module, args, kwargs):
-        calls.append({"inputs": {k: v.detach().clone() for k, v in kwargs.items() if torch.is_tensor(v)}})
+        calls.append({"inputs": {k: v.detach().clone() for k, v in kwargs.items() if torch.is_tensor(v)},
+                      "lengths": lasts.pop() + 1, "pad": loaded.pad_token_id})
 
     def after(module, args, kwargs, output):
         calls[-1]["hidden"] = output.last_hidden_state.detach().float().clone()
 
     handles = [backbone.register_forward_pre_hook(before, with_kwargs=True),
                backbone.register_forward_hook(after, with_kwargs=True)]
+    embedder._forward_last_hidden = forward_last_hidden
     try:
         yield calls
     finally:
+        del embedder._forward_last_hidden
         for handle in handles:
             handle.remove()
 
 
 def rows(calls: list[dict]) -> list[list[int]]:
-    """The real (attended) token ids of every row of every recorded forward; checks right padding."""
+    """The real token ids of every row of every recorded forward; checks right padding."""
     out = []
     for call in calls:
-        ids, mask = call["inputs"]["input_ids"], call["inputs"]["attention_mask"]
-        for r in range(ids.shape[0]):
-            n = int(mask[r].sum())
-            assert mask[r, :n].all() and not mask[r, n:].any(), "right padding expected"
+        ids = call["inputs"]["input_ids"]
+        for r, n in enumerate(call["lengths"].tolist()):
+            assert (ids[r, n:] == call["pad"]).all(), "right padding expected"
             out.append(ids[r, :n].tolist())
     return out
 
@@ -385,21 +395,31 @@ def test_unnormalized_vector_is_the_last_hidden_state(emb, official, media_dir):
     assert abs(np.linalg.norm(got[0]) - 1.0) > 1e-3
 
 
-def test_pooling_takes_the_last_attended_token_of_each_row(emb, media_dir):
+def test_pooling_takes_the_last_attended_token_of_each_row(emb, media_dir, monkeypatch):
+    """With the last layer run at every position, the returned vectors are the hidden states of each row's last
+    real token; with it run at those tokens only (the default), they are the same."""
     # Lengths a few tokens apart, so that any sensible planner puts them in one padded batch.
     items = ["red car", "red car red car", "red car red car red car red car"]
+    pooled_in_layer = emb.embed(items, normalize=False, batch_size=8)
+    monkeypatch.setattr(runner_module, "POOL_IN_LAST_LAYER", False)
+    singles = []  # each item's tokens, run alone (no padding): the rows' true lengths, found independently
+    for item in items:
+        with capture_forward(emb) as calls:
+            emb.embed([item])
+        singles.append(calls[0]["inputs"]["input_ids"][0].tolist())
     with capture_forward(emb) as calls:
         got = emb.embed(items, normalize=False, batch_size=8)
+    assert np.abs(got - pooled_in_layer).max() < 1e-5
     (call,) = calls  # one padded batch
-    mask, hidden = call["inputs"]["attention_mask"], call["hidden"]
-    lengths = mask.sum(1)
+    ids, hidden = call["inputs"]["input_ids"], call["hidden"]
+    lengths = torch.tensor([next(len(s) for s in singles if ids[r, :len(s)].tolist() == s) for r in range(3)])
     assert len(set(lengths.tolist())) == 3  # three different lengths, so two rows are padded
     pooled = hidden[torch.arange(3), lengths - 1].numpy()
     # Match each returned vector to the pooled row it came from (rows are sorted by length inside a batch).
     for vector in got:
         assert np.abs(pooled - vector).max(axis=1).min() < 1e-6
     # ... and never the padded position.
-    padded = [r for r in range(3) if lengths[r] < mask.shape[1]]
+    padded = [r for r in range(3) if lengths[r] < ids.shape[1]]
     for r in padded:
         assert np.abs(got - hidden[r, -1].numpy()).max(axis=1).min() > 1e-3
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .pooled_layer import use_pooled_last_layer
+
 ROLES = ("embedding", "reranker")
 
 
@@ -178,6 +180,7 @@ def use_model_levers(backbone: Any) -> None:
     use_linear_patch_embed(backbone)
     use_grouped_vision_attention(backbone)
     use_fused_rms_norm(backbone)
+    use_pooled_last_layer(backbone)
 
 
 # Classes whose forward is exactly weight * (x in float32 * rsqrt(mean(x^2) + eps)).to(x.dtype).

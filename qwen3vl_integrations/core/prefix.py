@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from .encoding import VISION_KEYS, EncodedItem, collate
-from .runner import ModelInputs, model_inputs, page_locked, rope_positions
+from .runner import ModelInputs, model_inputs, padding_mask_as_sent, page_locked, rope_positions
 
 VISION_END = "<|vision_end|>"
 
@@ -127,8 +127,7 @@ def inputs_after_prefix(loaded: Any, prefix: QueryPrefix, sequences: list[Encode
     rest = [_without_prefix(item, shared, prefix.item) for item in sequences]
     batch, last = collate(rest, loaded.pad_token_id)
     batch["position_ids"] = rope_positions(loaded.backbone, sequences, shared)
-    batch["attention_mask"] = torch.cat(
-        [torch.ones(len(rest), shared, dtype=batch["attention_mask"].dtype), batch["attention_mask"]], dim=1)
+    padding_mask_as_sent(batch, shared)
     return ModelInputs(page_locked(loaded, batch), last, shared, lambda: {
         cache_argument(loaded.backbone): prefix.cache(loaded, len(rest), shared), "use_cache": True})
 

@@ -17,6 +17,7 @@ from .errors import Qwen3VLInputError
 from .inputs import Item
 from .loading import LoadedModel, load_shared, resolve_attention, resolve_device, resolve_dtype
 from .media import MediaPolicy, _Invalid
+from .pooled_layer import can_pool_last_layer, pooled_tokens
 from .vision import VisionLimits, image_tokens, prepare_image, prepare_video, video_tokens
 
 TEXT_TOKENS_PER_CHAR = 0.34  # a cheap upper-ish estimate used only before the tokenizer is loaded
@@ -34,6 +35,17 @@ CPU_MAX_BATCH_TOKENS = 2048
 # padded (masked) attention to it first on Hopper GPUs, and it builds an execution plan for every new batch shape
 # (tens of milliseconds each), which a corpus of varied lengths pays batch after batch. None: torch's own choice.
 CUDA_ATTENTION_BACKENDS: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+
+# Micro-batches go to the model without their padding mask. Rows are right-padded and attention is causal, so no
+# real token ever attends to a pad, and a pad's own hidden state is never read: the mask changes nothing we use.
+# Without it attention runs as plain causal attention: transformers builds no [B, 1, L, L] mask (nor reads the
+# padding mask back from the GPU to decide whether it may skip it), SDPA may use its flash kernels, which take no
+# mask, and CPU kernels skip the blocks above the diagonal. True sends the mask (for comparison).
+SEND_PADDING_MASK = False
+
+# The last decoder layer runs only at each row's last real token, the one hidden state we read (core/pooled_layer.py).
+# False runs it at every position (for comparison).
+POOL_IN_LAST_LAYER = True
 
 # <|im_start|> (system), <|im_end|>, <|im_start|> (user): template specials before the chat suffix.
 TEMPLATE_SPECIAL_TOKENS = 3
@@ -301,9 +313,18 @@ def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem]) -> Model
     thread that prepares the batch. Text-only batches need none (their positions are 0..L-1).
     """
     batch, last = collate(sequences, loaded.pad_token_id, pin_memory=loaded.device.type == "cuda")
+    padding_mask_as_sent(batch)
     if "image_grid_thw" in batch or "video_grid_thw" in batch:
         batch["position_ids"] = rope_positions(loaded.backbone, sequences, 0)
     return ModelInputs(page_locked(loaded, batch), last)
+
+
+def padding_mask_as_sent(batch: dict[str, torch.Tensor], shared: int = 0) -> None:
+    """Set the batch's padding mask as the model gets it: none (SEND_PADDING_MASK), or with ones in front for the
+    `shared` tokens the rows continue from a cache."""
+    mask = batch.pop("attention_mask")
+    if SEND_PADDING_MASK:
+        batch["attention_mask"] = torch.cat([torch.ones(len(mask), shared, dtype=mask.dtype), mask], dim=1)
 
 
 def page_locked(loaded: LoadedModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -327,8 +348,14 @@ def last_token_states(loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
     float32 [B, H] on the model device."""
     non_blocking = loaded.device.type == "cuda"
     batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in page_locked(loaded, inputs.batch).items()}
+    last = inputs.last.to(loaded.device, non_blocking=non_blocking)
+    has_vision = "pixel_values" in batch or "pixel_values_videos" in batch
+    pooled = POOL_IN_LAST_LAYER and can_pool_last_layer(loaded.backbone, has_vision)
     with loaded.lock, torch.inference_mode(), attention_backends(loaded.device):
+        # (a query part's cache may run its own forward pass here, of all its tokens)
         extra = inputs.cache_inputs() if inputs.cache_inputs is not None else {"use_cache": False}
-        hidden = loaded.backbone(**batch, **extra).last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden[rows, inputs.last.to(hidden.device)].float()
+        with pooled_tokens(loaded.backbone, last) if pooled else contextlib.nullcontext():
+            hidden = loaded.backbone(**batch, **extra).last_hidden_state
+        if pooled:  # [B, 1, H]: the last layer ran at these tokens only
+            return hidden[:, 0].float()
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
