@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_quantization_benchmark_smoke(tmp_path, capsys):
     from benchmarks.quantization import PROFILES, main
@@ -114,4 +116,20 @@ def test_throughput_extra_rows_with_the_padding_mask_and_the_whole_last_layer(tm
         main_row = main_rows[0 if row["name"] == "embed_text" else 1]
         assert label in row["description"] and row["errors"] == []
         assert row["tokens"] == main_row["tokens"] and row["max_abs_diff"] <= 1e-5
+    assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True
+
+
+@pytest.mark.parametrize("lever", ["padding-mask", "pooled-last-layer"])
+def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever):
+    """benchmarks.levers times ours with the lever on and off in turn; outputs agree and the core's value is back."""
+    from benchmarks.levers import main
+    from qwen3vl_integrations.core import runner
+
+    text = main(["--lever", lever, "--model", "tiny", "--quick", "--runs", "2", "--cache-dir", str(tmp_path / "cache"),
+                 "--cases", "embed_text,rerank_text"])
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| embed_text") or
+            line.startswith("| rerank_text")]
+    assert len(rows) == 2
+    for row in rows:
+        assert len(row[4].split(" / ")) == 2 and float(row[5].rstrip(" |")) <= 1e-5
     assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True

@@ -1,0 +1,113 @@
+"""Interleaved A/B of one switch of the core: ours only, the lever on and off in alternation, on the inputs of the
+throughput benchmark.
+
+    python -m benchmarks.levers --lever padding-mask --cases embed_text,embed_mixed,rerank_text --runs 3
+
+A shared machine drifts by 10-15% over minutes; alternating the two settings run by run (on, off, then off, on, ...)
+keeps that drift out of the ratio, which separate whole-table runs (`throughput --extra-...`) cannot. Prints one
+markdown table: median seconds with the lever on and off, every run, and the largest difference between the outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from benchmarks.corpora import Sizes, build_corpora
+from benchmarks.throughput import attributes, checkpoint_paths, default_cache_dir, log
+
+# lever -> (attribute of qwen3vl_integrations.core.runner, the core's value, the value it is compared with)
+LEVERS: dict[str, tuple[str, Any, Any]] = {
+    "padding-mask": ("SEND_PADDING_MASK", False, True),  # on: no padding mask sent
+    "pooled-last-layer": ("POOL_IN_LAST_LAYER", True, False),  # on: the last layer at the pooled token only
+}
+CASES = ("embed_text", "embed_images", "embed_images_448", "embed_mixed", "rerank_text", "rerank_images",
+         "rerank_image_query")
+
+
+def case_functions(embedder: Any, reranker: Any, sizes: Sizes, media_dir: Path) -> dict[str, Callable[[], np.ndarray]]:
+    corpora = build_corpora(embedder.load().tokenizer, sizes, media_dir)
+    image_query = {"image": corpora.images_448[0]}
+    return {
+        "embed_text": lambda: embedder.embed(corpora.texts),
+        "embed_images": lambda: embedder.embed([{"image": data} for data in corpora.images]),
+        "embed_images_448": lambda: embedder.embed([{"image": data} for data in corpora.images_448]),
+        "embed_mixed": lambda: embedder.embed(corpora.mixed),
+        "rerank_text": lambda: np.asarray(reranker.score(corpora.query, corpora.rerank_texts)),
+        "rerank_images": lambda: np.asarray(reranker.score(corpora.query, corpora.rerank_images)),
+        "rerank_image_query": lambda: np.asarray(reranker.score(image_query, corpora.rerank_texts)),
+    }
+
+
+def alternate(fn: Callable[[], np.ndarray], setting: Callable[[bool], Any], runs: int
+              ) -> tuple[dict[bool, list[float]], float]:
+    """Seconds per run with the lever on (True) and off (False), taken in alternating order, and the largest
+    difference between the two settings' outputs."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    outputs: dict[bool, np.ndarray] = {}
+    for run in range(runs):
+        for on in ((True, False) if run % 2 == 0 else (False, True)):
+            with setting(on):
+                start = time.perf_counter()
+                outputs[on] = fn()
+                times[on].append(time.perf_counter() - start)
+    return times, float(np.abs(outputs[True] - outputs[False]).max())
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lever", required=True, choices=sorted(LEVERS))
+    parser.add_argument("--cases", default="embed_text,rerank_text", help=f"comma-separated subset of {CASES}")
+    parser.add_argument("--runs", type=int, default=3, help="runs per setting (median)")
+    parser.add_argument("--model", default="small", help="tiny, small or 2b (random checkpoints) or a folder")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    parser.add_argument("--quick", action="store_true", help="a few tiny inputs per case (smoke test)")
+    parser.add_argument("--cache-dir", default=None, help="where random checkpoints and media are kept")
+    args = parser.parse_args(argv)
+    unknown = set(args.cases.split(",")) - set(CASES)
+    if unknown:
+        parser.error(f"unknown cases {sorted(unknown)}; choose from {CASES}")
+
+    from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
+    from qwen3vl_integrations.core import runner
+    from qwen3vl_integrations.core.loading import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    emb_path, rr_path, _ = checkpoint_paths(args.model, None, dtype, device, cache_dir,
+                                            "memory" if args.model == "2b" else "disk")
+    embedder = Qwen3VLEmbedder(emb_path, device=device, dtype=dtype)
+    reranker = Qwen3VLReranker(rr_path, device=device, dtype=dtype)
+    functions = case_functions(embedder, reranker, Sizes.quick() if args.quick else Sizes(), cache_dir / "media")
+    name, on_value, off_value = LEVERS[args.lever]
+
+    def setting(on: bool) -> Any:
+        return attributes(runner, **{name: on_value if on else off_value})
+
+    rows = []
+    for case in [c for c in CASES if c in args.cases.split(",")]:
+        functions[case]()  # warm-up, with the core's setting
+        times, diff = alternate(functions[case], setting, args.runs)
+        on, off = statistics.median(times[True]), statistics.median(times[False])
+        runs = " / ".join(f"{a:.2f}, {b:.2f}" for a, b in zip(times[True], times[False]))
+        rows.append(f"| {case} | {on:.2f} | {off:.2f} | {off / on:.3f}x | {runs} | {diff:.1e} |")
+        log(rows[-1])
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    text = "\n".join([
+        f"Lever `{args.lever}` (`core.runner.{name}`: {on_value!r} on, {off_value!r} off), `{args.model}` model, "
+        f"{device.type} ({hardware}), {str(dtype).replace('torch.', '')}, {args.runs} runs per setting, alternating",
+        "", "| case | on: median s | off: median s | gain | runs on, off | max \\|diff\\| |", "|---|---|---|---|---|---|",
+        *rows])
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
