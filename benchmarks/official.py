@@ -115,8 +115,8 @@ def official_score(reranker: Any, query: Any, documents: Sequence[Any], instruct
 
 class stock_forwards:
     """Within this block the shared model runs transformers' stock code, as upstream does: the per-instance
-    `forward` overrides our loader installs (patch embedding as a matrix product, grouped vision attention) are
-    taken off and put back afterwards."""
+    overrides our loader installs (`forward` of some modules: patch embedding as a matrix product, grouped vision
+    attention, ...; the language model's `_deepstack_process`) are taken off and put back afterwards."""
 
     def __init__(self, backbone: Any) -> None:
         self.backbone = backbone
@@ -124,11 +124,12 @@ class stock_forwards:
 
     def __enter__(self) -> "stock_forwards":
         for module in self.backbone.modules():
-            if "forward" in vars(module):
-                self.saved.append((module, vars(module).pop("forward")))
+            for name in ("forward", "_deepstack_process"):
+                if name in vars(module):
+                    self.saved.append((module, name, vars(module).pop(name)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for module, forward in self.saved:
-            module.forward = forward
+        for module, name, method in self.saved:
+            setattr(module, name, method)
         self.saved.clear()

@@ -126,3 +126,24 @@ def test_cuda_forwards_leave_cudnn_attention_out():
     assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled()) == before
     with runner.attention_backends(torch.device("cpu")):
         assert torch.backends.cuda.cudnn_sdp_enabled() == before[0]
+
+
+def test_indexed_deepstack_matches_stock(tiny_embedding_path):
+    """Deep-stacked vision features added at integer positions found once per pass: the stock values, bit for bit."""
+    from transformers import AutoModel
+
+    from qwen3vl_integrations.core.loading import use_indexed_deepstack
+
+    model = AutoModel.from_pretrained(str(tiny_embedding_path), dtype=torch.float32).eval()
+    language_model = model.language_model
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 64)
+    mask = torch.rand(3, 7) > 0.5
+    embeds = [torch.randn(int(mask.sum()), 64) for _ in range(2)]
+    expected = [language_model._deepstack_process(hidden, mask, e) for e in embeds]
+    assert use_indexed_deepstack(model)
+    got = [language_model._deepstack_process(hidden, mask, e) for e in embeds]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert language_model.visual_positions(mask) is language_model.visual_positions(mask)  # found once per mask
+    del language_model._deepstack_process  # the stock step comes back
+    assert not use_indexed_deepstack(torch.nn.Linear(2, 2))

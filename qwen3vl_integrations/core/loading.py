@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -181,6 +182,7 @@ def use_model_levers(backbone: Any) -> None:
     use_grouped_vision_attention(backbone)
     use_fused_rms_norm(backbone)
     use_pooled_last_layer(backbone)
+    use_indexed_deepstack(backbone)
 
 
 # Classes whose forward is exactly weight * (x in float32 * rsqrt(mean(x^2) + eps)).to(x.dtype).
@@ -243,6 +245,28 @@ def _runs(lengths: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+class OncePerTensor:
+    """`fn(tensor)`, computed once for each new tensor and reused while the same tensor object comes back.
+
+    A forward pass hands one tensor to all the layers that need it (the vision tower's chunk boundaries, the
+    language model's visual positions), so a value read back from the device, a GPU synchronisation, is read once
+    per pass instead of once per layer."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self._tensor: torch.Tensor | None = None
+        self._value: Any = None
+
+    def __call__(self, tensor: torch.Tensor) -> Any:
+        if tensor is not self._tensor:
+            self._value, self._tensor = self.fn(tensor), tensor
+        return self._value
+
+
+def _chunk_runs(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
+    return _runs((cu_seqlens[1:] - cu_seqlens[:-1]).tolist())
+
+
 def _grouped_vision_attention_forward(self: Any, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
                                       position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
                                       max_seqlen: int | None = None, **kwargs: Any) -> torch.Tensor:
@@ -260,7 +284,7 @@ def _grouped_vision_attention_forward(self: Any, hidden_states: torch.Tensor, cu
     heads = self.num_heads
     outputs = []
     start = 0
-    for length, count in _runs((cu_seqlens[1:] - cu_seqlens[:-1]).tolist()):
+    for length, count in getattr(self, "chunk_runs", _chunk_runs)(cu_seqlens):
         end = start + length * count
         # (tokens, heads, dim) -> (count, heads, length, dim)
         q, k, v = (t[start:end].reshape(count, length, heads, -1).transpose(1, 2) for t in (query, key, value))
@@ -284,14 +308,45 @@ def use_grouped_vision_attention(backbone: Any) -> int:
     if visual is None:
         return 0
     changed = 0
+    shared = OncePerTensor(_chunk_runs)  # read once per pass (24 layers in the 2B); passes run under the model lock
     for layer in visual.modules():
         config = getattr(layer, "config", None)
         if (type(layer).__name__.endswith("VisionAttention") and hasattr(layer, "qkv")
                 and hasattr(layer, "num_heads") and config is not None
                 and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")):
+            layer.chunk_runs = shared
             layer.forward = _grouped_vision_attention_forward.__get__(layer)
             changed += 1
     return changed
+
+
+def _indexed_deepstack_process(self: Any, hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor,
+                               visual_embeds: torch.Tensor) -> torch.Tensor:
+    # The stock code indexes with the boolean mask twice per deep-stacked layer, each a read-back of the mask
+    # (a GPU synchronisation); integer positions, found once per pass, add the same values in the same order.
+    rows, columns = self.visual_positions(visual_pos_masks)
+    hidden_states = hidden_states.clone()
+    visual_embeds = visual_embeds.to(hidden_states.device, hidden_states.dtype)
+    hidden_states[rows, columns] = hidden_states[rows, columns] + visual_embeds
+    return hidden_states
+
+
+def _visual_positions(visual_pos_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return visual_pos_masks.nonzero(as_tuple=True)
+
+
+def use_indexed_deepstack(backbone: Any) -> bool:
+    """Add the deep-stacked vision features to the language model's hidden states at integer positions found once
+    per forward pass, instead of by boolean-mask indexing in each of the 3 layers that take them. False when the
+    model has no such step. `del backbone.language_model._deepstack_process` restores the original."""
+    language_model = getattr(backbone, "language_model", None)
+    stock = getattr(type(language_model), "_deepstack_process", None)
+    if stock is None or list(inspect.signature(stock).parameters) != [
+            "self", "hidden_states", "visual_pos_masks", "visual_embeds"]:
+        return False
+    language_model.visual_positions = OncePerTensor(_visual_positions)
+    language_model._deepstack_process = _indexed_deepstack_process.__get__(language_model)
+    return True
 
 
 def clear_registry() -> None:

@@ -305,17 +305,21 @@ def rope_positions(backbone: Any, sequences: Sequence[EncodedItem], start: int) 
 
 
 def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem]) -> ModelInputs:
-    """A micro-batch padded into model inputs (page-locked on CUDA), with the M-RoPE position ids of prompts that
-    hold images or videos.
+    """A micro-batch padded into model inputs (page-locked on CUDA), with its M-RoPE position ids.
 
-    transformers would compute those positions inside the forward pass, from tensors already on the GPU, with
-    several host synchronisations per image or video; here they come from the same rule on the CPU, in the worker
-    thread that prepares the batch. Text-only batches need none (their positions are 0..L-1).
+    transformers would compute the positions of image and video prompts inside the forward pass, from tensors
+    already on the GPU, with several host synchronisations per image or video; here they come from the same rule on
+    the CPU, in the worker thread that prepares the batch. Text-only rows get 0..L-1 in all three rows, as the model
+    would give them; passing them also keeps transformers from reading the positions back from the GPU to check
+    whether a row packs several sequences.
     """
     batch, last = collate(sequences, loaded.pad_token_id, pin_memory=loaded.device.type == "cuda")
     padding_mask_as_sent(batch)
     if "image_grid_thw" in batch or "video_grid_thw" in batch:
         batch["position_ids"] = rope_positions(loaded.backbone, sequences, 0)
+    else:
+        rows, width = batch["input_ids"].shape
+        batch["position_ids"] = torch.arange(width).expand(3, rows, width)
     return ModelInputs(page_locked(loaded, batch), last)
 
 

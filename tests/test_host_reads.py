@@ -1,0 +1,87 @@
+"""Host read-backs inside the model's forward pass: each one is a GPU synchronisation (the CPU waits for all queued
+work, then the GPU waits for the CPU). Counted on CPU by watching the tensor operations that read values back."""
+from __future__ import annotations
+
+import collections
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.overrides import TorchFunctionMode
+
+from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
+
+TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
+READS = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "nonzero", "masked_select", "numpy", "cpu"}
+
+
+class HostReads(TorchFunctionMode):
+    """Records where tensor values are read back to Python: conversions, data-dependent shapes, boolean masks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.places: collections.Counter[str] = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        read = name in READS
+        if name == "repeat_interleave" and len(args) > 1 and torch.is_tensor(args[1]):
+            read = kwargs.get("output_size") is None
+        if name in ("__getitem__", "__setitem__") and len(args) > 1:
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            read = any(torch.is_tensor(i) and i.dtype == torch.bool for i in index)
+        if read:
+            frame = [f for f in traceback.extract_stack() if "/torch/" not in f.filename and f.filename != __file__][-1]
+            self.places[f"{name} in {Path(frame.filename).name}: {frame.line}"] += 1
+        return func(*args, **kwargs)
+
+
+def reads_in_forward(model, call) -> collections.Counter[str]:
+    """The read-backs of every backbone forward pass that `call` makes (preprocessing outside them is CPU work)."""
+    backbone = model.load().backbone
+    mode = HostReads()
+    handles = [backbone.register_forward_pre_hook(lambda module, args: mode.__enter__() and None),
+               backbone.register_forward_hook(lambda module, args, output: mode.__exit__(None, None, None) and None)]
+    try:
+        call()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return mode.places
+
+
+def test_the_counter_sees_a_read_back():
+    mode = HostReads()
+    with mode:
+        x = torch.arange(4)
+        _ = x[x > 1]
+        _ = x.tolist()
+        _ = bool(x.any())
+    assert sum(mode.places.values()) == 3
+
+
+@pytest.fixture(scope="module")
+def emb(tiny_embedding_path):
+    return Qwen3VLEmbedder(str(tiny_embedding_path), preprocess_workers=0, **TINY)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_text_batches_read_nothing_back(emb, tiny_reranker_path, share):
+    """Padded text batches (and a reranker's rows after a shared query part): no read-back at all."""
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), preprocess_workers=0, share_query_prefix=share, **TINY)
+    texts = ["a b c", "d e f g h i j k", "x", "a longer text " * 9]
+    assert reads_in_forward(emb, lambda: emb.embed(texts)) == {}
+    assert reads_in_forward(reranker, lambda: reranker.score("a query", texts)) == {}
+
+
+def test_image_batches_read_their_layout_once_per_pass(emb):
+    """The vision tower's chunk boundaries and the language model's visual positions are read back once per forward
+    pass, not once per layer; no boolean-mask indexing is left (the stock deep-stack step had two per layer)."""
+    image = Image.new("RGB", (96, 64), (200, 30, 30))
+    places = reads_in_forward(emb, lambda: emb.embed([{"image": image}, {"image": image, "text": "red"}]))
+    ours = {place: n for place, n in places.items() if "loading.py" in place}
+    assert sorted(ours.values()) == [1, 1], places  # chunk runs (tolist) and visual positions (nonzero)
+    assert not [place for place in places if place.startswith(("__getitem__", "__setitem__"))], places
