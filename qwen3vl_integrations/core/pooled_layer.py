@@ -26,12 +26,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 def _pooled_forward(self: Any, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
                     attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                     cache: Any = None, **kwargs: Any) -> torch.Tensor:
-    if cache is None:  # transformers releases before the rename call it past_key_values
-        cache = kwargs.pop("past_key_values", None)
     rows = self.pooled_tokens
-    if rows is None:  # not asked for: the stock layer
+    if rows is None:  # not asked for: the stock layer, with the arguments as they came
+        passed = {"cache": cache} if cache is not None else {}
         return type(self).forward(self, hidden_states, position_embeddings=position_embeddings,
-                                  attention_mask=attention_mask, position_ids=position_ids, cache=cache, **kwargs)
+                                  attention_mask=attention_mask, position_ids=position_ids, **passed, **kwargs)
+    if cache is None:  # transformers releases before the rename call it past_key_values
+        cache = kwargs.get("past_key_values")
     attn = self.self_attn
     batch, length = hidden_states.shape[:2]
     row = torch.arange(batch, device=hidden_states.device)
