@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .encoding import VISION_KEYS, EncodedItem, collate
-from .runner import ModelInputs, model_inputs, padding_mask_as_sent, page_locked, rope_positions
+from .encoding import VISION_KEYS, EncodedItem
+from .runner import ModelInputs, model_inputs
 
 VISION_END = "<|vision_end|>"
 
@@ -125,11 +125,10 @@ def inputs_after_prefix(loaded: Any, prefix: QueryPrefix, sequences: list[Encode
     """Model inputs of only the tokens after the first `shared`, whose keys and values come from the query's cache.
     Runs in a worker thread; the cache itself is taken under the model lock."""
     rest = [_without_prefix(item, shared, prefix.item) for item in sequences]
-    batch, last = collate(rest, loaded.pad_token_id)
-    batch["position_ids"] = rope_positions(loaded.backbone, sequences, shared)
-    padding_mask_as_sent(batch, shared)
-    return ModelInputs(page_locked(loaded, batch), last, shared, lambda: {
-        cache_argument(loaded.backbone): prefix.cache(loaded, len(rest), shared), "use_cache": True})
+    inputs = model_inputs(loaded, sequences, shared, rest)
+    inputs.cache_inputs = lambda: {
+        cache_argument(loaded.backbone): prefix.cache(loaded, len(rest), shared), "use_cache": True}
+    return inputs
 
 
 def _new_cache(loaded: Any) -> Any:

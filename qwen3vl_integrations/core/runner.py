@@ -55,8 +55,9 @@ BuildSequence = Callable[[int], EncodedItem]
 
 @dataclass
 class ModelInputs:
-    """A micro-batch ready for the backbone: padded inputs and each row's last real token. Rows that continue a
-    cached query part of `shared` tokens also bring `cache_inputs`, called under the model lock for the cache."""
+    """A micro-batch ready for the backbone (`model_inputs` makes them): padded inputs, page-locked on CUDA, and
+    each row's last real token. Rows that continue a cached query part of `shared` tokens also bring
+    `cache_inputs`, called under the model lock for the cache."""
 
     batch: dict[str, torch.Tensor]
     last: torch.Tensor
@@ -304,23 +305,28 @@ def rope_positions(backbone: Any, sequences: Sequence[EncodedItem], start: int) 
     return positions
 
 
-def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem]) -> ModelInputs:
+def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem], shared: int = 0,
+                 rows: Sequence[EncodedItem] | None = None) -> ModelInputs:
     """A micro-batch padded into model inputs (page-locked on CUDA), with its M-RoPE position ids.
+
+    With `shared`, only `rows` run: each sequence's tokens after its first `shared`, which come from a cache (the
+    caller adds the cache's arguments). Positions always follow the whole sequences.
 
     transformers would compute the positions of image and video prompts inside the forward pass, from tensors
     already on the GPU, with several host synchronisations per image or video; here they come from the same rule on
-    the CPU, in the worker thread that prepares the batch. Text-only rows get 0..L-1 in all three rows, as the model
-    would give them; passing them also keeps transformers from reading the positions back from the GPU to check
-    whether a row packs several sequences.
+    the CPU, in the worker thread that prepares the batch. Text-only prompts get shared..L-1 in all three rows, as
+    the model would give them; passing them also keeps transformers from reading the positions back from the GPU to
+    check whether a row packs several sequences.
     """
-    batch, last = collate(sequences, loaded.pad_token_id, pin_memory=loaded.device.type == "cuda")
-    padding_mask_as_sent(batch)
-    if "image_grid_thw" in batch or "video_grid_thw" in batch:
-        batch["position_ids"] = rope_positions(loaded.backbone, sequences, 0)
+    batch, last = collate(sequences if rows is None else rows, loaded.pad_token_id,
+                          pin_memory=loaded.device.type == "cuda")
+    padding_mask_as_sent(batch, shared)
+    if any(s.vision("image_grid_thw") is not None or s.vision("video_grid_thw") is not None for s in sequences):
+        batch["position_ids"] = rope_positions(loaded.backbone, sequences, shared)
     else:
-        rows, width = batch["input_ids"].shape
-        batch["position_ids"] = torch.arange(width).expand(3, rows, width)
-    return ModelInputs(page_locked(loaded, batch), last)
+        count, width = batch["input_ids"].shape
+        batch["position_ids"] = torch.arange(shared, shared + width).expand(3, count, width)
+    return ModelInputs(page_locked(loaded, batch), last, shared)
 
 
 def padding_mask_as_sent(batch: dict[str, torch.Tensor], shared: int = 0) -> None:
@@ -351,7 +357,7 @@ def last_token_states(loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
     """Run a micro-batch through the backbone and return the last-layer hidden state at each row's last real token,
     float32 [B, H] on the model device."""
     non_blocking = loaded.device.type == "cuda"
-    batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in page_locked(loaded, inputs.batch).items()}
+    batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in inputs.batch.items()}
     last = inputs.last.to(loaded.device, non_blocking=non_blocking)
     has_vision = "pixel_values" in batch or "pixel_values_videos" in batch
     pooled = POOL_IN_LAST_LAYER and can_pool_last_layer(loaded.backbone, has_vision)
