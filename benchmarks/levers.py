@@ -19,29 +19,19 @@ import numpy as np
 import torch
 
 from benchmarks.corpora import Sizes, build_corpora
-from benchmarks.throughput import attributes, checkpoint_paths, default_cache_dir, log
-
-# lever -> (attribute of qwen3vl_integrations.core.runner, the core's value, the value it is compared with)
-LEVERS: dict[str, tuple[str, Any, Any]] = {
-    "padding-mask": ("SEND_PADDING_MASK", False, True),  # on: no padding mask sent
-    "pooled-last-layer": ("POOL_IN_LAST_LAYER", True, False),  # on: the last layer at the pooled token only
-}
-CASES = ("embed_text", "embed_images", "embed_images_448", "embed_mixed", "rerank_text", "rerank_images",
-         "rerank_image_query")
+from benchmarks.throughput import (BATCH_CASES, CORE_SWITCHES, batch_case_inputs, checkpoint_paths, core_switch,
+                                   default_cache_dir, log)
 
 
 def case_functions(embedder: Any, reranker: Any, sizes: Sizes, media_dir: Path) -> dict[str, Callable[[], np.ndarray]]:
-    corpora = build_corpora(embedder.load().tokenizer, sizes, media_dir)
-    image_query = {"image": corpora.images_448[0]}
-    return {
-        "embed_text": lambda: embedder.embed(corpora.texts),
-        "embed_images": lambda: embedder.embed([{"image": data} for data in corpora.images]),
-        "embed_images_448": lambda: embedder.embed([{"image": data} for data in corpora.images_448]),
-        "embed_mixed": lambda: embedder.embed(corpora.mixed),
-        "rerank_text": lambda: np.asarray(reranker.score(corpora.query, corpora.rerank_texts)),
-        "rerank_images": lambda: np.asarray(reranker.score(corpora.query, corpora.rerank_images)),
-        "rerank_image_query": lambda: np.asarray(reranker.score(image_query, corpora.rerank_texts)),
-    }
+    """Case name -> our call on the throughput benchmark's inputs of that case."""
+    def call(query: Any, items: list[Any]) -> Callable[[], np.ndarray]:
+        if query is None:
+            return lambda: embedder.embed(items)
+        return lambda: np.asarray(reranker.score(query, items))
+
+    cases = batch_case_inputs(build_corpora(embedder.load().tokenizer, sizes, media_dir))
+    return {name: call(query, items) for name, (_, query, items) in cases.items()}
 
 
 def alternate(fn: Callable[[], np.ndarray], setting: Callable[[bool], Any], runs: int
@@ -61,8 +51,8 @@ def alternate(fn: Callable[[], np.ndarray], setting: Callable[[bool], Any], runs
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lever", required=True, choices=sorted(LEVERS))
-    parser.add_argument("--cases", default="embed_text,rerank_text", help=f"comma-separated subset of {CASES}")
+    parser.add_argument("--lever", required=True, choices=sorted(CORE_SWITCHES))
+    parser.add_argument("--cases", default="embed_text,rerank_text", help=f"comma-separated subset of {BATCH_CASES}")
     parser.add_argument("--runs", type=int, default=3, help="runs per setting (median)")
     parser.add_argument("--model", default="small", help="tiny, small or 2b (random checkpoints) or a folder")
     parser.add_argument("--device", default="cpu")
@@ -70,12 +60,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="a few tiny inputs per case (smoke test)")
     parser.add_argument("--cache-dir", default=None, help="where random checkpoints and media are kept")
     args = parser.parse_args(argv)
-    unknown = set(args.cases.split(",")) - set(CASES)
+    unknown = set(args.cases.split(",")) - set(BATCH_CASES)
     if unknown:
-        parser.error(f"unknown cases {sorted(unknown)}; choose from {CASES}")
+        parser.error(f"unknown cases {sorted(unknown)}; choose from {BATCH_CASES}")
 
     from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
-    from qwen3vl_integrations.core import runner
     from qwen3vl_integrations.core.loading import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
@@ -86,15 +75,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     embedder = Qwen3VLEmbedder(emb_path, device=device, dtype=dtype)
     reranker = Qwen3VLReranker(rr_path, device=device, dtype=dtype)
     functions = case_functions(embedder, reranker, Sizes.quick() if args.quick else Sizes(), cache_dir / "media")
-    name, on_value, off_value = LEVERS[args.lever]
-
-    def setting(on: bool) -> Any:
-        return attributes(runner, **{name: on_value if on else off_value})
+    name, on_value, off_value, _ = CORE_SWITCHES[args.lever]
 
     rows = []
-    for case in [c for c in CASES if c in args.cases.split(",")]:
+    for case in [c for c in BATCH_CASES if c in args.cases.split(",")]:
         functions[case]()  # warm-up, with the core's setting
-        times, diff = alternate(functions[case], setting, args.runs)
+        times, diff = alternate(functions[case], lambda on: core_switch(args.lever, on), args.runs)
         on, off = statistics.median(times[True]), statistics.median(times[False])
         runs = " / ".join(f"{a:.2f}, {b:.2f}" for a, b in zip(times[True], times[False]))
         rows.append(f"| {case} | {on:.2f} | {off:.2f} | {off / on:.3f}x | {runs} | {diff:.1e} |")

@@ -437,6 +437,22 @@ def attributes(owner: Any, **values: Any) -> Iterator[None]:
             setattr(owner, name, value)
 
 
+# Core switches compared with their other value: lever -> (attribute of qwen3vl_integrations.core.runner, the
+# core's value, the other value, label of the other setting)
+CORE_SWITCHES: dict[str, tuple[str, Any, Any, str]] = {
+    "padding-mask": ("SEND_PADDING_MASK", False, True, "padding mask sent"),
+    "pooled-last-layer": ("POOL_IN_LAST_LAYER", True, False, "whole last layer"),
+}
+
+
+def core_switch(lever: str, on: bool) -> Any:
+    """Within this block the core runs with the lever on (its own value) or off."""
+    from qwen3vl_integrations.core import runner as runner_module
+
+    name, core_value, other_value, _ = CORE_SWITCHES[lever]
+    return attributes(runner_module, **{name: core_value if on else other_value})
+
+
 @contextmanager
 def compiled(args: argparse.Namespace, *backbones: Any) -> Iterator[None]:
     """Decoder layers under torch.compile, and one untimed full run per case first (it compiles every shape)."""
@@ -466,12 +482,9 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
     if args.extra_cudnn_attention:
         settings.append((args.extra_cudnn_attention, "torch's attention choice, cuDNN included",
                          lambda name: attributes(runner_module, CUDA_ATTENTION_BACKENDS=None)))
-    if args.extra_whole_last_layer:
-        settings.append((args.extra_whole_last_layer, "whole last layer",
-                         lambda name: attributes(runner_module, POOL_IN_LAST_LAYER=False)))
-    if args.extra_padding_mask:
-        settings.append((args.extra_padding_mask, "padding mask sent",
-                         lambda name: attributes(runner_module, SEND_PADDING_MASK=True)))
+    for lever, cases in (("pooled-last-layer", args.extra_whole_last_layer), ("padding-mask", args.extra_padding_mask)):
+        if cases:
+            settings.append((cases, CORE_SWITCHES[lever][3], lambda name, lever=lever: core_switch(lever, on=False)))
     if args.extra_compiled:
         settings.append((args.extra_compiled, "torch.compile", lambda name: compiled(args, *backbones)))
     return settings
@@ -507,6 +520,26 @@ def compiled_decoder_layers(*backbones: Any) -> Iterator[None]:
     finally:
         for layer in layers:
             layer._compiled_call_impl = None
+
+
+# The cases that make one call over a list of inputs (all but embed_query).
+BATCH_CASES = tuple(name for name in CASES if name != "embed_query")
+
+
+def batch_case_inputs(corpora: Corpora) -> dict[str, tuple[str, Any, list[Any]]]:
+    """Case name -> (description, reranker query or None for the embedder, the inputs of its one call)."""
+    images = [{"image": data} for data in corpora.images]
+    return {
+        "embed_text": (f"{len(corpora.texts)} texts", None, corpora.texts),
+        "embed_images": (f"{len(images)} images", None, images),
+        "embed_images_448": (f"{len(corpora.images_448)} images 448x448", None,
+                             [{"image": data} for data in corpora.images_448]),
+        "embed_mixed": (f"{len(corpora.mixed)} mixed items", None, corpora.mixed),
+        "rerank_text": (f"1 query x {len(corpora.rerank_texts)} texts", corpora.query, corpora.rerank_texts),
+        "rerank_images": (f"1 query x {len(corpora.rerank_images)} images", corpora.query, corpora.rerank_images),
+        "rerank_image_query": (f"1 image query x {len(corpora.rerank_texts)} texts",
+                               {"image": corpora.images_448[0]}, corpora.rerank_texts),
+    }
 
 
 def check_target(result: CaseResult, args: argparse.Namespace, device: torch.device) -> None:
@@ -788,26 +821,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         lambda counter: official_score(reranker, query, documents, counter=counter),
                         ours_rerank_counter, args, device, params, warm)
 
-    plan = {
-        "embed_text": lambda: embed_case("embed_text", f"{len(corpora.texts)} texts", corpora.texts),
-        "embed_images": lambda: embed_case("embed_images", f"{len(corpora.images)} images",
-                                           [{"image": data} for data in corpora.images]),
-        "embed_images_448": lambda: embed_case("embed_images_448", f"{len(corpora.images_448)} images 448x448",
-                                               [{"image": data} for data in corpora.images_448]),
-        "embed_mixed": lambda: embed_case("embed_mixed", f"{len(corpora.mixed)} mixed items", corpora.mixed),
-        "embed_query": lambda: run_case(
-            "embed_query", f"{len(corpora.queries)} short queries, one call each", "items", len(corpora.queries),
-            lambda: np.concatenate([embedder.embed([q]) for q in corpora.queries]),
-            lambda counter: np.concatenate([official_embed(embedder, [q], counter) for q in corpora.queries]),
-            ours_embed_counter, args, device, params, None),
-        "rerank_text": lambda: rerank_case("rerank_text", f"1 query x {len(corpora.rerank_texts)} texts",
-                                           corpora.rerank_texts),
-        "rerank_images": lambda: rerank_case("rerank_images", f"1 query x {len(corpora.rerank_images)} images",
-                                             corpora.rerank_images),
-        "rerank_image_query": lambda: rerank_case(
-            "rerank_image_query", f"1 image query x {len(corpora.rerank_texts)} texts", corpora.rerank_texts,
-            query={"image": corpora.images_448[0]}),
-    }
+    def batch_case(name: str) -> CaseResult:
+        description, query, items = batch_case_inputs(corpora)[name]
+        if query is None:
+            return embed_case(name, description, items)
+        return rerank_case(name, description, items, query)
+
+    plan: dict[str, Callable[[], CaseResult]] = {name: (lambda name=name: batch_case(name)) for name in BATCH_CASES}
+    plan["embed_query"] = lambda: run_case(
+        "embed_query", f"{len(corpora.queries)} short queries, one call each", "items", len(corpora.queries),
+        lambda: np.concatenate([embedder.embed([q]) for q in corpora.queries]),
+        lambda counter: np.concatenate([official_embed(embedder, [q], counter) for q in corpora.queries]),
+        ours_embed_counter, args, device, params, None)
     results: list[CaseResult] = []
     for name in CASES:
         if name not in args.cases.split(","):
