@@ -90,7 +90,7 @@ def encode_images(processor: Any, text: str, images: Sequence[Any]) -> EncodedIt
                               return_token_type_ids=False)["input_ids"][0].long()
     repeats = torch.ones_like(ids)
     placeholders = (ids == processor.image_token_id).nonzero().flatten()
-    if placeholders.numel() != counts.numel():  # cannot happen for our prompts; keep the processor's own checks
+    if placeholders.numel() != counts.numel():  # encode() checked the count in the text; a tokenizer could differ
         raise _Invalid(f"the prompt holds {placeholders.numel()} image placeholders for {counts.numel()} images")
     repeats[placeholders] = counts
     ids = ids.repeat_interleave(repeats)
