@@ -82,6 +82,7 @@ timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput --model 2b --dev
   ${EXTRA_WORKERS:+--extra-workers "$EXTRA_WORKERS" --extra-cases "${EXTRA_CASES:-embed_images_448}"} \
   --extra-stock-rms-norm embed_text --extra-cudnn-attention embed_text,rerank_text \
   --extra-padding-mask embed_text,rerank_text --extra-whole-last-layer embed_text,rerank_text \
+  --extra-tower-vision-layout embed_images_448 \
   --extra-whole-pairs rerank_text,rerank_image_query ${COMPILE:+--extra-compiled embed_text} \
   --profile embed_text,embed_images_448 --profile-out "$OUT/gpu_profile.txt" \
   --markdown "$OUT/gpu_table.md" --json "$OUT/gpu.json" 2>&1 | tee -a "$LOG" || status=$?

@@ -442,6 +442,7 @@ def attributes(owner: Any, **values: Any) -> Iterator[None]:
 CORE_SWITCHES: dict[str, tuple[str, Any, Any, str]] = {
     "padding-mask": ("SEND_PADDING_MASK", False, True, "padding mask sent"),
     "pooled-last-layer": ("POOL_IN_LAST_LAYER", True, False, "whole last layer"),
+    "vision-layout": ("VISION_LAYOUT_ON_HOST", True, False, "vision layout computed by the tower"),
 }
 
 
@@ -482,7 +483,8 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
     if args.extra_cudnn_attention:
         settings.append((args.extra_cudnn_attention, "torch's attention choice, cuDNN included",
                          lambda name: attributes(runner_module, CUDA_ATTENTION_BACKENDS=None)))
-    for lever, cases in (("pooled-last-layer", args.extra_whole_last_layer), ("padding-mask", args.extra_padding_mask)):
+    for lever, cases in (("pooled-last-layer", args.extra_whole_last_layer), ("padding-mask", args.extra_padding_mask),
+                         ("vision-layout", args.extra_tower_vision_layout)):
         if cases:
             settings.append((cases, CORE_SWITCHES[lever][3], lambda name, lever=lever: core_switch(lever, on=False)))
     if args.extra_compiled:
@@ -722,6 +724,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     extra_rows("--extra-whole-last-layer", "on these cases with the last decoder layer run at every position (the "
                "core runs it at each row's last token only)")
     extra_rows("--extra-padding-mask", "on these cases with the padding mask sent to the model (the core sends none)")
+    extra_rows("--extra-tower-vision-layout", "on these cases with the vision tower computing its layout inside the "
+               "forward pass (the core computes it with the batch)")
     extra_rows("--extra-compiled", "on these cases, last, with each decoder layer of the language model under "
                "torch.compile (dynamic shapes; one untimed full run first compiles)")
     parser.add_argument("--profile", default=None,

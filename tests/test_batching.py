@@ -291,6 +291,67 @@ def test_vision_positions_come_with_the_batch(tiny_embedding_path, tiny_reranker
     np.testing.assert_array_equal(reranker.score("a red car", documents), scores)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_vision_layout_comes_with_the_batch(tiny_embedding_path, tiny_reranker_path, mixed_items, attention,
+                                            monkeypatch):
+    """The vision tower's layout (attention chunks and their runs, rotary positions, position-embedding
+    interpolation) of every image and video batch is computed with the batch and handed to the tower, which
+    computes none of it; vectors and scores (shared query part on and off, image query) are bit-identical."""
+    from qwen3vl_integrations import Qwen3VLReranker
+    from qwen3vl_integrations.core import runner as runner_module
+    from qwen3vl_integrations.core import vision_layout as layout_module
+
+    options = {**TINY, "attn_implementation": attention, "batch_size": 4}
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), **options)
+    rerankers = [Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=share, **options)
+                 for share in (True, False)]
+    query, documents = {"text": "a red car", "image": mixed_items[1]["image"]}, [d for d in mixed_items if d != {}]
+
+    def run() -> list[np.ndarray]:
+        return [emb.embed(mixed_items), *(np.asarray(r.score(query, documents)) for r in rerankers)]
+
+    monkeypatch.setattr(runner_module, "VISION_LAYOUT_ON_HOST", False)
+    computed_by_the_tower = run()
+    monkeypatch.setattr(runner_module, "VISION_LAYOUT_ON_HOST", True)
+    grids, tower_calls = [], []
+    module = layout_module.layout_helpers(emb.load().backbone.visual)
+    assert module is not None
+    precomputed = dict(zip(layout_module.HELPERS, ("interp_indices", "position_ids", "cu_seqlens")))
+    for name, key in precomputed.items():
+        def spy(*args, original=getattr(module, name), key=key, **kwargs):
+            if kwargs.get("kwargs") is not None:  # the tower's call: it must find the value precomputed
+                tower_calls.append(key in kwargs["kwargs"])
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    backbones = {id(m.load().backbone): m.load().backbone for m in (emb, *rerankers)}.values()
+    handles = [backbone.visual.register_forward_pre_hook(
+        lambda module, args, kwargs: grids.append((kwargs["grid_thw"], sorted(kwargs))), with_kwargs=True)
+        for backbone in backbones]
+    try:
+        got = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert tower_calls and all(tower_calls), "a tower computed its own layout"
+    frames = [int(grid[:, 0].max()) for grid, _ in grids]
+    assert min(frames) == 1 and max(frames) > 1  # image batches and video batches
+    for _, keys in grids:
+        assert {"chunk_runs", "cu_seqlens", "interp_indices", "interp_weights", "position_ids"} <= set(keys), keys
+    for a, b in zip(got, computed_by_the_tower):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_vision_layout_is_left_to_other_towers():
+    from types import SimpleNamespace
+
+    from qwen3vl_integrations.core.vision_layout import vision_layout
+
+    batch = {"image_grid_thw": torch.tensor([[1, 4, 4]])}
+    assert vision_layout(SimpleNamespace(visual=torch.nn.Linear(2, 2)), batch) == ({}, {})
+    assert vision_layout(SimpleNamespace(), batch) == ({}, {})
+
+
 def test_no_prefetch_workers(tiny_embedding_path, mixed_items, one_by_one):
     e = Qwen3VLEmbedder(str(tiny_embedding_path), preprocess_workers=0, batch_size=3, **TINY)
     assert np.abs(e.embed(mixed_items) - one_by_one).max() <= 1e-5

@@ -102,34 +102,38 @@ def test_throughput_extra_rows_with_the_stock_rms_norm(tmp_path):
 
 
 def test_throughput_extra_rows_with_the_padding_mask_and_the_whole_last_layer(tmp_path):
-    """--extra-padding-mask and --extra-whole-last-layer time ours again with the padding mask sent and with the last
-    layer run at every position; the core's settings are back afterwards."""
+    """--extra-padding-mask, --extra-whole-last-layer and --extra-tower-vision-layout time ours again with the
+    padding mask sent, the last layer run at every position and the vision layout computed by the tower; the core's
+    settings are back afterwards."""
     from benchmarks.throughput import main
     from qwen3vl_integrations.core import runner
 
     result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
-                   "--cases", "embed_text,rerank_text", "--extra-whole-last-layer", "embed_text,rerank_text",
-                   "--extra-padding-mask", "embed_text,rerank_text"])
-    main_rows, extra_rows = result["cases"][:2], result["cases"][2:]
-    assert [c["name"] for c in extra_rows] == ["embed_text", "rerank_text"] * 2
-    for row, label in zip(extra_rows, ["[whole last layer]"] * 2 + ["[padding mask sent]"] * 2):
-        main_row = main_rows[0 if row["name"] == "embed_text" else 1]
+                   "--cases", "embed_text,rerank_text,embed_images_448", "--limit", "8",
+                   "--extra-whole-last-layer", "embed_text,rerank_text",
+                   "--extra-padding-mask", "embed_text,rerank_text", "--extra-tower-vision-layout", "embed_images_448"])
+    main_rows, extra_rows = {c["name"]: c for c in result["cases"][:3]}, result["cases"][3:]
+    assert [c["name"] for c in extra_rows] == ["embed_text", "rerank_text"] * 2 + ["embed_images_448"]
+    labels = ["[whole last layer]"] * 2 + ["[padding mask sent]"] * 2 + ["[vision layout computed by the tower]"]
+    for row, label in zip(extra_rows, labels):
+        main_row = main_rows[row["name"]]
         assert label in row["description"] and row["errors"] == []
         assert row["tokens"] == main_row["tokens"] and row["max_abs_diff"] <= 1e-5
-    assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True
+    assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True and runner.VISION_LAYOUT_ON_HOST
 
 
-@pytest.mark.parametrize("lever", ["padding-mask", "pooled-last-layer"])
-def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever):
+@pytest.mark.parametrize(("lever", "cases"), [("padding-mask", "embed_text,rerank_text"),
+                                             ("pooled-last-layer", "embed_text,rerank_text"),
+                                             ("vision-layout", "embed_images_448,rerank_images")])
+def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     """benchmarks.levers times ours with the lever on and off in turn; outputs agree and the core's value is back."""
     from benchmarks.levers import main
     from qwen3vl_integrations.core import runner
 
     text = main(["--lever", lever, "--model", "tiny", "--quick", "--runs", "2", "--cache-dir", str(tmp_path / "cache"),
-                 "--cases", "embed_text,rerank_text"])
-    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| embed_text") or
-            line.startswith("| rerank_text")]
+                 "--cases", cases])
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| embed_", "| rerank_"))]
     assert len(rows) == 2
     for row in rows:
         assert len(row[4].split(" / ")) == 2 and float(row[5].rstrip(" |")) <= 1e-5
-    assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True
+    assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True and runner.VISION_LAYOUT_ON_HOST

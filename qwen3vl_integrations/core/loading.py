@@ -263,15 +263,18 @@ class OncePerTensor:
         return self._value
 
 
-def _chunk_runs(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
+def chunk_runs(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
+    """(length, count) of each run of equally long chunks, from the chunks' cumulative boundaries."""
     return _runs((cu_seqlens[1:] - cu_seqlens[:-1]).tolist())
 
 
 def _grouped_vision_attention_forward(self: Any, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
                                       position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-                                      max_seqlen: int | None = None, **kwargs: Any) -> torch.Tensor:
+                                      max_seqlen: int | None = None,
+                                      chunk_runs: list[tuple[int, int]] | None = None, **kwargs: Any) -> torch.Tensor:
     """Qwen3-VL vision attention with one attention call per run of equally long chunks (images of one size,
-    the frame groups of a video) instead of one call per chunk, as the stock non-flash path does."""
+    the frame groups of a video) instead of one call per chunk, as the stock non-flash path does. The runs come
+    precomputed (`core/vision_layout.py`) or are read from `cu_seqlens`, once per pass."""
     import sys
 
     module = sys.modules[type(self).__module__]
@@ -284,7 +287,9 @@ def _grouped_vision_attention_forward(self: Any, hidden_states: torch.Tensor, cu
     heads = self.num_heads
     outputs = []
     start = 0
-    for length, count in getattr(self, "chunk_runs", _chunk_runs)(cu_seqlens):
+    if chunk_runs is None:
+        chunk_runs = self.chunk_runs(cu_seqlens)
+    for length, count in chunk_runs:
         end = start + length * count
         # (tokens, heads, dim) -> (count, heads, length, dim)
         q, k, v = (t[start:end].reshape(count, length, heads, -1).transpose(1, 2) for t in (query, key, value))
@@ -308,7 +313,7 @@ def use_grouped_vision_attention(backbone: Any) -> int:
     if visual is None:
         return 0
     changed = 0
-    shared = OncePerTensor(_chunk_runs)  # read once per pass (24 layers in the 2B); passes run under the model lock
+    shared = OncePerTensor(chunk_runs)  # read once per pass (24 layers in the 2B); passes run under the model lock
     for layer in visual.modules():
         config = getattr(layer, "config", None)
         if (type(layer).__name__.endswith("VisionAttention") and hasattr(layer, "qkv")

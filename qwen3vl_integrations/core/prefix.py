@@ -88,9 +88,9 @@ class QueryPrefix:
         """Per-layer (keys, values) of the whole query part, [1, kv_heads, length, head_dim], computed on first
         use. Call under the model lock, in inference mode."""
         if self._keys_values is None:
-            batch = {k: v.to(loaded.device) for k, v in model_inputs(loaded, [self.item]).batch.items()}
             cache = _new_cache(loaded)
-            loaded.backbone(**batch, **{cache_argument(loaded.backbone): cache}, use_cache=True)
+            loaded.backbone(**model_inputs(loaded, [self.item]).on_device(loaded.device),
+                            **{cache_argument(loaded.backbone): cache}, use_cache=True)
             self._keys_values = [(layer.keys, layer.values) for layer in cache.layers]
         return self._keys_values
 

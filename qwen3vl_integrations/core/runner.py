@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from concurrent.futures import Future
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
@@ -19,6 +19,7 @@ from .loading import LoadedModel, load_shared, resolve_attention, resolve_device
 from .media import MediaPolicy, _Invalid
 from .pooled_layer import can_pool_last_layer, pooled_tokens
 from .vision import VisionLimits, image_tokens, prepare_image, prepare_video, video_tokens
+from .vision_layout import vision_layout
 
 TEXT_TOKENS_PER_CHAR = 0.34  # a cheap upper-ish estimate used only before the tokenizer is loaded
 # Fixed cost of one forward pass, in tokens, for the batch planner: a micro-batch takes a shorter item only when the
@@ -47,6 +48,10 @@ SEND_PADDING_MASK = False
 # False runs it at every position (for comparison).
 POOL_IN_LAST_LAYER = True
 
+# The vision tower's layout of each batch's images and videos is computed on the CPU, in the worker thread that
+# prepares the batch (core/vision_layout.py). False leaves it to the model, on the model's device (for comparison).
+VISION_LAYOUT_ON_HOST = True
+
 # <|im_start|> (system), <|im_end|>, <|im_start|> (user): template specials before the chat suffix.
 TEMPLATE_SPECIAL_TOKENS = 3
 
@@ -56,13 +61,20 @@ BuildSequence = Callable[[int], EncodedItem]
 @dataclass
 class ModelInputs:
     """A micro-batch ready for the backbone (`model_inputs` makes them): padded inputs, page-locked on CUDA, and
-    each row's last real token. Rows that continue a cached query part of `shared` tokens also bring
-    `cache_inputs`, called under the model lock for the cache."""
+    each row's last real token. `host` holds inputs that are Python values, passed as they are (the vision tower's
+    chunk runs and, under FlashAttention, its longest chunk). Rows that continue a cached query part of `shared`
+    tokens also bring `cache_inputs`, called under the model lock for the cache."""
 
     batch: dict[str, torch.Tensor]
     last: torch.Tensor
     shared: int = 0
     cache_inputs: Callable[[], dict[str, Any]] | None = None
+    host: dict[str, Any] = field(default_factory=dict)
+
+    def on_device(self, device: torch.device) -> dict[str, Any]:
+        """The backbone's keyword arguments: the batch copied to `device` (asynchronously on CUDA), then `host`."""
+        non_blocking = device.type == "cuda"
+        return {**{k: v.to(device, non_blocking=non_blocking) for k, v in self.batch.items()}, **self.host}
 
     @property
     def tokens(self) -> int:
@@ -316,7 +328,8 @@ def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem], shared: 
     already on the GPU, with several host synchronisations per image or video; here they come from the same rule on
     the CPU, in the worker thread that prepares the batch. Text-only prompts get shared..L-1 in all three rows, as
     the model would give them; passing them also keeps transformers from reading the positions back from the GPU to
-    check whether a row packs several sequences.
+    check whether a row packs several sequences. The vision tower's layout is computed here too
+    (VISION_LAYOUT_ON_HOST).
     """
     batch, last = collate(sequences if rows is None else rows, loaded.pad_token_id,
                           pin_memory=loaded.device.type == "cuda")
@@ -326,7 +339,11 @@ def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem], shared: 
     else:
         count, width = batch["input_ids"].shape
         batch["position_ids"] = torch.arange(shared, shared + width).expand(3, count, width)
-    return ModelInputs(page_locked(loaded, batch), last, shared)
+    host: dict[str, Any] = {}
+    if VISION_LAYOUT_ON_HOST:
+        on_device, host = vision_layout(loaded.backbone, batch)
+        batch.update(on_device)
+    return ModelInputs(page_locked(loaded, batch), last, shared, host=host)
 
 
 def padding_mask_as_sent(batch: dict[str, torch.Tensor], shared: int = 0) -> None:
@@ -356,9 +373,8 @@ def attention_backends(device: torch.device) -> ContextManager[Any]:
 def last_token_states(loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
     """Run a micro-batch through the backbone and return the last-layer hidden state at each row's last real token,
     float32 [B, H] on the model device."""
-    non_blocking = loaded.device.type == "cuda"
-    batch = {k: v.to(loaded.device, non_blocking=non_blocking) for k, v in inputs.batch.items()}
-    last = inputs.last.to(loaded.device, non_blocking=non_blocking)
+    batch = inputs.on_device(loaded.device)
+    last = inputs.last.to(loaded.device, non_blocking=loaded.device.type == "cuda")
     has_vision = "pixel_values" in batch or "pixel_values_videos" in batch
     pooled = POOL_IN_LAST_LAYER and can_pool_last_layer(loaded.backbone, has_vision)
     with loaded.lock, torch.inference_mode(), attention_backends(loaded.device):

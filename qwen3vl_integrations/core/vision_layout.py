@@ -1,0 +1,74 @@
+"""The layout of a micro-batch's images and videos in the vision tower, computed on the host.
+
+From each image's or video's grid (`*_grid_thw`) the vision tower derives its attention chunks, the rotary
+positions of its patches and the interpolation of its learned position embeddings. Inside the forward pass these
+come from the grids already on the GPU: a Python loop per image, `repeat_interleave` and `.tolist()`, six host
+read-backs (GPU synchronisations) and a few tiny kernels per image, all before the tower's first layer can start.
+
+transformers 5.x vision towers accept them precomputed (`image_cu_seqlens`, `image_position_ids`, ..., see
+`transformers.vision_utils`). Here transformers' own helpers compute them from the CPU copies of the grids, with the
+tower's own settings, in the worker thread that prepares the batch, ahead of the model. The values are the same.
+"""
+from __future__ import annotations
+
+import inspect
+import sys
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from .loading import chunk_runs
+
+# (modality prefix of the precomputed inputs, the batch's grid key)
+MODALITIES = (("image", "image_grid_thw"), ("video", "video_grid_thw"))
+# transformers' layout helpers, called by name in the vision tower's forward
+HELPERS = ("get_vision_interpolation_indices_and_weights", "get_vision_position_ids", "get_vision_attention_seqlens")
+TOWER_SETTINGS = ("num_grid_per_side", "interpolation_mode", "interpolation_align_corners", "spatial_merge_size")
+
+
+def layout_helpers(visual: Any) -> ModuleType | None:
+    """The modeling module whose layout helpers `visual`'s forward calls, when it takes their results precomputed;
+    None for towers (or transformers releases) that do not."""
+    if visual is None or not all(hasattr(visual, name) for name in TOWER_SETTINGS):
+        return None
+    try:
+        from transformers.utils.generic import accepts_precomputed_kwargs  # noqa: F401  (strips the "image_" prefix)
+    except ImportError:
+        return None
+    module = sys.modules.get(type(visual).__module__)
+    code = getattr(inspect.unwrap(type(visual).forward), "__code__", None)
+    if module is None or code is None:
+        return None
+    if not all(name in code.co_names and callable(getattr(module, name, None)) for name in HELPERS):
+        return None
+    return module
+
+
+def vision_layout(backbone: Any, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The vision tower's precomputed inputs for `batch`: (CPU tensors for the model's device, Python values).
+
+    The values are the chunk runs of our grouped vision attention (`loading.py`) and, under FlashAttention, the
+    longest chunk. Both empty for a batch without media or a tower that computes its own layout."""
+    visual = getattr(backbone, "visual", None)
+    module = layout_helpers(visual) if any(key in batch for _, key in MODALITIES) else None
+    if module is None:
+        return {}, {}
+    on_device: dict[str, torch.Tensor] = {}
+    on_host: dict[str, Any] = {}
+    for modality, key in MODALITIES:
+        grid = batch.get(key)
+        if grid is None:
+            continue
+        # The same calls, with the same settings, as the tower's forward makes.
+        indices, weights = module.get_vision_interpolation_indices_and_weights(
+            grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+            align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
+        positions = module.get_vision_position_ids(grid, visual.spatial_merge_size)
+        cu_seqlens, max_seqlen = module.get_vision_attention_seqlens(grid, visual.config)
+        on_device.update({f"{modality}_interp_indices": indices, f"{modality}_interp_weights": weights,
+                          f"{modality}_position_ids": positions, f"{modality}_cu_seqlens": cu_seqlens})
+        on_host[f"{modality}_chunk_runs"] = chunk_runs(cu_seqlens)
+        if max_seqlen is not None:  # FlashAttention's longest chunk, a Python int
+            on_host[f"{modality}_max_seqlen"] = max_seqlen
+    return on_device, on_host
