@@ -16,7 +16,8 @@ Python API::
 
     from qwen3vl_integrations.testing import build_tiny_checkpoint, build_random_checkpoint
     build_tiny_checkpoint(path, kind="embedding", seed=0) -> Path
-    build_random_checkpoint(path, size="small", kind="embedding", dtype=torch.bfloat16, seed=0) -> Path
+    build_random_checkpoint(path, size="small", kind="embedding", dtype=torch.bfloat16, seed=0,
+                            text_layers=None) -> Path
 
 Command line::
 
@@ -367,11 +368,12 @@ _ARCH: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def random_checkpoint_config(size: str = "tiny", tokenizer=None) -> "Qwen3VLConfig":
+def random_checkpoint_config(size: str = "tiny", tokenizer=None, text_layers: int | None = None) -> "Qwen3VLConfig":
     """The ``Qwen3VLConfig`` of a random checkpoint of ``size`` ("tiny", "small" or "2b"), without any weights.
 
-    Token ids come from ``tokenizer`` (default: the fixture tokenizer). Validates the pitfalls of
-    ENVIRONMENT.md §5 (mrope_section sum, deepstack indexes, out_hidden_size, vocab size).
+    Token ids come from ``tokenizer`` (default: the fixture tokenizer). ``text_layers`` replaces the size's number of
+    language-model layers. Validates the pitfalls of ENVIRONMENT.md §5 (mrope_section sum, deepstack indexes,
+    out_hidden_size, vocab size).
     """
     if size not in _ARCH:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
@@ -381,6 +383,8 @@ def random_checkpoint_config(size: str = "tiny", tokenizer=None) -> "Qwen3VLConf
         tokenizer = build_tokenizer("reranker")
     arch = _ARCH[size]
     text = dict(arch["text"])
+    if text_layers is not None:
+        text["num_hidden_layers"] = int(text_layers)
     vision = dict(arch["vision"])
     ids = _token_ids(tokenizer)
 
@@ -470,7 +474,7 @@ def _resolve_dtype(dtype) -> "torch.dtype":
     return names[dtype]
 
 
-def _build(path, size: str, kind: str, dtype, seed: int) -> Path:
+def _build(path, size: str, kind: str, dtype, seed: int, text_layers: int | None = None) -> Path:
     _check_kind(kind)
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
@@ -482,7 +486,7 @@ def _build(path, size: str, kind: str, dtype, seed: int) -> Path:
     path.mkdir(parents=True, exist_ok=True)
 
     tokenizer = build_tokenizer(kind)
-    config = random_checkpoint_config(size, tokenizer)
+    config = random_checkpoint_config(size, tokenizer, text_layers)
     _check_config(config, tokenizer)
     processor = build_processor(tokenizer)
 
@@ -527,7 +531,7 @@ def build_tiny_checkpoint(path, kind: str = "embedding", seed: int = 0) -> Path:
 
 
 def build_random_checkpoint(
-    path, size: str = "small", kind: str = "embedding", dtype="bfloat16", seed: int = 0
+    path, size: str = "small", kind: str = "embedding", dtype="bfloat16", seed: int = 0, text_layers: int | None = None
 ) -> Path:
     """Write a random checkpoint of ``size`` ("small", "2b"; "tiny" also accepted) to ``path`` and return it.
 
@@ -536,8 +540,10 @@ def build_random_checkpoint(
     about 4 GB in bf16 and 25-30 s to initialise on two cores). Weights are random (normal, std 0.02) and give
     finite outputs; they carry no meaning. The tokenizer and processor are the tiny fixture's. ``dtype`` is a
     ``torch.dtype`` or one of "float32", "bfloat16", "float16". Note: bf16 is only fast on CPUs with avx512_bf16.
+    ``text_layers`` replaces the size's number of language-model layers (the tiny size's 2 end where its vision
+    features are added, after layers 0 and 1).
     """
-    return _build(path, size, kind, dtype, seed)
+    return _build(path, size, kind, dtype, seed, text_layers)
 
 
 def checkpoint_num_parameters(path) -> int:

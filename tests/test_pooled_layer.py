@@ -2,17 +2,15 @@
 as the whole layer, for every kind of input and both reranker paths, and only where that is valid."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
-from qwen3vl_integrations import testing
 from qwen3vl_integrations.core import runner as runner_module
 from qwen3vl_integrations.core.pooled_layer import can_pool_last_layer, use_pooled_last_layer
+from qwen3vl_integrations.testing import build_random_checkpoint
 
 TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
 
@@ -21,13 +19,9 @@ TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total
 def deep_paths(tmp_path_factory):
     """Tiny checkpoints with 3 language layers: the tiny size adds vision features after layers 0 and 1, so only a
     model with more layers than that may run its last layer pooled for image and video prompts."""
-    saved = copy.deepcopy(testing._ARCH["tiny"])
-    testing._ARCH["tiny"]["text"]["num_hidden_layers"] = 3
-    try:
-        return {kind: testing._build(tmp_path_factory.mktemp(f"deep-{kind}"), "tiny", kind, "float32", 0)
-                for kind in ("embedding", "reranker")}
-    finally:
-        testing._ARCH["tiny"] = saved
+    return {kind: build_random_checkpoint(tmp_path_factory.mktemp(f"deep-{kind}"), "tiny", kind, "float32",
+                                          text_layers=3)
+            for kind in ("embedding", "reranker")}
 
 
 @pytest.fixture(scope="module")

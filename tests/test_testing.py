@@ -343,6 +343,9 @@ def test_tiny_config_values():
     assert tc.vocab_size == 832 and tc.max_position_embeddings == 4096
     assert (vc.depth, vc.hidden_size, vc.intermediate_size, vc.num_heads, vc.out_hidden_size) == (2, 32, 64, 2, 64)
     assert vc.num_position_embeddings == 256 and list(vc.deepstack_visual_indexes) == [0, 1]
+    deeper = qt.random_checkpoint_config("tiny", text_layers=3)
+    assert deeper.text_config.num_hidden_layers == 3 and deeper.vision_config.to_dict() == vc.to_dict()
+    assert qt.random_checkpoint_config("tiny").text_config.num_hidden_layers == 2  # the size itself is unchanged
 
 
 # --- command line --------------------------------------------------------------------------------------------------
