@@ -248,9 +248,9 @@ def _runs(lengths: list[int]) -> list[tuple[int, int]]:
 class OncePerTensor:
     """`fn(tensor)`, computed once for each new tensor and reused while the same tensor object comes back.
 
-    A forward pass hands one tensor to all the layers that need it (the vision tower's chunk boundaries, the
-    language model's visual positions), so a value read back from the device, a GPU synchronisation, is read once
-    per pass instead of once per layer."""
+    A forward pass hands one tensor to all the layers that need it (the vision tower's chunk boundaries when they
+    do not come precomputed, the language model's visual positions), so a value read back from the device, a GPU
+    synchronisation, is read once per pass instead of once per layer."""
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn
