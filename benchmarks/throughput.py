@@ -362,7 +362,8 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
         base_out = args.baseline_outputs.get(name)
         base_counter.tokens, base_counter.patches = reuse.tokens, reuse.patches
         base_counter.padded_tokens = reuse.padded_tokens_baseline
-    if args.profile and name in args.profile.split(","):
+    # Main rows only: an extra row's profile would be an unlabelled copy, and each costs a GPU run many seconds.
+    if args.profile and name in args.profile.split(",") and reuse is None:
         try:
             with time_limit(args.case_timeout):
                 profile_once(ours_fn, device, Path(args.profile_out), f"{name} (ours)")
@@ -729,7 +730,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     extra_rows("--extra-compiled", "on these cases, last, with each decoder layer of the language model under "
                "torch.compile (dynamic shapes; one untimed full run first compiles)")
     parser.add_argument("--profile", default=None,
-                        help="comma-separated cases to run once more, ours only, under torch.profiler")
+                        help="comma-separated cases to run once more, ours only, under torch.profiler (main "
+                        "rows only)")
     parser.add_argument("--profile-out", default="profile.txt", help="where --profile writes its tables")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N inputs of each case (experiments)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

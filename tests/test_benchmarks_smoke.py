@@ -101,15 +101,17 @@ def test_throughput_extra_rows_with_the_stock_rms_norm(tmp_path):
     assert loaded and all("forward" in vars(m.backbone.language_model.norm) for m in loaded)
 
 
-def test_throughput_extra_rows_with_the_padding_mask_and_the_whole_last_layer(tmp_path):
+def test_throughput_extra_rows_of_the_core_switches(tmp_path):
     """--extra-padding-mask, --extra-whole-last-layer and --extra-tower-vision-layout time ours again with the
     padding mask sent, the last layer run at every position and the vision layout computed by the tower; the core's
-    settings are back afterwards."""
+    settings are back afterwards, and --profile profiled the main row only."""
     from benchmarks.throughput import main
     from qwen3vl_integrations.core import runner
 
+    profile = tmp_path / "profile.txt"
     result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
                    "--cases", "embed_text,rerank_text,embed_images_448", "--limit", "8",
+                   "--profile", "embed_text", "--profile-out", str(profile),
                    "--extra-whole-last-layer", "embed_text,rerank_text",
                    "--extra-padding-mask", "embed_text,rerank_text", "--extra-tower-vision-layout", "embed_images_448"])
     main_rows, extra_rows = {c["name"]: c for c in result["cases"][:3]}, result["cases"][3:]
@@ -120,6 +122,7 @@ def test_throughput_extra_rows_with_the_padding_mask_and_the_whole_last_layer(tm
         assert label in row["description"] and row["errors"] == []
         assert row["tokens"] == main_row["tokens"] and row["max_abs_diff"] <= 1e-5
     assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True and runner.VISION_LAYOUT_ON_HOST
+    assert profile.read_text().count("## embed_text (ours)") == 1  # the main row's profile, not the extra rows'
 
 
 @pytest.mark.parametrize(("lever", "cases"), [("padding-mask", "embed_text,rerank_text"),
