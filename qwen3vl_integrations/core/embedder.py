@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from .runner import Qwen3VLRunner
 
 EMBEDDING_SUFFIX = 6  # <|im_end|> \n <|im_start|> assistant \n <|endoftext|>
 PROMPT_OVERHEAD = 24  # template tokens around the content, for length estimates
+GAP_CLOSING_ROWS = 4096  # rows moved at a time when skipped inputs leave gaps in the output
 
 
 @dataclass
@@ -72,11 +73,12 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
 
         Raises `Qwen3VLInputError` (naming the item) before any model work if an input is bad; use
         `try_embed` to skip bad inputs instead. `dimensions` truncates (Matryoshka) and re-normalises;
-        `precision` other than float32 quantizes (see `qwen3vl_integrations.quantization`).
+        `precision` other than float32 quantizes (see `qwen3vl_integrations.quantization`). Both apply to each
+        micro-batch as it comes, so the returned array is the only one that grows with `items`.
         """
-        self._check_dimensions(dimensions)
-        result = self._embed(items, instruction, normalize, batch_size, show_progress, strict=True)
-        return self._finish(result.embeddings, dimensions, normalize, precision, ranges)
+        finish = self._output_rows(dimensions, normalize, precision, ranges)
+        return self._embed(items, instruction, normalize, batch_size, show_progress, strict=True,
+                           finish=finish).embeddings
 
     def try_embed(
         self,
@@ -91,37 +93,32 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         show_progress: bool = False,
     ) -> EmbeddingResult:
         """Like `embed`, but bad inputs are skipped and reported: `.embeddings[k]` belongs to `items[.indices[k]]`."""
-        self._check_dimensions(dimensions)
-        result = self._embed(items, instruction, normalize, batch_size, show_progress, strict=False)
-        result.embeddings = self._finish(result.embeddings, dimensions, normalize, precision, ranges)
-        return result
+        finish = self._output_rows(dimensions, normalize, precision, ranges)
+        return self._embed(items, instruction, normalize, batch_size, show_progress, strict=False, finish=finish)
 
     def process(self, inputs: Sequence[dict[str, Any]], normalize: bool = True) -> torch.Tensor:
         """The official API: a list of dicts in, a float32 tensor [N, D] out."""
         return torch.from_numpy(self.embed(list(inputs), normalize=normalize))
 
     # ----------------------------------------------------------------------------- internals
-    def _check_dimensions(self, dimensions: int | None) -> None:
-        """Reject a bad Matryoshka size before any model work (not after embedding everything)."""
-        if dimensions is not None:
-            from .quantization import truncate
+    def _output_rows(self, dimensions: int | None, normalize: bool, precision: str,
+                     ranges: Any) -> Callable[[np.ndarray], np.ndarray]:
+        """The row-wise last step of an output (Matryoshka truncation, then quantization), tried on a zero row first:
+        a bad size, precision or ranges fails before any model work, not after embedding everything."""
+        from .quantization import quantize, truncate
 
-            truncate(np.ones((1, self.embedding_dim), np.float32), dimensions)
+        def finish(vectors: np.ndarray) -> np.ndarray:
+            if dimensions is not None:
+                vectors = truncate(vectors, dimensions, normalize=normalize)
+            if precision not in ("float32", None):
+                vectors = quantize(vectors, precision, ranges=ranges)
+            return vectors
 
-    def _finish(self, vectors: np.ndarray, dimensions: int | None, normalize: bool, precision: str,
-                ranges: Any) -> np.ndarray:
-        if dimensions is not None:
-            from .quantization import truncate
-
-            vectors = truncate(vectors, dimensions, normalize=normalize)
-        if precision not in ("float32", None):
-            from .quantization import quantize
-
-            vectors = quantize(vectors, precision, ranges=ranges)
-        return vectors
+        finish(np.zeros((1, self.embedding_dim), np.float32))
+        return finish
 
     def _embed(self, items: Sequence[Any], instruction: str | None, normalize: bool, batch_size: int | None,
-               show_progress: bool, strict: bool) -> EmbeddingResult:
+               show_progress: bool, strict: bool, finish: Callable[[np.ndarray], np.ndarray]) -> EmbeddingResult:
         if isinstance(items, (str, dict)):
             raise TypeError("embed() takes a list of inputs; wrap a single input in a list")
         items = list(items)
@@ -139,14 +136,14 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         if strict:
             raise_first(errors, hint="; use try_embed to skip bad inputs")
         good = [position for position in good if position in costs]
+        row = finish(np.zeros((1, self.embedding_dim), np.float32))  # the output's width and dtype
         if not items or not good:
-            width = self.embedding_dim
-            return EmbeddingResult(np.zeros((0, width), np.float32), np.zeros(0, np.int64), errors)
+            return EmbeddingResult(np.zeros((0, row.shape[1]), row.dtype), np.zeros(0, np.int64), errors)
 
         text_costs = self._text_cost([" ".join(parsed[p].texts) + (parsed[p].instruction or "") for p in good])
         order_costs = [costs[p] + t + PROMPT_OVERHEAD for p, t in zip(good, text_costs)]
         loaded = self.load()
-        vectors = np.zeros((len(good), self.embedding_dim), np.float32)
+        vectors = np.zeros((len(good), row.shape[1]), row.dtype)
         done = np.zeros(len(good), bool)
 
         def build(k: int) -> EncodedItem:
@@ -159,11 +156,11 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
             if hidden is not None:
                 if normalize:
                     hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
-                vectors[ks] = hidden.cpu().numpy()
+                vectors[ks] = finish(hidden.cpu().numpy())
                 done[ks] = True
         errors.sort(key=lambda e: e.index)
-        indices = np.asarray(good, dtype=np.int64)[done]
-        return EmbeddingResult(vectors[done], indices, errors)
+        kept = np.flatnonzero(done)
+        return EmbeddingResult(_close_gaps(vectors, kept), np.asarray(good, dtype=np.int64)[kept], errors)
 
     def _encode_item(self, loaded: Any, item: Item, instruction: str | None) -> EncodedItem:
         """Prompt, media and tokens of one item, ending in <|endoftext|>, truncated around vision tokens."""
@@ -181,3 +178,14 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
             sequence = append_token(sequence, eot_id)
         return truncate_text_tokens(sequence, self.max_length - EMBEDDING_SUFFIX, EMBEDDING_SUFFIX,
                                     loaded.special_ids)
+
+
+def _close_gaps(vectors: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The rows `kept` (increasing) of `vectors`, moved up in place a block at a time: skipped inputs never cost a
+    second copy of the output. A view of `vectors` when rows were dropped."""
+    if len(kept) == len(vectors):
+        return vectors
+    for start in range(0, len(kept), GAP_CLOSING_ROWS):
+        rows = kept[start:start + GAP_CLOSING_ROWS]
+        vectors[start:start + len(rows)] = vectors[rows]  # each source row is at or after its target: none is lost
+    return vectors[:len(kept)]
