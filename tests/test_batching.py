@@ -296,7 +296,8 @@ def test_vision_layout_comes_with_the_batch(tiny_embedding_path, tiny_reranker_p
                                             monkeypatch):
     """The vision tower's layout (attention chunks and their runs, rotary positions, position-embedding
     interpolation) of every image and video batch is computed with the batch and handed to the tower, which
-    computes none of it; vectors and scores (shared query part on and off, image query) are bit-identical."""
+    computes none of it; vectors and scores (shared query part on and off, image and video queries) are
+    bit-identical."""
     from qwen3vl_integrations import Qwen3VLReranker
     from qwen3vl_integrations.core import runner as runner_module
     from qwen3vl_integrations.core import vision_layout as layout_module
@@ -305,10 +306,12 @@ def test_vision_layout_comes_with_the_batch(tiny_embedding_path, tiny_reranker_p
     emb = Qwen3VLEmbedder(str(tiny_embedding_path), **options)
     rerankers = [Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=share, **options)
                  for share in (True, False)]
-    query, documents = {"text": "a red car", "image": mixed_items[1]["image"]}, [d for d in mixed_items if d != {}]
+    queries = [{"text": "a red car", "image": mixed_items[1]["image"]}, {"video": mixed_items[6]["video"]}]
+    documents = [d for d in mixed_items if d != {}]
 
     def run() -> list[np.ndarray]:
-        return [emb.embed(mixed_items), *(np.asarray(r.score(query, documents)) for r in rerankers)]
+        scores = [np.asarray(r.score(query, documents)) for r in rerankers for query in queries]
+        return [emb.embed(mixed_items), *scores]
 
     monkeypatch.setattr(runner_module, "VISION_LAYOUT_ON_HOST", False)
     computed_by_the_tower = run()
