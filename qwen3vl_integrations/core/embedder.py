@@ -101,10 +101,12 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         return torch.from_numpy(self.embed(list(inputs), normalize=normalize))
 
     # ----------------------------------------------------------------------------- internals
-    def _output_rows(self, dimensions: int | None, normalize: bool, precision: str,
+    @staticmethod
+    def _output_rows(dimensions: int | None, normalize: bool, precision: str,
                      ranges: Any) -> Callable[[np.ndarray], np.ndarray]:
-        """The row-wise last step of an output (Matryoshka truncation, then quantization), tried on a zero row first:
-        a bad size, precision or ranges fails before any model work, not after embedding everything."""
+        """The row-wise last step of an output: Matryoshka truncation, then quantization. `_embed` tries it on a
+        zero row before any model work, so a bad size, precision or ranges fails then, not after embedding
+        everything."""
         from .quantization import quantize, truncate
 
         def finish(vectors: np.ndarray) -> np.ndarray:
@@ -114,13 +116,13 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
                 vectors = quantize(vectors, precision, ranges=ranges)
             return vectors
 
-        finish(np.zeros((1, self.embedding_dim), np.float32))
         return finish
 
     def _embed(self, items: Sequence[Any], instruction: str | None, normalize: bool, batch_size: int | None,
                show_progress: bool, strict: bool, finish: Callable[[np.ndarray], np.ndarray]) -> EmbeddingResult:
         if isinstance(items, (str, dict)):
             raise TypeError("embed() takes a list of inputs; wrap a single input in a list")
+        row = finish(np.zeros((1, self.embedding_dim), np.float32))  # checks the options; the output's width, dtype
         items = list(items)
         parsed, errors = parse_items(items, self.policy)
         good = [position for position, item in enumerate(parsed) if item is not None]
@@ -136,7 +138,6 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         if strict:
             raise_first(errors, hint="; use try_embed to skip bad inputs")
         good = [position for position in good if position in costs]
-        row = finish(np.zeros((1, self.embedding_dim), np.float32))  # the output's width and dtype
         if not items or not good:
             return EmbeddingResult(np.zeros((0, row.shape[1]), row.dtype), np.zeros(0, np.int64), errors)
 
