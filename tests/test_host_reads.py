@@ -11,9 +11,8 @@ import torch
 from PIL import Image
 from torch.overrides import TorchFunctionMode
 
-from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
+from qwen3vl_integrations import Qwen3VLReranker
 
-TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
 READS = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "nonzero", "masked_select", "numpy", "cpu"}
 
 
@@ -63,21 +62,16 @@ def test_the_counter_sees_a_read_back():
     assert sum(mode.places.values()) == 3
 
 
-@pytest.fixture(scope="module")
-def emb(tiny_embedding_path):
-    return Qwen3VLEmbedder(str(tiny_embedding_path), preprocess_workers=0, **TINY)
-
-
 @pytest.mark.parametrize("share", [True, False])
-def test_text_batches_read_nothing_back(emb, tiny_reranker_path, share):
+def test_text_batches_read_nothing_back(tiny_embedder, tiny_reranker_path, tiny_core_kwargs, share):
     """Padded text batches (and a reranker's rows after a shared query part): no read-back at all."""
-    reranker = Qwen3VLReranker(str(tiny_reranker_path), preprocess_workers=0, share_query_prefix=share, **TINY)
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=share, **tiny_core_kwargs)
     texts = ["a b c", "d e f g h i j k", "x", "a longer text " * 9]
-    assert reads_in_forward(emb, lambda: emb.embed(texts)) == {}
+    assert reads_in_forward(tiny_embedder, lambda: tiny_embedder.embed(texts)) == {}
     assert reads_in_forward(reranker, lambda: reranker.score("a query", texts)) == {}
 
 
-def test_image_batches_read_back_only_between_tower_and_language_model(emb):
+def test_image_batches_read_back_only_between_tower_and_language_model(tiny_embedder):
     """The vision tower's layout comes computed with the batch, so the tower reads nothing back. What is left is where
     the tower's output meets the language model (and so waits for the tower anyway): transformers' split of the
     features per image and its placeholder check, and the visual positions of the deep-stack step, found once per
@@ -86,7 +80,7 @@ def test_image_batches_read_back_only_between_tower_and_language_model(emb):
     image = Image.new("RGB", (96, 64), (200, 30, 30))
     for count in (2, 6):
         items = [{"image": image}, {"image": image, "text": "red"}] * (count // 2)
-        places = reads_in_forward(emb, lambda: emb.embed(items))
+        places = reads_in_forward(tiny_embedder, lambda: tiny_embedder.embed(items))
         assert sum(places.values()) == 3, places
         assert [n for place, n in places.items() if "loading.py" in place] == [1], places  # visual positions
         assert not [place for place in places if "vision_utils.py" in place], places

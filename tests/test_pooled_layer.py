@@ -12,7 +12,6 @@ from qwen3vl_integrations.core import runner as runner_module
 from qwen3vl_integrations.core.pooled_layer import can_pool_last_layer, use_pooled_last_layer
 from qwen3vl_integrations.testing import build_random_checkpoint
 
-TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +40,8 @@ def pooled_shapes(model):
     return shapes, handle
 
 
-def test_embeddings_equal_the_whole_last_layer(deep_paths, items, monkeypatch):
-    emb = Qwen3VLEmbedder(str(deep_paths["embedding"]), batch_size=3, **TINY)
+def test_embeddings_equal_the_whole_last_layer(deep_paths, items, tiny_core_kwargs, monkeypatch):
+    emb = Qwen3VLEmbedder(str(deep_paths["embedding"]), batch_size=3, **tiny_core_kwargs)
     shapes, handle = pooled_shapes(emb)
     try:
         pooled = emb.embed(items)
@@ -57,8 +56,9 @@ def test_embeddings_equal_the_whole_last_layer(deep_paths, items, monkeypatch):
 
 
 @pytest.mark.parametrize("share", [True, False])
-def test_scores_equal_the_whole_last_layer(deep_paths, items, media_dir, share, monkeypatch):
-    reranker = Qwen3VLReranker(str(deep_paths["reranker"]), share_query_prefix=share, batch_size=3, **TINY)
+def test_scores_equal_the_whole_last_layer(deep_paths, items, media_dir, tiny_core_kwargs, share, monkeypatch):
+    reranker = Qwen3VLReranker(str(deep_paths["reranker"]), share_query_prefix=share, batch_size=3,
+                               **tiny_core_kwargs)
     documents = [d for d in items if not isinstance(d, dict) or "instruction" not in d]
     queries = ["a red car", {"image": media_dir / "blue.jpg", "text": "this"}]
     shapes, handle = pooled_shapes(reranker)
@@ -72,9 +72,9 @@ def test_scores_equal_the_whole_last_layer(deep_paths, items, media_dir, share, 
     assert np.abs(np.asarray(pooled) - np.asarray(whole)).max() <= 1e-5
 
 
-def test_vision_batches_of_the_tiny_model_run_the_whole_layer(tiny_embedding_path, media_dir):
+def test_vision_batches_of_the_tiny_model_run_the_whole_layer(tiny_embedder, media_dir):
     """The tiny model adds vision features after its last layer, so its image batches may not be pooled."""
-    emb = Qwen3VLEmbedder(str(tiny_embedding_path), **TINY)
+    emb = tiny_embedder
     backbone = emb.load().backbone
     assert can_pool_last_layer(backbone, has_vision=False) and not can_pool_last_layer(backbone, has_vision=True)
     shapes, handle = pooled_shapes(emb)

@@ -12,7 +12,6 @@ from qwen3vl_integrations import Qwen3VLEmbedder
 from qwen3vl_integrations.core import embedder as embedder_module
 from qwen3vl_integrations.quantization import quantize, truncate
 
-TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
 WIDE = 8192  # a wide fake output, so that one float32 copy of all vectors (16 MiB for 512 items) stands out
 
 
@@ -23,9 +22,9 @@ def wide_vectors(loaded, inputs) -> torch.Tensor:
 
 
 @pytest.fixture
-def wide_embedder(tiny_embedding_path, monkeypatch):
+def wide_embedder(tiny_embedding_path, tiny_core_kwargs, monkeypatch):
     """The tiny model's preprocessing and batching, with a fake forward pass that returns WIDE-wide vectors."""
-    emb = Qwen3VLEmbedder(str(tiny_embedding_path), batch_size=32, **TINY)
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), batch_size=32, **tiny_core_kwargs)
     monkeypatch.setattr(Qwen3VLEmbedder, "embedding_dim", property(lambda self: WIDE))
     monkeypatch.setattr(emb, "_forward_last_hidden", wide_vectors)
     return emb
@@ -62,8 +61,8 @@ def test_finished_batches_equal_finishing_the_whole(wide_embedder):
                                   quantize(part, "int8", ranges=ranges))
 
 
-def test_bad_output_options_fail_before_any_model_work(tiny_embedding_path, monkeypatch):
-    emb = Qwen3VLEmbedder(str(tiny_embedding_path), **TINY)
+def test_bad_output_options_fail_before_any_model_work(tiny_embedding_path, tiny_core_kwargs, monkeypatch):
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), **tiny_core_kwargs)
     monkeypatch.setattr(emb, "_forward_last_hidden", lambda *args: pytest.fail("the model ran"))
     with pytest.raises(ValueError, match="ranges"):
         emb.embed(["a", "b"], precision="int8")
@@ -85,8 +84,8 @@ def test_gaps_close_in_place(monkeypatch):
     assert embedder_module._close_gaps(expected, np.arange(len(expected))) is expected
 
 
-def test_try_embed_with_gaps_keeps_the_good_rows(tiny_embedding_path):
-    emb = Qwen3VLEmbedder(str(tiny_embedding_path), batch_size=2, **TINY)
+def test_try_embed_with_gaps_keeps_the_good_rows(tiny_embedding_path, tiny_core_kwargs):
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), batch_size=2, **tiny_core_kwargs)
     items = ["a", {"image": b"not an image"}, "b", "c", {"video": []}, "d"]
     result = emb.try_embed(items, precision="binary")
     assert list(result.indices) == [0, 2, 3, 5] and [e.index for e in result.errors] == [1, 4]
