@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from qwen3vl_integrations import Qwen3VLEmbedder
+from qwen3vl_integrations.core import runner
 from qwen3vl_integrations.core.batching import plan_batches
 from qwen3vl_integrations.core.encoding import EncodedItem, collate
 
@@ -134,6 +135,25 @@ def test_collate_into_page_locked_memory():
     assert plain.keys() == pinned.keys()
     for key in plain:
         assert pinned[key].is_pinned() and torch.equal(pinned[key], plain[key]), key
+
+
+@pytest.mark.parametrize("share_query_prefix", [True, False])
+def test_every_batch_can_be_page_locked(tiny_embedder, tiny_reranker, media_dir, monkeypatch, share_query_prefix):
+    """On CUDA each micro-batch is copied into page-locked memory with the same strides, and that copy refuses a
+    tensor whose elements share memory (an expanded view): text positions made that way crashed the first GPU run."""
+    seen: list[dict[str, torch.Tensor]] = []
+    page_locked = runner.page_locked
+    monkeypatch.setattr(runner, "page_locked", lambda loaded, batch: seen.append(batch) or page_locked(loaded, batch))
+    monkeypatch.setattr(tiny_reranker, "share_query_prefix", share_query_prefix)
+    texts = ["a short text", "a longer text about a red car in front of a white house"]
+    tiny_embedder.embed(texts)
+    tiny_embedder.embed([{"image": media_dir / "red.png"}, "and a text"])
+    tiny_reranker.score("which car is red?", texts + [{"image": media_dir / "wide.png"}])
+    tiny_reranker.score({"image": media_dir / "gray.png"}, texts)
+    assert any("pixel_values" in batch for batch in seen) and any("pixel_values" not in batch for batch in seen)
+    for batch in seen:
+        for key, value in batch.items():
+            assert torch._debug_has_internal_overlap(value) == 0, key
 
 
 # ------------------------------------------------------------------------------------------ batch invariance

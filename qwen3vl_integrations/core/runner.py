@@ -338,7 +338,9 @@ def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem], shared: 
         batch["position_ids"] = rope_positions(loaded.backbone, sequences, shared)
     else:
         count, width = batch["input_ids"].shape
-        batch["position_ids"] = torch.arange(shared, shared + width).expand(3, count, width)
+        # Materialised, not an expanded view: pinning copies into a tensor of the same strides, and that copy
+        # refuses a tensor whose elements share memory.
+        batch["position_ids"] = torch.arange(shared, shared + width).repeat(3, count, 1)
     host: dict[str, Any] = {}
     if VISION_LAYOUT_ON_HOST:
         on_device, host = vision_layout(loaded.backbone, batch)
