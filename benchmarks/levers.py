@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         log(rows[-1])
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     text = "\n".join([
-        f"Lever `{args.lever}` (`core.runner.{name}`: {on_value!r} on, {off_value!r} off), `{args.model}` model, "
+        f"Lever `{args.lever}` (`core.{name}`: {on_value!r} on, {off_value!r} off), `{args.model}` model, "
         f"{device.type} ({hardware}), {str(dtype).replace('torch.', '')}, {args.runs} runs per setting, alternating",
         "", "| case | on: median s | off: median s | gain | runs on, off | max \\|diff\\| |", "|---|---|---|---|---|---|",
         *rows])

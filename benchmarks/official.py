@@ -24,6 +24,7 @@ import torch
 
 from qwen3vl_integrations.core.encoding import collate, encode, truncate_text_tokens
 from qwen3vl_integrations.core.inputs import Item, parse_item
+from qwen3vl_integrations.core.lower_right_attention import LOWER_RIGHT_SDPA
 from qwen3vl_integrations.core.prompts import embedding_conversation, render, rerank_conversation
 from qwen3vl_integrations.core.reranker import RERANK_SUFFIX
 
@@ -116,20 +117,27 @@ def official_score(reranker: Any, query: Any, documents: Sequence[Any], instruct
 class stock_forwards:
     """Within this block the shared model runs transformers' stock code, as upstream does: the per-instance
     overrides our loader installs (`forward` of some modules: patch embedding as a matrix product, grouped vision
-    attention, ...; the language model's `_deepstack_process`) are taken off and put back afterwards."""
+    attention, ...; the language model's `_deepstack_process`; its attention function, `sdpa_lower_right`) are taken
+    off and put back afterwards."""
 
     def __init__(self, backbone: Any) -> None:
         self.backbone = backbone
         self.saved: list[tuple[Any, Any]] = []
+        self.text_config = getattr(getattr(backbone, "language_model", None), "config", None)
+        self.attention = getattr(self.text_config, "_attn_implementation", None)
 
     def __enter__(self) -> "stock_forwards":
         for module in self.backbone.modules():
             for name in ("forward", "_deepstack_process"):
                 if name in vars(module):
                     self.saved.append((module, name, vars(module).pop(name)))
+        if self.attention == LOWER_RIGHT_SDPA:
+            self.text_config._attn_implementation = "sdpa"
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for module, name, method in self.saved:
             setattr(module, name, method)
         self.saved.clear()
+        if self.attention == LOWER_RIGHT_SDPA:
+            self.text_config._attn_implementation = self.attention

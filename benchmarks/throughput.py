@@ -21,6 +21,7 @@ scores one reranker pair per forward pass, as upstream does. Random checkpoints 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -438,21 +439,23 @@ def attributes(owner: Any, **values: Any) -> Iterator[None]:
             setattr(owner, name, value)
 
 
-# Core switches compared with their other value: lever -> (attribute of qwen3vl_integrations.core.runner, the
+# Core switches compared with their other value: lever -> ("module.ATTRIBUTE" of qwen3vl_integrations.core, the
 # core's value, the other value, label of the other setting)
 CORE_SWITCHES: dict[str, tuple[str, Any, Any, str]] = {
-    "padding-mask": ("SEND_PADDING_MASK", False, True, "padding mask sent"),
-    "pooled-last-layer": ("POOL_IN_LAST_LAYER", True, False, "whole last layer"),
-    "vision-layout": ("VISION_LAYOUT_ON_HOST", True, False, "vision layout computed by the tower"),
+    "padding-mask": ("runner.SEND_PADDING_MASK", False, True, "padding mask sent"),
+    "pooled-last-layer": ("runner.POOL_IN_LAST_LAYER", True, False, "whole last layer"),
+    "vision-layout": ("runner.VISION_LAYOUT_ON_HOST", True, False, "vision layout computed by the tower"),
+    "lower-right": ("lower_right_attention.CACHED_ROWS_LOWER_RIGHT", True, False,
+                    "cached rows with transformers' mask"),
 }
 
 
 def core_switch(lever: str, on: bool) -> Any:
     """Within this block the core runs with the lever on (its own value) or off."""
-    from qwen3vl_integrations.core import runner as runner_module
-
-    name, core_value, other_value, _ = CORE_SWITCHES[lever]
-    return attributes(runner_module, **{name: core_value if on else other_value})
+    path, core_value, other_value, _ = CORE_SWITCHES[lever]
+    module, name = path.rsplit(".", 1)
+    return attributes(importlib.import_module(f"qwen3vl_integrations.core.{module}"),
+                      **{name: core_value if on else other_value})
 
 
 @contextmanager
@@ -485,7 +488,8 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
         settings.append((args.extra_cudnn_attention, "torch's attention choice, cuDNN included",
                          lambda name: attributes(runner_module, CUDA_ATTENTION_BACKENDS=None)))
     for lever, cases in (("pooled-last-layer", args.extra_whole_last_layer), ("padding-mask", args.extra_padding_mask),
-                         ("vision-layout", args.extra_tower_vision_layout)):
+                         ("vision-layout", args.extra_tower_vision_layout),
+                         ("lower-right", args.extra_masked_cached_rows)):
         if cases:
             settings.append((cases, CORE_SWITCHES[lever][3], lambda name, lever=lever: core_switch(lever, on=False)))
     if args.extra_compiled:
@@ -727,6 +731,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     extra_rows("--extra-padding-mask", "on these cases with the padding mask sent to the model (the core sends none)")
     extra_rows("--extra-tower-vision-layout", "on these cases with the vision tower computing its layout inside the "
                "forward pass (the core computes it with the batch)")
+    extra_rows("--extra-masked-cached-rows", "on these cases with the rows that continue a cached query part "
+               "attending through transformers' boolean mask (the core uses the lower-right causal kernel)")
     extra_rows("--extra-compiled", "on these cases, last, with each decoder layer of the language model under "
                "torch.compile (dynamic shapes; one untimed full run first compiles)")
     parser.add_argument("--profile", default=None,

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .lower_right_attention import use_lower_right_attention
 from .pooled_layer import use_pooled_last_layer
 
 ROLES = ("embedding", "reranker")
@@ -183,6 +184,7 @@ def use_model_levers(backbone: Any) -> None:
     use_fused_rms_norm(backbone)
     use_pooled_last_layer(backbone)
     use_indexed_deepstack(backbone)
+    use_lower_right_attention(backbone)
 
 
 # Classes whose forward is exactly weight * (x in float32 * rsqrt(mean(x^2) + eps)).to(x.dtype).
