@@ -478,6 +478,9 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
     if args.extra_whole_pairs:
         settings.append((args.extra_whole_pairs, "share_query_prefix=off",
                          lambda name: attributes(reranker, share_query_prefix=False)))
+    if args.extra_shared_query_part:
+        settings.append((args.extra_shared_query_part, "share_query_prefix=on",
+                         lambda name: attributes(reranker, share_query_prefix=True)))
     if args.extra_stock_rms_norm:
         settings.append((args.extra_stock_rms_norm, "stock RMSNorm", lambda name: stock_rms_norm(*backbones)))
     if args.extra_batch_overhead is not None:
@@ -670,9 +673,9 @@ def write_outputs(args: argparse.Namespace, env: dict[str, Any], notes: dict[str
                       "attention FLOPs not counted.")
     if any(r.name.startswith("rerank") for r in results):
         footer.append("Reranker tokens count every pair's whole prompt, for ours and the baseline alike. Shared query "
-                      f"prefix {env.get('share_query_prefix', 'on')}: when on, ours runs the part of the prompt that "
-                      "all pairs of the query begin with once per call" + (", so its MFU is an effective figure"
-                                                                           if device.type == "cuda" else "") + ".")
+                      f"prefix {env.get('share_query_prefix', 'auto')} (auto: on CPU, and on GPUs for image and video "
+                      "queries): when on, ours runs the part of the prompt that all pairs of the query begin with once "
+                      "per call" + (", so its MFU is an effective figure" if device.type == "cuda" else "") + ".")
     footer.append("Inputs: " + "; ".join(f"{k}: {v}" for k, v in notes.items()) + ".")
     text = f"{title}\n\n{table}\n" + "\n".join(footer) + "\n"
     if not final:
@@ -719,6 +722,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--extra-cases", default="embed_text,embed_images,embed_images_448",
                         help="cases for --extra-workers")
     extra_rows("--extra-whole-pairs", "on these cases with share_query_prefix off")
+    extra_rows("--extra-shared-query-part", "on these cases with share_query_prefix on")
     extra_rows("--extra-stock-rms-norm", "on these cases with the language model's stock RMSNorm")
     extra_rows("--extra-batch-overhead", "on --extra-overhead-cases with this fixed cost per forward pass (in tokens) "
                "in the batch planner instead of the core's", type=int)
@@ -743,8 +747,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--workers", type=int, default=None,
                         help="preprocessing worker threads of our core (default: the core's)")
-    parser.add_argument("--share-query-prefix", choices=("on", "off"), default="on",
-                        help="our reranker runs the query part of its prompts once per call (default on)")
+    parser.add_argument("--share-query-prefix", choices=("auto", "on", "off"), default="auto",
+                        help="our reranker runs the query part of its prompts once per call (default: the core's "
+                             "choice, auto)")
     parser.add_argument("--max-batch-tokens", type=int, default=None,
                         help="padded-token budget per micro-batch of our core (default: the core's)")
     args = parser.parse_args(argv)
@@ -785,7 +790,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.max_batch_tokens:
         options["max_batch_tokens"] = args.max_batch_tokens
     embedder = Qwen3VLEmbedder(emb_path, **options)
-    reranker = Qwen3VLReranker(rr_path, share_query_prefix=args.share_query_prefix == "on", **options)
+    reranker = Qwen3VLReranker(rr_path, share_query_prefix={"auto": None, "on": True, "off": False}[
+        args.share_query_prefix], **options)
     env["share_query_prefix"] = args.share_query_prefix
     start = time.perf_counter()
     embedder.load()

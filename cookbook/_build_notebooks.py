@@ -609,8 +609,9 @@ for i, score in rr.rank({"image": str(DATA / "sunset_beach.jpg")}, documents, to
 """),
     md("""
 Every pair of one query begins with the same tokens (system prompt, instruction, the query with its image or
-video), so the reranker runs them once per call and each document attends to their cached keys and values
-(`share_query_prefix=True`, the default). The scores are those of scoring each pair whole, up to float rounding:
+video), so the reranker can run them once per call and let each document attend to their cached keys and values.
+By default (`share_query_prefix=None`) it does so on CPU, and on GPUs for queries with images or videos, where it
+pays; `True` or `False` decide for every query. The scores are those of scoring each pair whole, up to float rounding:
 """),
     code("""
 whole = Qwen3VLReranker(model_name_or_path=RERANKER_MODEL, share_query_prefix=False)

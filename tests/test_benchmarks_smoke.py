@@ -83,6 +83,17 @@ def test_throughput_extra_rows_without_the_shared_query_part(tmp_path):
         assert shared["padded_tokens_ours"] < shared["tokens"] <= whole["padded_tokens_ours"]
 
 
+def test_throughput_extra_rows_with_the_shared_query_part(tmp_path):
+    """--extra-shared-query-part times our reranker again with share_query_prefix on (the main row here: off)."""
+    from benchmarks.throughput import main
+
+    result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
+                   "--cases", "rerank_text", "--share-query-prefix", "off", "--extra-shared-query-part", "rerank_text"])
+    whole, shared = result["cases"]
+    assert "[share_query_prefix=on]" in shared["description"] and shared["errors"] == []
+    assert shared["max_abs_diff"] <= 1e-5 and shared["padded_tokens_ours"] < shared["tokens"] <= whole["padded_tokens_ours"]
+
+
 def test_throughput_extra_rows_with_the_stock_rms_norm(tmp_path):
     """--extra-stock-rms-norm times ours again with transformers' RMSNorm; the fused one is back afterwards."""
     from benchmarks.throughput import main

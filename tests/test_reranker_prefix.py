@@ -5,6 +5,8 @@ tests/test_reranker.py checks against the official procedure.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from PIL import Image
 import qwen3vl_integrations.core.reranker as reranker_module
 from qwen3vl_integrations import Qwen3VLReranker
 from qwen3vl_integrations.core.encoding import EncodedItem
-from qwen3vl_integrations.core.inputs import parse_items
+from qwen3vl_integrations.core.inputs import Item, parse_items
 from qwen3vl_integrations.core.prefix import QueryPrefix, common_prefix_length
 from qwen3vl_integrations.core.runner import model_inputs
 
@@ -134,6 +136,31 @@ def test_single_document_is_scored_whole(shared, monkeypatch):
     assert calls == []
     shared.score("a query", ["one document", "another"])
     assert calls
+
+
+TEXT, IMAGE, VIDEO = Item(texts=["what is red?"]), Item(images=[RED]), Item(texts=["moving"], videos=[FRAMES])
+
+
+@pytest.mark.parametrize(("option", "device", "query", "expected"), [
+    (None, "cpu", TEXT, True), (None, "cuda", TEXT, False), (None, "cuda", IMAGE, True), (None, "cuda", VIDEO, True),
+    (True, "cuda", TEXT, True), (False, "cpu", IMAGE, False),
+])
+def test_which_queries_share_their_part(tiny_reranker_path, option, device, query, expected):
+    """The default (None) shares on CPU, and on GPUs only for queries with images or videos; True or False decide."""
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=option, **K)
+    loaded = SimpleNamespace(device=torch.device(device))
+    assert reranker._shares_query_part(loaded, query) is expected
+
+
+@pytest.mark.parametrize("shares", [True, False])
+def test_scoring_follows_the_sharing_rule(shared, whole, monkeypatch, shares):
+    calls = []
+    original = reranker_module.inputs_after_prefix
+    monkeypatch.setattr(reranker_module, "inputs_after_prefix", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(Qwen3VLReranker, "_shares_query_part", lambda self, loaded, query: shares)
+    scores = shared.score("a query", ["one document", "another"])
+    assert bool(calls) is shares
+    np.testing.assert_allclose(scores, whole.score("a query", ["one document", "another"]), atol=ATOL, rtol=0)
 
 
 def test_truncated_query_text_still_matches(tiny_reranker_path):
