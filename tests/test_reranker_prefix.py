@@ -191,6 +191,33 @@ def test_several_queries_each_run_once(shared, whole, monkeypatch):
     assert all(prefix._keys_values is None for prefix in computed)  # released when the call ends
 
 
+@pytest.mark.parametrize("views", [True, False])
+def test_cache_of_each_batch_views_the_query_part(shared, whole, monkeypatch, views):
+    """Each micro-batch's cache holds views of the query part's keys and values (no copy per batch) where the
+    cache's layers exist up front; a cache that adds its layers as they come gets copies. Same scores."""
+    import transformers
+
+    import qwen3vl_integrations.core.prefix as prefix_module
+
+    if not views:
+        monkeypatch.setattr(prefix_module, "_new_cache", lambda loaded: transformers.DynamicCache())
+    shares_memory = []
+    original = QueryPrefix.cache
+
+    def cache(self, loaded, rows, length):
+        made = original(self, loaded, rows, length)
+        shares_memory.append([layer.keys.untyped_storage().data_ptr() == keys.untyped_storage().data_ptr()
+                              for layer, (keys, _) in zip(made.layers, self._keys_values)])
+        assert len(made.layers) == len(self._keys_values) and made.get_seq_length() == length
+        return made
+
+    monkeypatch.setattr(QueryPrefix, "cache", cache)
+    documents = ["a red thing", "blue sky " * 5, "green"]
+    np.testing.assert_allclose(shared.score("what is red?", documents, batch_size=2),
+                               whole.score("what is red?", documents, batch_size=2), atol=ATOL, rtol=0)
+    assert len(shares_memory) == 2 and all(all(batch) is views and any(batch) is views for batch in shares_memory)
+
+
 def _item(ids: list[int], types: list[int] | None = None) -> EncodedItem:
     return EncodedItem(torch.tensor(ids), torch.tensor(types or [0] * len(ids)))
 

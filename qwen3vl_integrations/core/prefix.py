@@ -97,14 +97,21 @@ class QueryPrefix:
 
     def cache(self, loaded: Any, rows: int, length: int) -> Any:
         """A fresh key/value cache holding the first `length` tokens of the query part for each of `rows` rows
-        (views, not copies). Call under the model lock, in inference mode."""
+        (views of the query part's keys and values where the cache allows). Call under the model lock, in inference
+        mode."""
         cache = _new_cache(loaded)
         shape = (rows, -1, -1, -1)
-        for layer, (keys, values) in zip(cache.layers, self.keys_values(loaded)):
+        per_layer = [(keys[:, :, :length].expand(shape), values[:, :, :length].expand(shape))
+                     for keys, values in self.keys_values(loaded)]
+        if len(cache.layers) == len(per_layer) and all(hasattr(layer, "lazy_initialization") for layer in cache.layers):
             # Set, not appended with `update`: that would copy the views into a [rows, ...] tensor per layer, and
             # the rows' own `update` copies them again next to the rows' keys and values.
-            layer.lazy_initialization(keys, values)
-            layer.keys, layer.values = keys[:, :, :length].expand(shape), values[:, :, :length].expand(shape)
+            for layer, (keys, values) in zip(cache.layers, per_layer):
+                layer.lazy_initialization(keys, values)
+                layer.keys, layer.values = keys, values
+        else:  # a cache that adds its layers as they come
+            for index, (keys, values) in enumerate(per_layer):
+                cache.update(keys, values, index)
         return cache
 
 
