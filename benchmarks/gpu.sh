@@ -15,8 +15,9 @@
 # 448x448 images). Extra rows time ours again with transformers' own RMSNorm (embed_text), with torch's own choice
 # of attention kernels, cuDNN's included (embed_text, rerank_text), with the padding mask sent to the model and with
 # the last decoder layer run at every position (embed_text, rerank_text), the vision layout computed by the tower
-# (embed_images_448), the rows after a shared query part attending through transformers' mask, and the reranker with
-# share_query_prefix off (rerank_text, rerank_image_query): each lever, measured on the GPU. COMPILE=1 adds a last row with the decoder
+# (embed_images_448), the rows after a shared query part attending through transformers' mask (rerank_image_query),
+# and the reranker sharing the query part where its default on GPUs does not (rerank_text, rerank_images) and not
+# where it does (rerank_image_query): each lever, measured on the GPU. COMPILE=1 adds a last row with the decoder
 # layers under torch.compile (compiled during an untimed run first).
 # Each timed side runs REPEATS (default 3) times after a short warm-up; the table gives the median, the JSON every
 # run (a first run pays for what is new to the GPU libraries, such as per-shape kernel plans).
@@ -83,8 +84,9 @@ timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput --model 2b --dev
   ${EXTRA_WORKERS:+--extra-workers "$EXTRA_WORKERS" --extra-cases "${EXTRA_CASES:-embed_images_448}"} \
   --extra-stock-rms-norm embed_text --extra-cudnn-attention embed_text,rerank_text \
   --extra-padding-mask embed_text,rerank_text --extra-whole-last-layer embed_text,rerank_text \
-  --extra-tower-vision-layout embed_images_448 --extra-masked-cached-rows rerank_text,rerank_image_query \
-  --extra-whole-pairs rerank_text,rerank_image_query ${COMPILE:+--extra-compiled embed_text} \
+  --extra-tower-vision-layout embed_images_448 --extra-masked-cached-rows rerank_image_query \
+  --extra-shared-query-part rerank_text,rerank_images --extra-whole-pairs rerank_image_query \
+  ${COMPILE:+--extra-compiled embed_text} \
   --profile embed_text,embed_images_448 --profile-out "$OUT/gpu_profile.txt" \
   --markdown "$OUT/gpu_table.md" --json "$OUT/gpu.json" 2>&1 | tee -a "$LOG" || status=$?
 if [ "$status" -ne 0 ]; then
