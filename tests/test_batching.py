@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -154,6 +155,19 @@ def test_every_batch_can_be_page_locked(tiny_embedder, tiny_reranker, media_dir,
     for batch in seen:
         for key, value in batch.items():
             assert torch._debug_has_internal_overlap(value) == 0, key
+
+
+def test_page_locked_takes_views_whose_elements_share_memory(monkeypatch):
+    """page_locked pins whatever a batch holds: an expanded view is made contiguous before the pinning copy."""
+    def pin_as_cuda_does(tensor: torch.Tensor) -> torch.Tensor:  # a copy into a tensor of the same strides
+        return torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype).copy_(tensor)
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_as_cuda_does)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda tensor: False)
+    batch = {"position_ids": torch.arange(5).expand(3, 2, 5), "input_ids": torch.ones(2, 5, dtype=torch.long),
+             "pixel_values": torch.randn(4, 6).t()}
+    pinned = runner.page_locked(SimpleNamespace(device=torch.device("cuda")), batch)
+    assert pinned.keys() == batch.keys() and all(torch.equal(pinned[k], batch[k]) for k in batch)
 
 
 # ------------------------------------------------------------------------------------------ batch invariance
@@ -366,8 +380,6 @@ def test_vision_layout_comes_with_the_batch(tiny_embedding_path, tiny_reranker_p
 
 
 def test_vision_layout_is_left_to_other_towers():
-    from types import SimpleNamespace
-
     from qwen3vl_integrations.core.vision_layout import vision_layout
 
     batch = {"image_grid_thw": torch.tensor([[1, 4, 4]])}

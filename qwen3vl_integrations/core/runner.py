@@ -338,8 +338,7 @@ def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem], shared: 
         batch["position_ids"] = rope_positions(loaded.backbone, sequences, shared)
     else:
         count, width = batch["input_ids"].shape
-        # Materialised, not an expanded view: pinning copies into a tensor of the same strides, and that copy
-        # refuses a tensor whose elements share memory.
+        # Materialised, not an expanded view: every row is copied to the device anyway.
         batch["position_ids"] = torch.arange(shared, shared + width).repeat(3, count, 1)
     host: dict[str, Any] = {}
     if VISION_LAYOUT_ON_HOST:
@@ -357,10 +356,14 @@ def padding_mask_as_sent(batch: dict[str, torch.Tensor], shared: int = 0) -> Non
 
 
 def page_locked(loaded: LoadedModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """On CUDA, the batch in page-locked memory (an asynchronous copy to the GPU needs it); elsewhere unchanged."""
+    """On CUDA, the batch in page-locked memory (an asynchronous copy to the GPU needs it); elsewhere unchanged.
+
+    Pinning copies into a tensor of the same strides, which a view whose elements share memory (an expanded tensor)
+    refuses: such a tensor is made contiguous first, whoever built it (our collation or transformers' helpers)."""
     if loaded.device.type != "cuda":
         return batch
-    return {k: v if v.is_pinned() else v.pin_memory() for k, v in batch.items()}
+    return {k: v if v.is_pinned() else (v if v.is_contiguous() else v.contiguous()).pin_memory()
+            for k, v in batch.items()}
 
 
 def attention_backends(device: torch.device) -> ContextManager[Any]:
