@@ -475,12 +475,10 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
     if args.extra_workers is not None:
         settings.append((args.extra_cases, f"workers={args.extra_workers}", lambda name: attributes(
             embedder if name.startswith("embed") else reranker, preprocess_workers=max(0, args.extra_workers))))
-    if args.extra_whole_pairs:
-        settings.append((args.extra_whole_pairs, "share_query_prefix=off",
-                         lambda name: attributes(reranker, share_query_prefix=False)))
-    if args.extra_shared_query_part:
-        settings.append((args.extra_shared_query_part, "share_query_prefix=on",
-                         lambda name: attributes(reranker, share_query_prefix=True)))
+    for cases, share in ((args.extra_whole_pairs, False), (args.extra_shared_query_part, True)):
+        if cases:
+            settings.append((cases, f"share_query_prefix={'on' if share else 'off'}",
+                             lambda name, share=share: attributes(reranker, share_query_prefix=share)))
     if args.extra_stock_rms_norm:
         settings.append((args.extra_stock_rms_norm, "stock RMSNorm", lambda name: stock_rms_norm(*backbones)))
     if args.extra_batch_overhead is not None:
