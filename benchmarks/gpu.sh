@@ -11,14 +11,17 @@
 #   gpu_table.md / gpu.json    the table: ours vs the official procedure, tokens/s, MFU, targets
 #   gpu_profile.txt            torch.profiler tables of one more run of ours for two cases (where the time goes)
 #   gpu_log.txt                everything printed, with timestamps
-# CASES=a,b,... runs a subset; EXTRA_WORKERS=N adds rows with N preprocessing workers for EXTRA_CASES (default: the
-# 448x448 images). Extra rows time ours again with transformers' own RMSNorm (embed_text), with torch's own choice
-# of attention kernels, cuDNN's included (embed_text, rerank_text), with the padding mask sent to the model and with
-# the last decoder layer run at every position (embed_text, rerank_text), the vision layout computed by the tower
-# (embed_images_448), the rows after a shared query part attending through transformers' mask (rerank_image_query),
-# and the reranker sharing the query part where its default on GPUs does not (rerank_text, rerank_images) and not
-# where it does (rerank_image_query): each lever, measured on the GPU. COMPILE=1 adds a last row with the decoder
-# layers under torch.compile (compiled during an untimed run first).
+# CASES=a,b,... runs a subset; EXTRA_WORKERS=N[,M...] adds rows with N (M, ...) preprocessing workers for
+# EXTRA_CASES (default: the 448x448 images). Extra rows time ours again with each output read before the next
+# micro-batch is queued (embed_text, embed_images_448, embed_mixed, rerank_text, rerank_image_query) and, unless
+# ALL_LEVERS=0, with transformers' own RMSNorm (embed_text), with torch's own choice of attention kernels, cuDNN's
+# included (embed_text, rerank_text), with the padding mask sent to the model and with the last decoder layer run at
+# every position (embed_text, rerank_text), the vision layout computed by the tower (embed_images_448), the rows after
+# a shared query part attending through transformers' mask (rerank_image_query), and the reranker sharing the query
+# part where its default on GPUs does not (rerank_text, rerank_images) and not where it does (rerank_image_query):
+# each lever, measured on the GPU. COMPILE=1 adds a last row with the decoder layers under torch.compile (compiled
+# during an untimed run first). AB_LEVER=name runs benchmarks.levers afterwards (that core switch on and off in
+# alternation, AB_RUNS runs each, on AB_CASES) into gpu_lever.txt.
 # Each timed side runs REPEATS (default 3) times after a short warm-up; the table gives the median, the JSON every
 # run (a first run pays for what is new to the GPU libraries, such as per-shape kernel plans).
 # Hard caps: 75 s per timed side of a case, MAIN_TIMEOUT (default 400) s for the main run.
@@ -76,21 +79,31 @@ print(f"RMSNorm of 16384x2048 bf16: stock {stock_ms:.3f} ms, fused {fused_ms:.3f
       f"max |diff| {(stock_out.float() - fused_out.float()).abs().max().item():.3g}")
 EOF
 
+LEVER_ROWS=()
+if [ "${ALL_LEVERS:-1}" != 0 ]; then
+  LEVER_ROWS=(--extra-stock-rms-norm embed_text --extra-cudnn-attention embed_text,rerank_text
+    --extra-padding-mask embed_text,rerank_text --extra-whole-last-layer embed_text,rerank_text
+    --extra-tower-vision-layout embed_images_448 --extra-masked-cached-rows rerank_image_query
+    --extra-shared-query-part rerank_text,rerank_images --extra-whole-pairs rerank_image_query)
+fi
 say "main run: ours vs the official procedure, ${REPEATS:-3} timed runs each"
 status=0
 timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput --model 2b --device cuda --dtype bfloat16 \
   --cases "${CASES:-embed_text,embed_images,embed_images_448,embed_mixed,embed_query,rerank_text,rerank_images,rerank_image_query}" \
   --repeats "${REPEATS:-3}" --case-timeout 75 \
   ${EXTRA_WORKERS:+--extra-workers "$EXTRA_WORKERS" --extra-cases "${EXTRA_CASES:-embed_images_448}"} \
-  --extra-stock-rms-norm embed_text --extra-cudnn-attention embed_text,rerank_text \
-  --extra-padding-mask embed_text,rerank_text --extra-whole-last-layer embed_text,rerank_text \
-  --extra-tower-vision-layout embed_images_448 --extra-masked-cached-rows rerank_image_query \
-  --extra-shared-query-part rerank_text,rerank_images --extra-whole-pairs rerank_image_query \
-  ${COMPILE:+--extra-compiled embed_text} \
+  --extra-unqueued embed_text,embed_images_448,embed_mixed,rerank_text,rerank_image_query \
+  ${LEVER_ROWS[@]+"${LEVER_ROWS[@]}"} ${COMPILE:+--extra-compiled embed_text} \
   --profile embed_text,embed_images_448 --profile-out "$OUT/gpu_profile.txt" \
   --markdown "$OUT/gpu_table.md" --json "$OUT/gpu.json" 2>&1 | tee -a "$LOG" || status=$?
 if [ "$status" -ne 0 ]; then
   say "main run stopped with status $status (a partial table is in $OUT/gpu_table.md)"
+fi
+if [ -n "${AB_LEVER:-}" ]; then
+  say "interleaved A/B of $AB_LEVER on ${AB_CASES:-embed_text,rerank_text}, ${AB_RUNS:-3} runs each"
+  timeout "${AB_TIMEOUT:-150}" python3 -m benchmarks.levers --lever "$AB_LEVER" --model 2b --device cuda \
+    --cases "${AB_CASES:-embed_text,rerank_text}" --runs "${AB_RUNS:-3}" 2>&1 | tee -a "$LOG" "$OUT/gpu_lever.txt" \
+    || say "A/B stopped with status $?"
 fi
 say "done in $((SECONDS - START)) s; table: $OUT/gpu_table.md"
 cat "$OUT/gpu_table.md" 2>/dev/null || true

@@ -447,6 +447,7 @@ CORE_SWITCHES: dict[str, tuple[str, Any, Any, str]] = {
     "vision-layout": ("runner.VISION_LAYOUT_ON_HOST", True, False, "vision layout computed by the tower"),
     "lower-right": ("lower_right_attention.CACHED_ROWS_LOWER_RIGHT", True, False,
                     "cached rows with transformers' mask"),
+    "queue-next-batch": ("runner.QUEUE_NEXT_BATCH", True, False, "each output read before the next batch is queued"),
 }
 
 
@@ -472,9 +473,9 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
 
     backbones = (embedder.load().backbone, reranker.load().backbone)
     settings: list[tuple[str, str, Callable[[str], Any]]] = []
-    if args.extra_workers is not None:
-        settings.append((args.extra_cases, f"workers={args.extra_workers}", lambda name: attributes(
-            embedder if name.startswith("embed") else reranker, preprocess_workers=max(0, args.extra_workers))))
+    for workers in (int(n) for n in (args.extra_workers or "").split(",") if n.strip()):
+        settings.append((args.extra_cases, f"workers={workers}", lambda name, workers=workers: attributes(
+            embedder if name.startswith("embed") else reranker, preprocess_workers=max(0, workers))))
     for cases, share in ((args.extra_whole_pairs, False), (args.extra_shared_query_part, True)):
         if cases:
             settings.append((cases, f"share_query_prefix={'on' if share else 'off'}",
@@ -490,7 +491,8 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
                          lambda name: attributes(runner_module, CUDA_ATTENTION_BACKENDS=None)))
     for lever, cases in (("pooled-last-layer", args.extra_whole_last_layer), ("padding-mask", args.extra_padding_mask),
                          ("vision-layout", args.extra_tower_vision_layout),
-                         ("lower-right", args.extra_masked_cached_rows)):
+                         ("lower-right", args.extra_masked_cached_rows),
+                         ("queue-next-batch", args.extra_unqueued)):
         if cases:
             settings.append((cases, CORE_SWITCHES[lever][3], lambda name, lever=lever: core_switch(lever, on=False)))
     if args.extra_compiled:
@@ -716,7 +718,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.add_argument(flag, default=None, **kwargs, help=f"after the main cases, time ours again {what} (extra "
                             "rows, each against its main row's baseline)")
 
-    extra_rows("--extra-workers", "on --extra-cases with this many preprocessing workers", type=int)
+    extra_rows("--extra-workers", "on --extra-cases with this many preprocessing workers (a comma-separated list: a "
+               "row for each)")
     parser.add_argument("--extra-cases", default="embed_text,embed_images,embed_images_448",
                         help="cases for --extra-workers")
     extra_rows("--extra-whole-pairs", "on these cases with share_query_prefix off")
@@ -735,6 +738,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                "forward pass (the core computes it with the batch)")
     extra_rows("--extra-masked-cached-rows", "on these cases with the rows that continue a cached query part "
                "attending through transformers' boolean mask (the core uses the lower-right causal kernel)")
+    extra_rows("--extra-unqueued", "on these cases reading each micro-batch's output before queueing the next (the "
+               "core queues the next one first)")
     extra_rows("--extra-compiled", "on these cases, last, with each decoder layer of the language model under "
                "torch.compile (dynamic shapes; one untimed full run first compiles)")
     parser.add_argument("--profile", default=None,

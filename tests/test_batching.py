@@ -403,3 +403,42 @@ def test_try_embed_batching_with_gaps(emb, mixed_items, one_by_one):
 def test_progress_bar_option(emb, mixed_items, one_by_one, capsys):
     got = emb.embed(mixed_items[:3], show_progress=True)
     assert np.abs(got - one_by_one[:3]).max() <= 1e-5
+
+
+@pytest.mark.parametrize("queue_next", [True, False])
+def test_an_output_is_read_after_the_next_batch_is_queued(tiny_embedding_path, tiny_reranker_path, mixed_items,
+                                                          one_by_one, monkeypatch, queue_next):
+    """With QUEUE_NEXT_BATCH, the forward loop queues micro-batch k+1 before it waits for micro-batch k's output (on
+    a GPU the wait would otherwise leave it idle); without, it reads each output first. Either way every output
+    lands in its own rows."""
+    from qwen3vl_integrations import Qwen3VLReranker
+
+    monkeypatch.setattr(runner, "QUEUE_NEXT_BATCH", queue_next)
+    events: list[str] = []
+    read = runner.HostCopy.result
+    monkeypatch.setattr(runner.HostCopy, "result", lambda self: events.append("read") or read(self))
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), batch_size=2, **TINY)
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), batch_size=2, **TINY)
+    for model in (emb, reranker):
+        forward = model._forward_last_hidden
+        monkeypatch.setattr(model, "_forward_last_hidden",
+                            lambda loaded, inputs, forward=forward: events.append("forward") or forward(loaded, inputs))
+
+    got = emb.embed(mixed_items)
+    assert np.abs(got - one_by_one).max() <= 1e-5
+    batches = events.count("forward")
+    assert batches >= 4
+    if queue_next:
+        assert events == ["forward"] + ["forward", "read"] * (batches - 1) + ["read"]
+    else:
+        assert events == ["forward", "read"] * batches
+
+    # The reranker's pairs of two queries, read while the next query's pairs are queued.
+    events.clear()
+    documents = mixed_items[:6]
+    pairs = [("a red car", d) for d in documents] + [("a gray square", d) for d in documents]
+    scores = reranker.score_pairs(pairs)
+    monkeypatch.setattr(runner, "QUEUE_NEXT_BATCH", not queue_next)
+    np.testing.assert_array_equal(scores, reranker.score_pairs(pairs))
+    singles = [reranker.score(query, [document])[0] for query, document in pairs]
+    assert np.abs(scores - np.asarray(singles)).max() <= 1e-5

@@ -114,10 +114,10 @@ def test_throughput_extra_rows_with_the_stock_rms_norm(tmp_path):
 
 
 def test_throughput_extra_rows_of_the_core_switches(tmp_path):
-    """--extra-padding-mask, --extra-whole-last-layer, --extra-tower-vision-layout and --extra-masked-cached-rows
-    time ours again with the padding mask sent, the last layer run at every position, the vision layout computed by
-    the tower and the cached rows attending through a mask; the core's settings are back afterwards, and --profile
-    profiled the main row only."""
+    """--extra-padding-mask, --extra-whole-last-layer, --extra-tower-vision-layout, --extra-masked-cached-rows and
+    --extra-unqueued time ours again with the padding mask sent, the last layer run at every position, the vision
+    layout computed by the tower, the cached rows attending through a mask and each output read before the next
+    batch; the core's settings are back afterwards, and --profile profiled the main row only."""
     from benchmarks.throughput import main
     from qwen3vl_integrations.core import lower_right_attention, runner
 
@@ -127,24 +127,26 @@ def test_throughput_extra_rows_of_the_core_switches(tmp_path):
                    "--profile", "embed_text", "--profile-out", str(profile),
                    "--extra-whole-last-layer", "embed_text,rerank_text",
                    "--extra-padding-mask", "embed_text,rerank_text", "--extra-tower-vision-layout", "embed_images_448",
-                   "--extra-masked-cached-rows", "rerank_text"])
+                   "--extra-masked-cached-rows", "rerank_text", "--extra-unqueued", "embed_text"])
     main_rows, extra_rows = {c["name"]: c for c in result["cases"][:3]}, result["cases"][3:]
-    assert [c["name"] for c in extra_rows] == ["embed_text", "rerank_text"] * 2 + ["embed_images_448", "rerank_text"]
+    assert [c["name"] for c in extra_rows] == (["embed_text", "rerank_text"] * 2
+                                               + ["embed_images_448", "rerank_text", "embed_text"])
     labels = (["[whole last layer]"] * 2 + ["[padding mask sent]"] * 2 + ["[vision layout computed by the tower]"]
-              + ["[cached rows with transformers' mask]"])
+              + ["[cached rows with transformers' mask]", "[each output read before the next batch is queued]"])
     for row, label in zip(extra_rows, labels):
         main_row = main_rows[row["name"]]
         assert label in row["description"] and row["errors"] == []
         assert row["tokens"] == main_row["tokens"] and row["max_abs_diff"] <= 1e-5
     assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True and runner.VISION_LAYOUT_ON_HOST
-    assert lower_right_attention.CACHED_ROWS_LOWER_RIGHT is True
+    assert lower_right_attention.CACHED_ROWS_LOWER_RIGHT is True and runner.QUEUE_NEXT_BATCH is True
     assert profile.read_text().count("## embed_text (ours)") == 1  # the main row's profile, not the extra rows'
 
 
 @pytest.mark.parametrize(("lever", "cases"), [("padding-mask", "embed_text,rerank_text"),
                                              ("pooled-last-layer", "embed_text,rerank_text"),
                                              ("vision-layout", "embed_images_448,rerank_images"),
-                                             ("lower-right", "rerank_text,rerank_images")])
+                                             ("lower-right", "rerank_text,rerank_images"),
+                                             ("queue-next-batch", "embed_text,rerank_images")])
 def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     """benchmarks.levers times ours with the lever on and off in turn; outputs agree and the core's value is back."""
     from benchmarks.levers import main
@@ -157,4 +159,17 @@ def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     for row in rows:
         assert len(row[4].split(" / ")) == 2 and float(row[5].rstrip(" |")) <= 1e-5
     assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True and runner.VISION_LAYOUT_ON_HOST
-    assert lower_right_attention.CACHED_ROWS_LOWER_RIGHT is True
+    assert lower_right_attention.CACHED_ROWS_LOWER_RIGHT is True and runner.QUEUE_NEXT_BATCH is True
+
+
+def test_throughput_extra_rows_for_several_worker_counts(tmp_path):
+    """--extra-workers takes a list: a row for each count, on --extra-cases."""
+    from benchmarks.throughput import main
+
+    result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
+                   "--cases", "embed_text,embed_images_448", "--limit", "4", "--extra-workers", "0,3",
+                   "--extra-cases", "embed_images_448"])
+    extra_rows = result["cases"][2:]
+    assert [(c["name"], c["description"].rsplit("[", 1)[-1]) for c in extra_rows] == [
+        ("embed_images_448", "workers=0]"), ("embed_images_448", "workers=3]")]
+    assert all(row["errors"] == [] and row["max_abs_diff"] <= 1e-5 for row in extra_rows)

@@ -150,14 +150,15 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         def build(k: int) -> EncodedItem:
             return self._encode_item(loaded, parsed[good[k]], instruction)
 
+        def head(hidden: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(hidden, p=2, dim=-1) if normalize else hidden
+
         for ks, hidden, batch_errors in self._run(order_costs, build, "item", batch_size, show_progress,
-                                                  raise_errors=strict):
+                                                  raise_errors=strict, head=head):
             for error in batch_errors:
                 errors.append(error.located(good[error.index], "item"))
             if hidden is not None:
-                if normalize:
-                    hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
-                vectors[ks] = finish(hidden.cpu().numpy())
+                vectors[ks] = finish(hidden.numpy())
                 done[ks] = True
         errors.sort(key=lambda e: e.index)
         kept = np.flatnonzero(done)

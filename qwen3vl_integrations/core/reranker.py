@@ -170,10 +170,10 @@ class Qwen3VLReranker(Qwen3VLRunner):
 
         scores = np.zeros(len(pairs), np.float32)
         try:
-            for positions, hidden, _ in self._run(costs, build, "document", batch_size, show_progress,
-                                                  groups=pair_query, prepare=prepare, forward=forward):
-                logits = hidden @ loaded.score_weight
-                scores[positions] = torch.sigmoid(logits).cpu().numpy()
+            for positions, batch_scores, _ in self._run(
+                    costs, build, "document", batch_size, show_progress, groups=pair_query, prepare=prepare,
+                    forward=forward, head=lambda hidden: torch.sigmoid(hidden @ loaded.score_weight)):
+                scores[positions] = batch_scores.numpy()
         finally:
             for prefix in prefixes.values():
                 prefix.release()

@@ -52,6 +52,12 @@ POOL_IN_LAST_LAYER = True
 # prepares the batch (core/vision_layout.py). False leaves it to the model, on the model's device (for comparison).
 VISION_LAYOUT_ON_HOST = True
 
+# The forward loop queues micro-batch k+1 on the device before it waits for micro-batch k's output, which is copied
+# to the host asynchronously: the GPU then never idles while the host waits for a copy and launches the next
+# batch's kernels one by one. Nothing changes on a CPU (its forward passes are synchronous) beyond when an output is
+# handed over. False waits for each output before the next batch (for comparison).
+QUEUE_NEXT_BATCH = True
+
 # <|im_start|> (system), <|im_end|>, <|im_start|> (user): template specials before the chat suffix.
 TEMPLATE_SPECIAL_TOKENS = 3
 
@@ -86,6 +92,33 @@ class ModelInputs:
 Prepare = Callable[[list[int], list[EncodedItem]], ModelInputs]
 # (positions, their model inputs) -> last hidden states [B, H], float32: runs on the calling thread
 Forward = Callable[[list[int], ModelInputs], torch.Tensor]
+# last hidden states [B, H] -> the micro-batch's output (normalised vectors, scores), on the model's device
+Head = Callable[[torch.Tensor], torch.Tensor]
+
+
+class HostCopy:
+    """A device tensor's copy to the host, started when made and waited for when read.
+
+    On CUDA the copy goes into page-locked memory behind the work already queued, and an event marks its end, so
+    the host can queue more work before reading it. Elsewhere the tensor is copied (or kept, on the CPU) at once.
+    """
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self._done: torch.cuda.Event | None = None
+        if tensor.device.type == "cuda":
+            self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._host.copy_(tensor, non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record(torch.cuda.current_stream(tensor.device))
+        else:
+            self._host = tensor.cpu()
+
+    def result(self) -> torch.Tensor:
+        """The tensor on the host, once the copy has finished."""
+        if self._done is not None:
+            self._done.synchronize()
+            self._done = None
+        return self._host
 
 
 class Qwen3VLRunner:
@@ -224,14 +257,17 @@ class Qwen3VLRunner:
         groups: Sequence[int] | None = None,
         prepare: Prepare | None = None,
         forward: Forward | None = None,
+        head: Head | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor | None, list[Qwen3VLInputError]]]:
-        """Yield (positions, last hidden states [len(positions), H], errors) per micro-batch.
+        """Yield (positions, outputs on the host, errors) per micro-batch, in the order they ran: the outputs are
+        `head` of the last hidden states [len(positions), H] (default: the hidden states themselves).
 
         `build(position)` turns one position into a sequence; it runs in worker threads a couple of batches
         ahead of the model. A position whose media fail to decode is reported (raised when `raise_errors`).
         With `groups`, a micro-batch only holds positions of one group, and the groups run one after another in
         order of first appearance. `prepare` (worker threads, default: padding) and `forward` (the calling thread,
-        default: the plain forward pass) replace the two halves of running a micro-batch.
+        default: the plain forward pass) replace the two halves of running a micro-batch. With QUEUE_NEXT_BATCH, a
+        micro-batch's output is handed over after the next micro-batch has been queued on the device.
         """
         loaded = self.load()
         overhead = BATCH_OVERHEAD_TOKENS.get(loaded.device.type, DEFAULT_BATCH_OVERHEAD_TOKENS)
@@ -282,17 +318,26 @@ class Qwen3VLRunner:
 
             for _ in range(max(1, workers) + 1):  # keep the workers busy while the model runs
                 submit_next()
-            while pending:
-                ok, inputs, errors = pending.popleft().result()
-                submit_next()
-                if errors and raise_errors:
-                    raise errors[0]
-                hidden = None
-                if inputs is not None:
-                    hidden = forward(ok, inputs) if forward is not None else self._forward_last_hidden(loaded, inputs)
+            queued: deque[tuple[list[int], HostCopy | None, list[Qwen3VLInputError]]] = deque()
+            held = 1 if QUEUE_NEXT_BATCH else 0
+            while pending or queued:
+                if pending:
+                    ok, inputs, errors = pending.popleft().result()
+                    submit_next()
+                    if errors and raise_errors:
+                        raise errors[0]
+                    output = None
+                    if inputs is not None:
+                        hidden = (forward(ok, inputs) if forward is not None
+                                  else self._forward_last_hidden(loaded, inputs))
+                        output = HostCopy(head(hidden) if head is not None else hidden)
+                    queued.append((ok, output, errors))
+                    if len(queued) <= held and pending:
+                        continue
+                ok, output, errors = queued.popleft()
                 if progress is not None:
                     progress.update(len(ok) + len(errors))
-                yield ok, hidden, errors
+                yield ok, output.result() if output is not None else None, errors
         finally:
             for future in pending:  # a call that stops early leaves no queued work behind
                 future.cancel()
