@@ -12,9 +12,9 @@
 #   gpu_profile.txt            torch.profiler tables of one more run of ours for two cases (where the time goes)
 #   gpu_log.txt                everything printed, with timestamps
 # CASES=a,b,... runs a subset; EXTRA_WORKERS=N[,M...] adds rows with N (M, ...) preprocessing workers for
-# EXTRA_CASES (default: the 448x448 images). Extra rows time ours again with each output read before the next
-# micro-batch is queued (embed_text, embed_images_448, embed_mixed, rerank_text, rerank_image_query) and, unless
-# ALL_LEVERS=0, with transformers' own RMSNorm (embed_text), with torch's own choice of attention kernels, cuDNN's
+# EXTRA_CASES (default: the 448x448 images). Extra rows time ours again with image pixels normalised on the host
+# (embed_images_448, embed_images, embed_mixed, rerank_images), with each output read before the next micro-batch is
+# queued (embed_text, embed_images_448, rerank_text) and, unless ALL_LEVERS=0, with transformers' own RMSNorm (embed_text), with torch's own choice of attention kernels, cuDNN's
 # included (embed_text, rerank_text), with the padding mask sent to the model and with the last decoder layer run at
 # every position (embed_text, rerank_text), the vision layout computed by the tower (embed_images_448), the rows after
 # a shared query part attending through transformers' mask (rerank_image_query), and the reranker sharing the query
@@ -92,7 +92,8 @@ timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput --model 2b --dev
   --cases "${CASES:-embed_text,embed_images,embed_images_448,embed_mixed,embed_query,rerank_text,rerank_images,rerank_image_query}" \
   --repeats "${REPEATS:-3}" --case-timeout 75 \
   ${EXTRA_WORKERS:+--extra-workers "$EXTRA_WORKERS" --extra-cases "${EXTRA_CASES:-embed_images_448}"} \
-  --extra-unqueued embed_text,embed_images_448,embed_mixed,rerank_text,rerank_image_query \
+  --extra-host-pixels embed_images_448,embed_images,embed_mixed,rerank_images \
+  --extra-unqueued embed_text,embed_images_448,rerank_text \
   ${LEVER_ROWS[@]+"${LEVER_ROWS[@]}"} ${COMPILE:+--extra-compiled embed_text} \
   --profile embed_text,embed_images_448 --profile-out "$OUT/gpu_profile.txt" \
   --markdown "$OUT/gpu_table.md" --json "$OUT/gpu.json" 2>&1 | tee -a "$LOG" || status=$?

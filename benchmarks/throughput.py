@@ -448,6 +448,7 @@ CORE_SWITCHES: dict[str, tuple[str, Any, Any, str]] = {
     "lower-right": ("lower_right_attention.CACHED_ROWS_LOWER_RIGHT", True, False,
                     "cached rows with transformers' mask"),
     "queue-next-batch": ("runner.QUEUE_NEXT_BATCH", True, False, "each output read before the next batch is queued"),
+    "pixels-on-device": ("pixels.NORMALIZE_ON_DEVICE", True, False, "pixels normalised on the host"),
 }
 
 
@@ -492,7 +493,7 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
     for lever, cases in (("pooled-last-layer", args.extra_whole_last_layer), ("padding-mask", args.extra_padding_mask),
                          ("vision-layout", args.extra_tower_vision_layout),
                          ("lower-right", args.extra_masked_cached_rows),
-                         ("queue-next-batch", args.extra_unqueued)):
+                         ("queue-next-batch", args.extra_unqueued), ("pixels-on-device", args.extra_host_pixels)):
         if cases:
             settings.append((cases, CORE_SWITCHES[lever][3], lambda name, lever=lever: core_switch(lever, on=False)))
     if args.extra_compiled:
@@ -740,6 +741,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                "attending through transformers' boolean mask (the core uses the lower-right causal kernel)")
     extra_rows("--extra-unqueued", "on these cases reading each micro-batch's output before queueing the next (the "
                "core queues the next one first)")
+    extra_rows("--extra-host-pixels", "on these cases with image pixels rescaled and normalised by the processor on the "
+               "host (the core does it on a CUDA device)")
     extra_rows("--extra-compiled", "on these cases, last, with each decoder layer of the language model under "
                "torch.compile (dynamic shapes; one untimed full run first compiles)")
     parser.add_argument("--profile", default=None,

@@ -115,11 +115,12 @@ def test_throughput_extra_rows_with_the_stock_rms_norm(tmp_path):
 
 def test_throughput_extra_rows_of_the_core_switches(tmp_path):
     """--extra-padding-mask, --extra-whole-last-layer, --extra-tower-vision-layout, --extra-masked-cached-rows and
-    --extra-unqueued time ours again with the padding mask sent, the last layer run at every position, the vision
-    layout computed by the tower, the cached rows attending through a mask and each output read before the next
-    batch; the core's settings are back afterwards, and --profile profiled the main row only."""
+    --extra-unqueued (and --extra-host-pixels, the same on CPU) time ours again with the padding mask sent, the last
+    layer run at every position, the vision layout computed by the tower, the cached rows attending through a mask
+    and each output read before the next batch; the core's settings are back afterwards, and --profile profiled the
+    main row only."""
     from benchmarks.throughput import main
-    from qwen3vl_integrations.core import lower_right_attention, runner
+    from qwen3vl_integrations.core import lower_right_attention, pixels, runner
 
     profile = tmp_path / "profile.txt"
     result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
@@ -127,18 +128,21 @@ def test_throughput_extra_rows_of_the_core_switches(tmp_path):
                    "--profile", "embed_text", "--profile-out", str(profile),
                    "--extra-whole-last-layer", "embed_text,rerank_text",
                    "--extra-padding-mask", "embed_text,rerank_text", "--extra-tower-vision-layout", "embed_images_448",
-                   "--extra-masked-cached-rows", "rerank_text", "--extra-unqueued", "embed_text"])
+                   "--extra-masked-cached-rows", "rerank_text", "--extra-unqueued", "embed_text",
+                   "--extra-host-pixels", "embed_images_448"])
     main_rows, extra_rows = {c["name"]: c for c in result["cases"][:3]}, result["cases"][3:]
     assert [c["name"] for c in extra_rows] == (["embed_text", "rerank_text"] * 2
-                                               + ["embed_images_448", "rerank_text", "embed_text"])
+                                               + ["embed_images_448", "rerank_text", "embed_text", "embed_images_448"])
     labels = (["[whole last layer]"] * 2 + ["[padding mask sent]"] * 2 + ["[vision layout computed by the tower]"]
-              + ["[cached rows with transformers' mask]", "[each output read before the next batch is queued]"])
+              + ["[cached rows with transformers' mask]", "[each output read before the next batch is queued]",
+                 "[pixels normalised on the host]"])
     for row, label in zip(extra_rows, labels):
         main_row = main_rows[row["name"]]
         assert label in row["description"] and row["errors"] == []
         assert row["tokens"] == main_row["tokens"] and row["max_abs_diff"] <= 1e-5
     assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True and runner.VISION_LAYOUT_ON_HOST
     assert lower_right_attention.CACHED_ROWS_LOWER_RIGHT is True and runner.QUEUE_NEXT_BATCH is True
+    assert pixels.NORMALIZE_ON_DEVICE is True
     assert profile.read_text().count("## embed_text (ours)") == 1  # the main row's profile, not the extra rows'
 
 
@@ -146,11 +150,12 @@ def test_throughput_extra_rows_of_the_core_switches(tmp_path):
                                              ("pooled-last-layer", "embed_text,rerank_text"),
                                              ("vision-layout", "embed_images_448,rerank_images"),
                                              ("lower-right", "rerank_text,rerank_images"),
-                                             ("queue-next-batch", "embed_text,rerank_images")])
+                                             ("queue-next-batch", "embed_text,rerank_images"),
+                                             ("pixels-on-device", "embed_images_448,rerank_images")])
 def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     """benchmarks.levers times ours with the lever on and off in turn; outputs agree and the core's value is back."""
     from benchmarks.levers import main
-    from qwen3vl_integrations.core import lower_right_attention, runner
+    from qwen3vl_integrations.core import lower_right_attention, pixels, runner
 
     text = main(["--lever", lever, "--model", "tiny", "--quick", "--runs", "2", "--cache-dir", str(tmp_path / "cache"),
                  "--cases", cases])
@@ -160,6 +165,7 @@ def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
         assert len(row[4].split(" / ")) == 2 and float(row[5].rstrip(" |")) <= 1e-5
     assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True and runner.VISION_LAYOUT_ON_HOST
     assert lower_right_attention.CACHED_ROWS_LOWER_RIGHT is True and runner.QUEUE_NEXT_BATCH is True
+    assert pixels.NORMALIZE_ON_DEVICE is True
 
 
 def test_throughput_extra_rows_for_several_worker_counts(tmp_path):

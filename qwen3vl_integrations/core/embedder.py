@@ -171,7 +171,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         text = render(processor, embedding_conversation(item, chosen, self.default_instruction))
         images, videos = self._prepare_media(item)
         try:
-            sequence = encode(processor, text, images, videos)
+            sequence = encode(processor, text, images, videos, loaded.raw_pixels)
         except Exception as exc:  # processor errors on odd media (sizes, channels)
             raise _Invalid(f"could not encode input: {exc}") from None
         tokenizer = processor.tokenizer

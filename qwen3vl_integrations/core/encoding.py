@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from .media import _Invalid
+from .pixels import RAW_IMAGE_KWARGS
 from .vision import PreparedVideo
 
 PER_TOKEN_KEYS = ("input_ids", "mm_token_type_ids")
@@ -36,19 +37,32 @@ class EncodedItem:
         first = getattr(self.leading, key) if self.leading is not None else None
         if first is None or own is None:
             return own if first is None else first
-        return torch.cat([first, own])
+        return torch.cat(same_dtype([first, own], key))
 
 
-def encode(processor: Any, text: str, images: Sequence[Any], videos: Sequence[PreparedVideo]) -> EncodedItem:
-    """Run the checkpoint's processor on one prompt; media are already resized (do_resize=False)."""
+def same_dtype(parts: Sequence[torch.Tensor], key: str) -> Sequence[torch.Tensor]:
+    """`parts`, checked to share one dtype before they are joined: 8-bit image patches next to normalised ones would
+    be promoted to float silently, as if normalised (core/pixels.py)."""
+    if len({part.dtype for part in parts}) > 1:
+        raise RuntimeError(f"{key} of one batch mix {sorted({str(p.dtype) for p in parts})}: 8-bit and normalised "
+                           "image patches cannot be joined")
+    return parts
+
+
+def encode(processor: Any, text: str, images: Sequence[Any], videos: Sequence[PreparedVideo],
+           raw_pixels: bool = False) -> EncodedItem:
+    """Run the checkpoint's processor on one prompt; media are already resized (do_resize=False). With
+    `raw_pixels`, image patches keep their 8-bit values, for the model's device to normalise (core/pixels.py)."""
     if not videos and processor.video_token not in text:
         if not images and processor.image_token not in text:
             return encode_text(processor, text)
         if text.count(processor.image_token) == len(images):
-            return encode_images(processor, text, images)
+            return encode_images(processor, text, images, raw_pixels)
     kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt", "padding": False, "truncation": False}
     if images:
         kwargs.update(images=list(images), do_resize=False)
+        if raw_pixels:
+            kwargs.update(images_kwargs=dict(RAW_IMAGE_KWARGS))  # images only: video frames stay normalised
     if videos:
         kwargs.update(videos=[v.frames for v in videos], video_metadata=[v.metadata for v in videos],
                       do_resize=False, do_sample_frames=False,
@@ -75,7 +89,7 @@ def encode_text(processor: Any, text: str) -> EncodedItem:
     return EncodedItem(input_ids=input_ids, mm_token_type_ids=torch.zeros_like(input_ids))
 
 
-def encode_images(processor: Any, text: str, images: Sequence[Any]) -> EncodedItem:
+def encode_images(processor: Any, text: str, images: Sequence[Any], raw_pixels: bool = False) -> EncodedItem:
     """A prompt with images and no videos, as the processor encodes it but cheaper: the image processor runs on its
     own, and the text is tokenised with one placeholder per image, each then repeated to the image's token count.
 
@@ -83,7 +97,8 @@ def encode_images(processor: Any, text: str, images: Sequence[Any]) -> EncodedIt
     its neighbours; the processor instead tokenises the text with every placeholder already repeated (hundreds of
     tokens per image) after its keyword merging and checks (about 2 ms a call).
     """
-    vision = processor.image_processor(list(images), do_resize=False, return_tensors="pt")
+    vision = processor.image_processor(list(images), do_resize=False, return_tensors="pt",
+                                       **(RAW_IMAGE_KWARGS if raw_pixels else {}))
     grid = vision["image_grid_thw"]
     counts = (grid.prod(-1) // processor.image_processor.merge_size ** 2).long()
     ids = processor.tokenizer([text], return_tensors="pt", padding=False, truncation=False,
@@ -160,5 +175,6 @@ def collate(items: Sequence[EncodedItem], pad_token_id: int,
         parts = [part for part in (item.vision(key) for item in items) if part is not None]
         if parts:
             shape = (sum(part.shape[0] for part in parts), *parts[0].shape[1:])
-            batch[key] = torch.cat(parts, out=torch.empty(shape, dtype=parts[0].dtype, pin_memory=pin_memory))
+            batch[key] = torch.cat(same_dtype(parts, key),
+                                   out=torch.empty(shape, dtype=parts[0].dtype, pin_memory=pin_memory))
     return batch, lengths - 1

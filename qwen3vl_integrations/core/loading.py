@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .lower_right_attention import use_lower_right_attention
+from .pixels import normalizes_on_device
 from .pooled_layer import use_pooled_last_layer
 
 ROLES = ("embedding", "reranker")
@@ -100,6 +101,11 @@ class LoadedModel:
     @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
+
+    @property
+    def raw_pixels(self) -> bool:
+        """Whether images go to the model as 8-bit patches, normalised on its device (core/pixels.py)."""
+        return normalizes_on_device(self.processor.image_processor, self.device)
 
     @property
     def pad_token_id(self) -> int:

@@ -203,7 +203,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
                                                      query.instruction or instruction, self.default_instruction))
         text = text[: text.rindex(_DOCUMENT_MARK)]
         try:
-            item = encode(processor, text, query_media[0], query_media[1])
+            item = encode(processor, text, query_media[0], query_media[1], loaded.raw_pixels)
         except Exception as exc:
             raise Qwen3VLInputError(f"could not encode input: {exc}", index=index, role="query") from None
         return QueryPrefix.from_encoding(item, text, loaded.tokenizer.convert_tokens_to_ids(VISION_END))
@@ -218,10 +218,12 @@ class Qwen3VLReranker(Qwen3VLRunner):
         try:
             if prefix is not None and prefix.head_text and text.startswith(prefix.head_text):
                 # The query's media were encoded with the prefix: only the rest of the prompt is processed.
-                sequence = prefix.join(encode(processor, text[len(prefix.head_text):], doc_images, doc_videos))
+                sequence = prefix.join(encode(processor, text[len(prefix.head_text):], doc_images, doc_videos,
+                                              loaded.raw_pixels))
             else:
                 # Media follow prompt order: the query's videos and images come before the document's.
-                sequence = encode(processor, text, query_media[0] + doc_images, query_media[1] + doc_videos)
+                sequence = encode(processor, text, query_media[0] + doc_images, query_media[1] + doc_videos,
+                                  loaded.raw_pixels)
         except Exception as exc:
             raise _Invalid(f"could not encode input: {exc}") from None
         return truncate_text_tokens(sequence, self.max_length, RERANK_SUFFIX, loaded.special_ids)

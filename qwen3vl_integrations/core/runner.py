@@ -3,6 +3,7 @@ batched forward loop (length-sorted micro-batches, preprocessing in worker threa
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from .errors import Qwen3VLInputError
 from .inputs import Item
 from .loading import LoadedModel, load_shared, resolve_attention, resolve_device, resolve_dtype
 from .media import MediaPolicy, _Invalid
+from .pixels import normalize_pixels
 from .pooled_layer import can_pool_last_layer, pooled_tokens
 from .vision import VisionLimits, image_tokens, prepare_image, prepare_video, video_tokens
 from .vision_layout import vision_layout
@@ -76,11 +78,16 @@ class ModelInputs:
     shared: int = 0
     cache_inputs: Callable[[], dict[str, Any]] | None = None
     host: dict[str, Any] = field(default_factory=dict)
+    normalize_pixels: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def on_device(self, device: torch.device) -> dict[str, Any]:
-        """The backbone's keyword arguments: the batch copied to `device` (asynchronously on CUDA), then `host`."""
+        """The backbone's keyword arguments: the batch copied to `device` (asynchronously on CUDA), 8-bit image
+        patches normalised there (`normalize_pixels`), then `host`."""
         non_blocking = device.type == "cuda"
-        return {**{k: v.to(device, non_blocking=non_blocking) for k, v in self.batch.items()}, **self.host}
+        moved = {k: v.to(device, non_blocking=non_blocking) for k, v in self.batch.items()}
+        if self.normalize_pixels is not None and "pixel_values" in moved:
+            moved["pixel_values"] = self.normalize_pixels(moved["pixel_values"])
+        return {**moved, **self.host}
 
     @property
     def tokens(self) -> int:
@@ -389,7 +396,10 @@ def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem], shared: 
     if VISION_LAYOUT_ON_HOST:
         on_device, host = vision_layout(loaded.backbone, batch)
         batch.update(on_device)
-    return ModelInputs(page_locked(loaded, batch), last, shared, host=host)
+    pixels = batch.get("pixel_values")
+    normalize = (functools.partial(normalize_pixels, loaded.processor.image_processor)
+                 if pixels is not None and pixels.dtype == torch.uint8 else None)
+    return ModelInputs(page_locked(loaded, batch), last, shared, host=host, normalize_pixels=normalize)
 
 
 def padding_mask_as_sent(batch: dict[str, torch.Tensor], shared: int = 0) -> None:

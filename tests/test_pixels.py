@@ -1,0 +1,95 @@
+"""Image pixels normalised on the model's device (core/pixels.py): the same values as the processor's, and the
+same vectors and scores, with the device path forced onto the CPU."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
+from qwen3vl_integrations.core import pixels
+from qwen3vl_integrations.core.encoding import EncodedItem, collate
+
+TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
+
+
+def noise(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def image_processor(tiny_embedding_path):
+    return Qwen3VLEmbedder(str(tiny_embedding_path), **TINY).load().processor.image_processor
+
+
+def test_normalised_patches_equal_the_processors(image_processor):
+    """8-bit patches normalised by normalize_pixels equal, bit for bit, the processor's float patches of the same
+    images (sizes grouped and not, every pixel value from 0 to 255)."""
+    images = [noise(64, 96, 0), noise(448, 448, 1), noise(64, 96, 2), noise(32, 32, 3)]
+    reference = image_processor(images, do_resize=False, return_tensors="pt")
+    raw = image_processor(images, do_resize=False, return_tensors="pt", **pixels.RAW_IMAGE_KWARGS)
+    assert raw["pixel_values"].dtype == torch.uint8 and reference["pixel_values"].dtype == torch.float32
+    assert raw["pixel_values"].unique().numel() == 256
+    assert torch.equal(raw["image_grid_thw"], reference["image_grid_thw"])
+    normalized = pixels.normalize_pixels(image_processor, raw["pixel_values"])
+    assert normalized.dtype == torch.float32 and torch.equal(normalized, reference["pixel_values"])
+    assert pixels.normalize_pixels(image_processor, normalized) is normalized  # float patches pass through
+
+
+def test_where_pixels_are_normalised_on_the_device(image_processor, monkeypatch):
+    assert pixels.normalizes_on_device(image_processor, torch.device("cuda"))
+    assert not pixels.normalizes_on_device(image_processor, torch.device("cpu"))
+    assert not pixels.normalizes_on_device(SimpleNamespace(patch_size=16), torch.device("cuda"))  # not torch code
+    monkeypatch.setattr(pixels, "NORMALIZE_ON_DEVICE", False)
+    assert not pixels.normalizes_on_device(image_processor, torch.device("cuda"))
+
+
+def test_8_bit_and_normalised_patches_are_never_joined():
+    def item(dtype: torch.dtype) -> EncodedItem:
+        return EncodedItem(input_ids=torch.ones(4, dtype=torch.long), mm_token_type_ids=torch.zeros(4, dtype=torch.long),
+                           pixel_values=torch.zeros(4, 1536, dtype=dtype), image_grid_thw=torch.tensor([[1, 2, 2]]))
+
+    with pytest.raises(RuntimeError, match="pixel_values"):
+        collate([item(torch.uint8), item(torch.float32)], pad_token_id=0)
+    with pytest.raises(RuntimeError, match="pixel_values"):
+        EncodedItem(**{**vars(item(torch.float32)), "leading": item(torch.uint8)}).vision("pixel_values")
+    assert collate([item(torch.uint8)] * 2, pad_token_id=0)[0]["pixel_values"].dtype == torch.uint8
+
+
+def test_vectors_and_scores_equal_the_host_path(tiny_embedding_path, tiny_reranker_path, media_dir, monkeypatch):
+    """With the device path forced onto the CPU, batches carry 8-bit patches, the backbone gets float32 ones, and
+    vectors (images, several images, image and text, image and video) and scores (image query, shared query part
+    or whole pairs; image documents) equal the host path's exactly."""
+    items = [{"image": media_dir / "red.png"}, "a text", {"image": [media_dir / "gray.png", media_dir / "rgba.png"]},
+             {"image": media_dir / "wide.png", "text": "wide"},
+             {"image": media_dir / "blue.jpg", "video": media_dir / "clip.mp4"}, {"video": media_dir / "clip.mp4"}]
+    query = {"image": media_dir / "blue.jpg", "text": "a blue square"}
+
+    def outputs() -> tuple[np.ndarray, ...]:
+        emb = Qwen3VLEmbedder(str(tiny_embedding_path), batch_size=2, **TINY)
+        reranker = Qwen3VLReranker(str(tiny_reranker_path), batch_size=2, **TINY)
+        whole = Qwen3VLReranker(str(tiny_reranker_path), batch_size=2, share_query_prefix=False, **TINY)
+        return emb.embed(items), reranker.score(query, items), whole.score(query, items)
+
+    host = outputs()
+    monkeypatch.setattr(pixels, "DEVICE_TYPES", frozenset({"cuda", "cpu"}))
+    sent, received = [], []
+    on_device = pixels.normalize_pixels
+
+    def spy(image_processor, pixel_values):
+        sent.append(pixel_values.dtype)
+        received.append(on_device(image_processor, pixel_values).dtype)
+        return on_device(image_processor, pixel_values)
+
+    from qwen3vl_integrations.core import runner
+
+    monkeypatch.setattr(runner, "normalize_pixels", spy)
+    device = outputs()
+    assert set(sent) == {torch.uint8} and set(received) == {torch.float32}
+    assert len(sent) >= 8  # embedder batches, the query part's pass, pairs of both rerankers
+    for got, expected in zip(device, host):
+        np.testing.assert_array_equal(got, expected)
