@@ -93,3 +93,16 @@ def test_vectors_and_scores_equal_the_host_path(tiny_embedding_path, tiny_rerank
     assert len(sent) >= 8  # embedder batches, the query part's pass, pairs of both rerankers
     for got, expected in zip(device, host):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_normalising_reads_nothing_back(image_processor):
+    """On a GPU a read-back (a tensor turned into a Python value, such as a check that no std is zero) would make the
+    host wait for every batch already queued; the normalisation reads none."""
+    from test_host_reads import HostReads
+
+    raw = image_processor([noise(64, 96, 0)], do_resize=False, return_tensors="pt",
+                          **pixels.RAW_IMAGE_KWARGS)["pixel_values"]
+    pixels.normalize_pixels(image_processor, raw)  # the processor caches its fused mean and std on first use
+    with HostReads() as mode:
+        pixels.normalize_pixels(image_processor, raw)
+    assert not mode.places
