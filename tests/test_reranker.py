@@ -183,12 +183,12 @@ class Spy:
 
         original_inputs = runner.model_inputs  # a newer Spy replaces an older one rather than wrapping it
 
-        def encode(processor, text, images, videos):
+        def encode(processor, text, images, videos, raw_pixels=False):
             with lock:
                 self.texts.append(text)
                 self.images.append(list(images))
                 self.videos.append(list(videos))
-            return original_encode(processor, text, images, videos)
+            return original_encode(processor, text, images, videos, raw_pixels)
 
         def model_inputs(loaded, sequences):  # pairs that run whole (not after a shared query part)
             with lock:
