@@ -1,8 +1,8 @@
 """Image pixels rescaled and normalised on the model's device instead of the host.
 
 The image processor turns each image into patches of float32 values: for a 448x448 image, 6 MB written and read
-several times over on the host (the temporal patch repeats every image twice), then copied to the GPU. On a GPU
-host that float work, not the model, bounded the images per second. With NORMALIZE_ON_DEVICE the processor only
+several times over on the host (the temporal patch repeats every image twice), then copied to the GPU: about half
+of an image's preprocessing, which bounds a GPU's images per second. With NORMALIZE_ON_DEVICE the processor only
 cuts the patches, of the 8-bit pixels (a quarter of the bytes), and the model's device rescales and normalises
 them with the processor's own method: the same float32 arithmetic on the same values, so the same pixel values.
 """
