@@ -179,3 +179,18 @@ def test_throughput_extra_rows_for_several_worker_counts(tmp_path):
     assert [(c["name"], c["description"].rsplit("[", 1)[-1]) for c in extra_rows] == [
         ("embed_images_448", "workers=0]"), ("embed_images_448", "workers=3]")]
     assert all(row["errors"] == [] and row["max_abs_diff"] <= 1e-5 for row in extra_rows)
+
+
+def test_preprocessing_benchmark_times_both_pixel_paths(tmp_path):
+    """benchmarks.preprocessing times the host work per image for the CPU path and the CUDA path; the CUDA path's
+    patches are 8-bit, of one temporal slice (an eighth of the bytes), and the core's devices are back after."""
+    from benchmarks.preprocessing import main
+    from qwen3vl_integrations.core import pixels
+
+    text = main(["--images", "4", "--size", "64", "--batch", "2", "--runs", "1", "--cache-dir", str(tmp_path)])
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| pixels") or line.startswith("| 8-bit")]
+    assert len(rows) == 2 and all(float(row[1]) > 0 for row in rows)
+    host_mib, device_mib = (float(row[5].split(" ")[0]) for row in rows)
+    assert "(float32)" in rows[0][5] and "(uint8)" in rows[1][5]
+    assert device_mib == pytest.approx(host_mib / 8, rel=0.02)
+    assert pixels.DEVICE_TYPES == frozenset({"cuda"})

@@ -75,3 +75,31 @@ def test_image_encoding_equals_the_processor(processor, text, sizes, monkeypatch
 def test_image_placeholders_that_do_not_match_the_images_still_meet_the_processor_check(processor):
     with pytest.raises(ValueError, match="image"):
         encode(processor, "<|image_pad|> and <|image_pad|>", _images((32, 32)), [])
+
+
+@pytest.mark.parametrize("text,sizes", IMAGE_PROMPTS)
+def test_8_bit_image_encoding_normalises_to_the_processors(processor, text, sizes):
+    """With raw_pixels (the CUDA path) the patches are 8-bit and of one temporal slice, and normalise on the device
+    to the processor's float patches; ids, token types and grids are unchanged."""
+    from qwen3vl_integrations.core.pixels import normalize_pixels
+
+    images = _images(*sizes)
+    expected = encode(processor, text, images, [])
+    item = encode(processor, text, images, [], raw_pixels=True)
+    assert item.pixel_values.dtype == torch.uint8
+    assert item.pixel_values.shape[1] * processor.image_processor.temporal_patch_size == expected.pixel_values.shape[1]
+    assert torch.equal(normalize_pixels(processor.image_processor, item.pixel_values), expected.pixel_values)
+    for key in ("input_ids", "mm_token_type_ids", "image_grid_thw"):
+        assert torch.equal(getattr(item, key), getattr(expected, key))
+
+
+def test_token_types_follow_the_processors_rule(processor):
+    from qwen3vl_integrations.core.encoding import mm_token_types
+
+    tokenizer = processor.tokenizer
+    text = ("a<|vision_start|><|image_pad|><|image_pad|><|vision_end|>b<|vision_start|><|video_pad|><|vision_end|>"
+            "<|image_pad|>c<|endoftext|>")
+    ids = tokenizer([text], return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    expected = torch.tensor(processor.create_mm_token_type_ids([ids.tolist()])[0])
+    assert set(expected.tolist()) == {0, 1, 2}
+    assert torch.equal(mm_token_types(processor, ids), expected)

@@ -33,6 +33,8 @@ def test_normalised_patches_equal_the_processors(image_processor):
     reference = image_processor(images, do_resize=False, return_tensors="pt")
     raw = image_processor(images, do_resize=False, return_tensors="pt", **pixels.RAW_IMAGE_KWARGS)
     assert raw["pixel_values"].dtype == torch.uint8 and reference["pixel_values"].dtype == torch.float32
+    # one temporal slice of the 8-bit pixels: an eighth of the float patches' bytes
+    assert raw["pixel_values"].nbytes * 8 == reference["pixel_values"].nbytes
     assert raw["pixel_values"].unique().numel() == 256
     assert torch.equal(raw["image_grid_thw"], reference["image_grid_thw"])
     normalized = pixels.normalize_pixels(image_processor, raw["pixel_values"])
@@ -51,7 +53,7 @@ def test_where_pixels_are_normalised_on_the_device(image_processor, monkeypatch)
 def test_8_bit_and_normalised_patches_are_never_joined():
     def item(dtype: torch.dtype) -> EncodedItem:
         return EncodedItem(input_ids=torch.ones(4, dtype=torch.long), mm_token_type_ids=torch.zeros(4, dtype=torch.long),
-                           pixel_values=torch.zeros(4, 1536, dtype=dtype), image_grid_thw=torch.tensor([[1, 2, 2]]))
+                           pixel_values=torch.zeros(4, 768, dtype=dtype), image_grid_thw=torch.tensor([[1, 2, 2]]))
 
     with pytest.raises(RuntimeError, match="pixel_values"):
         collate([item(torch.uint8), item(torch.float32)], pad_token_id=0)

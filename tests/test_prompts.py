@@ -231,3 +231,36 @@ def test_render_reranker_instruction_is_verbatim(processor, pil_image, frames):
     assert render(processor, conv) == expected_rerank_prompt("  find things ", IMG + "q1q2", VID + IMG + "d")
     conv = rerank_conversation(item({}), item("doc"), "", default="Custom default")
     assert render(processor, conv) == expected_rerank_prompt("Custom default", "NULL", "doc")
+
+
+def test_rendered_prompts_are_reused_and_equal_the_template(processor, monkeypatch):
+    """Short conversations (an image item, a query's pairs with image documents) are rendered once: the same text as
+    the chat template, per template; long ones are rendered every time."""
+    from qwen3vl_integrations.core import prompts
+
+    monkeypatch.setattr(prompts, "_rendered", {})
+    calls = []
+    template = type(processor).apply_chat_template
+    monkeypatch.setattr(type(processor), "apply_chat_template",
+                        lambda self, *a, **k: calls.append(1) or template(self, *a, **k))
+    image_only = embedding_conversation(parse_item({"image": Image.new("RGB", (8, 8))}, MediaPolicy()), None)
+    expected = template(processor, image_only, tokenize=False, add_generation_prompt=True)
+    assert [render(processor, image_only) for _ in range(3)] == [expected] * 3 and len(calls) == 1
+    other = embedding_conversation(parse_item({"image": Image.new("RGB", (8, 8))}, MediaPolicy()), "Find cats")
+    assert render(processor, other) != expected and len(calls) == 2
+    long_text = embedding_conversation(parse_item("word " * 1000, MediaPolicy()), None)
+    assert render(processor, long_text) == render(processor, long_text) and len(calls) == 4
+
+
+def test_rendered_prompts_are_kept_per_template(processor, monkeypatch):
+    import copy
+
+    from qwen3vl_integrations.core import prompts
+
+    monkeypatch.setattr(prompts, "_rendered", {})
+    other = copy.deepcopy(processor)
+    other.chat_template = processor.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    conversation = embedding_conversation(parse_item("hello", MediaPolicy()), None)
+    first, second = render(processor, conversation), render(other, conversation)
+    assert second == first.replace("<|im_start|>", "<|im_start|> ") != first
+    assert render(processor, conversation) == first

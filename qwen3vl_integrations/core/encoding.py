@@ -109,9 +109,20 @@ def encode_images(processor: Any, text: str, images: Sequence[Any], raw_pixels: 
         raise _Invalid(f"the prompt holds {placeholders.numel()} image placeholders for {counts.numel()} images")
     repeats[placeholders] = counts
     ids = ids.repeat_interleave(repeats)
-    token_types = torch.as_tensor(processor.create_mm_token_type_ids([ids.tolist()])[0], dtype=torch.long)
+    token_types = mm_token_types(processor, ids)
     return EncodedItem(input_ids=ids, mm_token_type_ids=token_types, pixel_values=vision["pixel_values"],
                        image_grid_thw=grid)
+
+
+def mm_token_types(processor: Any, ids: torch.Tensor) -> torch.Tensor:
+    """The processor's modality type of each token (its `create_mm_token_type_ids` rule: 1 for its image token ids,
+    2 video, 3 audio, else 0) as tensor operations, without the rule's round trip through lists and NumPy."""
+    types = torch.zeros_like(ids)
+    for value, name in ((1, "image_token_ids"), (2, "video_token_ids"), (3, "audio_token_ids")):
+        listed = [token for token in (getattr(processor, name, None) or []) if token is not None]
+        if listed:
+            types = torch.where(torch.isin(ids, torch.tensor(listed, dtype=ids.dtype)), value, types)
+    return types
 
 
 def append_token(item: EncodedItem, token_id: int) -> EncodedItem:

@@ -1,0 +1,114 @@
+"""Host preprocessing per image: what the core's worker threads do for each image before the model runs.
+
+    python -m benchmarks.preprocessing --images 64 --size 448 --runs 5
+
+On a GPU the 448x448 images are bound by this work, not by the model (benchmarks/README.md), and it runs the same
+on any host, so it is measured here, on one thread, with the model call left out: decoding and resizing, the
+prompt, the image processor and the token ids (one item at a time, as the workers do), then padding a micro-batch
+of `--batch` items (collation, M-RoPE positions, the vision tower's layout). Two settings: pixels normalised on the
+host (the CPU path) and 8-bit patches (the CUDA path, core/pixels.py). Prints one markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from benchmarks.corpora import jpeg, synthetic_image
+from benchmarks.throughput import checkpoint_paths, default_cache_dir, log
+
+
+@contextlib.contextmanager
+def patches_as_on_cuda(raw: bool) -> Iterator[None]:
+    """Within this block a CPU model gets 8-bit patches as a CUDA one does (`raw`), or normalised ones."""
+    from qwen3vl_integrations.core import pixels
+
+    saved = pixels.DEVICE_TYPES
+    pixels.DEVICE_TYPES = frozenset(saved | {"cpu"}) if raw else frozenset(saved - {"cpu"})
+    try:
+        yield
+    finally:
+        pixels.DEVICE_TYPES = saved
+
+
+def milliseconds_per_item(fn: Callable[[], Any], items: int) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return (time.perf_counter() - start) * 1e3 / items, result
+
+
+def time_setting(embedder: Any, items: Sequence[Any], batch: int, runs: int) -> dict[str, float]:
+    """Median milliseconds per item of each step, over `runs` passes after one warm-up pass."""
+    from qwen3vl_integrations.core.inputs import parse_items
+    from qwen3vl_integrations.core.runner import model_inputs
+    from qwen3vl_integrations.core.vision import prepare_image
+
+    loaded = embedder.load()
+    parsed, errors = parse_items(list(items), embedder.policy)
+    assert not errors, errors
+    steps: dict[str, list[float]] = {"decode and resize": [], "prompt, processor, token ids": [], "batch": [],
+                                     "total": []}
+    for run in range(runs + 1):
+        decode, _ = milliseconds_per_item(
+            lambda: [prepare_image(image, embedder.limits, embedder.policy) for p in parsed for image in p.images],
+            len(parsed))
+        encode, sequences = milliseconds_per_item(
+            lambda: [embedder._encode_item(loaded, p, None) for p in parsed], len(parsed))
+        pad, inputs = milliseconds_per_item(
+            lambda: [model_inputs(loaded, sequences[k:k + batch]) for k in range(0, len(sequences), batch)],
+            len(parsed))
+        if run:  # the first pass warms caches
+            steps["decode and resize"].append(decode)
+            steps["prompt, processor, token ids"].append(encode - decode)  # _encode_item decodes too
+            steps["batch"].append(pad)
+            steps["total"].append(encode + pad)
+    result = {name: statistics.median(values) for name, values in steps.items()}
+    pixel_values = [i.batch["pixel_values"] for i in inputs]
+    result["pixel bytes per item"] = sum(p.numel() * p.element_size() for p in pixel_values) / len(parsed)
+    result["dtype"] = str(pixel_values[0].dtype).replace("torch.", "")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="tiny or small (random checkpoints: the real processor "
+                        "settings) or a checkpoint folder")
+    parser.add_argument("--images", type=int, default=64, help="images per pass")
+    parser.add_argument("--size", type=int, default=448, help="side of the square JPEG images, in pixels")
+    parser.add_argument("--batch", type=int, default=32, help="items per micro-batch")
+    parser.add_argument("--runs", type=int, default=5, help="timed passes per setting (median)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a worker thread's share)")
+    parser.add_argument("--cache-dir", default=None, help="where random checkpoints are kept")
+    args = parser.parse_args(argv)
+
+    from qwen3vl_integrations import Qwen3VLEmbedder
+
+    torch.set_num_threads(args.threads)
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    path, _, _ = checkpoint_paths(args.model, None, torch.float32, torch.device("cpu"), cache_dir, "disk")
+    items = [{"image": jpeg(synthetic_image(args.size, args.size, 7919 + k))} for k in range(args.images)]
+    rows = []
+    for label, raw in (("pixels normalised on the host (CPU path)", False), ("8-bit patches (CUDA path)", True)):
+        with patches_as_on_cuda(raw):
+            embedder = Qwen3VLEmbedder(path, device="cpu")
+            result = time_setting(embedder, items, args.batch, args.runs)
+        rows.append(f"| {label} | {result['total']:.2f} | {result['decode and resize']:.2f} | "
+                    f"{result['prompt, processor, token ids']:.2f} | {result['batch']:.2f} | "
+                    f"{result['pixel bytes per item'] / 2**20:.3g} ({result['dtype']}) |")
+        log(rows[-1])
+    text = "\n".join([
+        f"Host preprocessing per {args.size}x{args.size} JPEG image, {args.images} images, micro-batches of "
+        f"{args.batch}, {args.threads} torch thread(s), median of {args.runs} passes, ms per image",
+        "", "| setting | total | decode and resize | prompt, processor, token ids | batch | pixel MiB per image |",
+        "|---|---|---|---|---|---|", *rows])
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
