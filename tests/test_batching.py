@@ -442,3 +442,27 @@ def test_an_output_is_read_after_the_next_batch_is_queued(tiny_embedding_path, t
     np.testing.assert_array_equal(scores, reranker.score_pairs(pairs))
     singles = [reranker.score(query, [document])[0] for query, document in pairs]
     assert np.abs(scores - np.asarray(singles)).max() <= 1e-5
+
+
+def test_positions_are_reused_for_sequences_of_one_layout(emb, media_dir, monkeypatch):
+    """Positions depend only on the token types and the vision grids: sequences alike in these reuse them, and
+    sequences that differ in either (even with the same types) get the model's rule's own."""
+    loaded = emb.load()
+    monkeypatch.setattr(runner, "_positions", runner.weakref.WeakKeyDictionary())
+    calls = []
+    rule = loaded.backbone.get_rope_index
+    monkeypatch.setattr(loaded.backbone, "get_rope_index", lambda *a, **k: calls.append(1) or rule(*a, **k))
+    from qwen3vl_integrations.core.inputs import parse_item
+
+    def encoded(item):
+        return emb._encode_item(loaded, parse_item(item, emb.policy), None)
+
+    tall, wide = Image.new("RGB", (64, 96), (200, 0, 0)), Image.new("RGB", (96, 64), (0, 200, 0))
+    sequences = [encoded({"image": tall}), encoded({"image": Image.new("RGB", (64, 96))}), encoded({"image": wide}),
+                 encoded({"image": tall, "text": "a"}), encoded({"video": media_dir / "clip.mp4"})]
+    assert torch.equal(sequences[0].mm_token_type_ids, sequences[2].mm_token_type_ids)  # only the grids differ
+    for item in sequences + sequences:
+        expected, _ = rule(item.input_ids[None], mm_token_type_ids=item.mm_token_type_ids[None],
+                           image_grid_thw=item.vision("image_grid_thw"), video_grid_thw=item.vision("video_grid_thw"))
+        assert torch.equal(runner.whole_rope_positions(loaded.backbone, item), expected[:, 0])
+    assert len(calls) == 4  # one per layout: the second tall image, and every sequence the second time, reuse
