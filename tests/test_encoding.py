@@ -103,3 +103,12 @@ def test_token_types_follow_the_processors_rule(processor):
     expected = torch.tensor(processor.create_mm_token_type_ids([ids.tolist()])[0])
     assert set(expected.tolist()) == {0, 1, 2}
     assert torch.equal(mm_token_types(processor, ids), expected)
+
+
+def test_patches_that_should_be_8_bit_but_are_not_are_refused(processor):
+    """A float image (a tensor the processor keeps as float) asked for as 8-bit patches would reach the model
+    unnormalised: encoding refuses it instead."""
+    image = torch.rand(3, 32, 32)
+    with pytest.raises(RuntimeError, match="8-bit"):
+        encode(processor, "<|vision_start|><|image_pad|><|vision_end|>", [image], [], raw_pixels=True)
+    assert encode(processor, "<|vision_start|><|image_pad|><|vision_end|>", [image], []).pixel_values is not None

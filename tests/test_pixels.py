@@ -46,6 +46,9 @@ def test_where_pixels_are_normalised_on_the_device(image_processor, monkeypatch)
     assert pixels.normalizes_on_device(image_processor, torch.device("cuda"))
     assert not pixels.normalizes_on_device(image_processor, torch.device("cpu"))
     assert not pixels.normalizes_on_device(SimpleNamespace(patch_size=16), torch.device("cuda"))  # not torch code
+    from transformers import CLIPImageProcessor  # torch code, but another patch layout
+
+    assert not pixels.normalizes_on_device(CLIPImageProcessor(), torch.device("cuda"))
     monkeypatch.setattr(pixels, "NORMALIZE_ON_DEVICE", False)
     assert not pixels.normalizes_on_device(image_processor, torch.device("cuda"))
 
@@ -97,14 +100,20 @@ def test_vectors_and_scores_equal_the_host_path(tiny_embedding_path, tiny_rerank
         np.testing.assert_array_equal(got, expected)
 
 
-def test_normalising_reads_nothing_back(image_processor):
-    """On a GPU a read-back (a tensor turned into a Python value, such as a check that no std is zero) would make the
-    host wait for every batch already queued; the normalisation reads none."""
+def test_normalising_reads_nothing_back(image_processor, monkeypatch):
+    """On a GPU a read-back (a tensor turned into a Python value, such as a check that no std is zero) or a copy of
+    host values to the device would make the host wait for every batch already queued; after the first batch the
+    normalisation does neither, even once transformers' shared cache of fused means and stds (10 entries for every
+    processor in the process) has dropped this processor's."""
     from test_host_reads import HostReads
 
     raw = image_processor([noise(64, 96, 0)], do_resize=False, return_tensors="pt",
                           **pixels.RAW_IMAGE_KWARGS)["pixel_values"]
-    pixels.normalize_pixels(image_processor, raw)  # the processor caches its fused mean and std on first use
+    first = pixels.normalize_pixels(image_processor, raw)  # the fused mean and std are made here, once
+    made = []
+    fuse = type(image_processor)._fuse_mean_std_and_rescale_factor
+    monkeypatch.setattr(type(image_processor), "_fuse_mean_std_and_rescale_factor",
+                        lambda *a, **k: made.append(1) or fuse(*a, **k))
     with HostReads() as mode:
-        pixels.normalize_pixels(image_processor, raw)
-    assert not mode.places
+        again = pixels.normalize_pixels(image_processor, raw)
+    assert not mode.places and made == [] and torch.equal(again, first)

@@ -49,6 +49,15 @@ def same_dtype(parts: Sequence[torch.Tensor], key: str) -> Sequence[torch.Tensor
     return parts
 
 
+def eight_bit_if_asked(pixel_values: torch.Tensor | None, raw_pixels: bool) -> torch.Tensor | None:
+    """`pixel_values`, checked to be 8-bit where 8-bit patches were asked for: patches of another dtype would reach
+    the model unnormalised (only 8-bit ones are normalised on the device)."""
+    if raw_pixels and pixel_values is not None and pixel_values.dtype != torch.uint8:
+        raise RuntimeError(f"the image processor returned {pixel_values.dtype} patches where 8-bit ones were asked "
+                           "for")
+    return pixel_values
+
+
 def encode(processor: Any, text: str, images: Sequence[Any], videos: Sequence[PreparedVideo],
            raw_pixels: bool = False) -> EncodedItem:
     """Run the checkpoint's processor on one prompt; media are already resized (do_resize=False). With
@@ -74,7 +83,7 @@ def encode(processor: Any, text: str, images: Sequence[Any], videos: Sequence[Pr
     return EncodedItem(
         input_ids=out["input_ids"][0].long(),
         mm_token_type_ids=token_types[0],
-        pixel_values=out.get("pixel_values"),
+        pixel_values=eight_bit_if_asked(out.get("pixel_values"), raw_pixels),
         image_grid_thw=out.get("image_grid_thw"),
         pixel_values_videos=out.get("pixel_values_videos"),
         video_grid_thw=out.get("video_grid_thw"),
@@ -110,8 +119,8 @@ def encode_images(processor: Any, text: str, images: Sequence[Any], raw_pixels: 
     repeats[placeholders] = counts
     ids = ids.repeat_interleave(repeats)
     token_types = mm_token_types(processor, ids)
-    return EncodedItem(input_ids=ids, mm_token_type_ids=token_types, pixel_values=vision["pixel_values"],
-                       image_grid_thw=grid)
+    return EncodedItem(input_ids=ids, mm_token_type_ids=token_types,
+                       pixel_values=eight_bit_if_asked(vision["pixel_values"], raw_pixels), image_grid_thw=grid)
 
 
 def mm_token_types(processor: Any, ids: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,12 @@ The image processor turns each image into patches of float32 values: for a 448x4
 several times over on the host (the temporal patch repeats every image twice), then copied to the GPU: about half
 of an image's preprocessing, which bounds a GPU's images per second. With NORMALIZE_ON_DEVICE the processor only
 cuts the patches, of the 8-bit pixels and with one temporal slice (an eighth of the bytes), and the model's device
-rescales and normalises them with the processor's own method, then repeats the slice: the same float32 arithmetic on
-the same values, so the same pixel values.
+rescales and normalises them with the processor's own normalisation (its `normalize`, with its fused mean and std),
+then repeats the slice: the same float32 arithmetic on the same values, so the same pixel values.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -25,16 +26,41 @@ RAW_IMAGE_KWARGS = {"do_rescale": False, "do_normalize": False, "temporal_patch_
 def normalizes_on_device(image_processor: Any, device: torch.device) -> bool:
     """Whether images for a model on `device` are sent as 8-bit patches and normalised there.
 
-    Only for processors whose rescale-and-normalise step is torch code (transformers' torchvision backend, the
-    default), which runs on any device; others keep the host path."""
+    Only for the Qwen2-VL image processor (Qwen3-VL's) of transformers' torchvision backend, the default: its
+    rescale-and-normalise step is torch code, which runs on any device, and `normalize_pixels` knows its patch layout.
+    Other processors keep the host path."""
     if not NORMALIZE_ON_DEVICE or device.type not in DEVICE_TYPES:
         return False
     try:
         from transformers.image_processing_backends import TorchvisionBackend
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     except ImportError:
         return False
-    return isinstance(image_processor, TorchvisionBackend) and all(
-        hasattr(image_processor, name) for name in ("patch_size", "temporal_patch_size", "rescale_and_normalize"))
+    return isinstance(image_processor, Qwen2VLImageProcessor) and isinstance(image_processor, TorchvisionBackend)
+
+
+# The processor's fused mean and std, per processor and device, made once. transformers keeps them in one cache of 10
+# entries shared by every processor object in the process (each worker thread has its copies), and making them again
+# on a GPU copies them there, a copy that waits for every queued batch.
+_mean_std: weakref.WeakKeyDictionary[Any, dict[torch.device, tuple[torch.Tensor, torch.Tensor]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _fused_mean_std(image_processor: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and std the processor normalises with on `device`, the rescale factor folded in as it folds it."""
+    per_device = _mean_std.setdefault(image_processor, {})
+    if device not in per_device:
+        def hashable(value: Any) -> Any:  # the processor's cache keys on these arguments
+            return tuple(value) if isinstance(value, list) else value
+
+        mean, std, _ = image_processor._fuse_mean_std_and_rescale_factor(
+            do_normalize=image_processor.do_normalize, image_mean=hashable(image_processor.image_mean),
+            image_std=hashable(image_processor.image_std), do_rescale=image_processor.do_rescale,
+            rescale_factor=image_processor.rescale_factor, device=device)
+        # Unfused (no rescale) they are Python numbers, which normalising would copy to the device each call.
+        per_device[device] = (torch.as_tensor(mean, dtype=torch.float32, device=device),
+                              torch.as_tensor(std, dtype=torch.float32, device=device))
+    return per_device[device]
 
 
 def normalize_pixels(image_processor: Any, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -48,12 +74,13 @@ def normalize_pixels(image_processor: Any, pixel_values: torch.Tensor) -> torch.
     channels = width // (patch * patch)
     # Channels in front, as in an image: the processor's per-channel mean and std broadcast over dim -3.
     images = pixel_values.view(rows, channels, patch, patch)
-
-    def hashable(value: Any) -> Any:  # the processor caches its fused mean and std by these arguments
-        return tuple(value) if isinstance(value, list) else value
-
-    normalized = image_processor.rescale_and_normalize(
-        images, image_processor.do_rescale, image_processor.rescale_factor, image_processor.do_normalize,
-        hashable(image_processor.image_mean), hashable(image_processor.image_std))
-    # The processor repeats each frame before normalising; normalising first and repeating gives the same values.
+    # The steps of the processor's `rescale_and_normalize`, with its fused mean and std kept on the device.
+    if image_processor.do_normalize:
+        mean, std = _fused_mean_std(image_processor, images.device)
+        normalized = image_processor.normalize(images.to(torch.float32), mean, std, inplace=True)
+    elif image_processor.do_rescale:
+        normalized = image_processor.rescale(images, image_processor.rescale_factor)
+    else:
+        normalized = images
+    # The processor normalises each frame, then repeats it in its patches: repeating here gives the same values.
     return normalized.unsqueeze(2).expand(rows, channels, temporal, patch, patch).reshape(rows, -1)

@@ -376,7 +376,7 @@ _positions: weakref.WeakKeyDictionary[Any, dict[tuple[bytes, ...], torch.Tensor]
 
 def whole_rope_positions(backbone: Any, item: EncodedItem) -> torch.Tensor:
     """[3, len(item)] M-RoPE positions of one sequence by the model's rule, which reads only the token types and the
-    vision grids (never the token ids): sequences alike in these share them."""
+    vision grids (never the token ids): sequences alike in these share them. Read-only: the tensor may be shared."""
     image_grid, video_grid = item.vision("image_grid_thw"), item.vision("video_grid_thw")
     key = None
     if len(item) <= POSITIONS_CACHE_TOKENS:
