@@ -291,3 +291,24 @@ def test_batches_are_prepared_in_the_worker_threads(tiny_reranker_path, share, m
     reranker.score({"image": RED, "text": "red"}, ["one", {"image": GREEN}, "three", "four", "five", "six"])
     assert {name for name, _ in threads} == {"inputs_after_prefix" if share else "model_inputs"}
     assert len(threads) == 3 and all(thread.startswith("qwen3vl-prep") for _, thread in threads), threads
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_the_query_media_are_processed_once_per_call(tiny_reranker_path, monkeypatch, share):
+    """Whether or not its key/value cache is shared, a query's images go through the processor once per call (with
+    the query part), not once per pair; the scores equal each pair scored on its own."""
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=share, **K)
+    documents = ["a red thing", {"image": GREEN}, "x"]
+    singles = [reranker.score({"image": RED, "text": "red?"}, [d])[0] for d in documents]
+    images_per_call = []
+    original = reranker_module.encode
+
+    def encode(processor, text, images, videos, raw_pixels=False):
+        images_per_call.append(len(images))
+        return original(processor, text, images, videos, raw_pixels)
+
+    monkeypatch.setattr(reranker_module, "encode", encode)
+    scores = reranker.score({"image": RED, "text": "red?"}, documents)
+    # the query part with its image first, then each pair (in batch order) with only its document's images
+    assert images_per_call[0] == 1 and sorted(images_per_call[1:]) == [0, 0, 1]
+    np.testing.assert_allclose(scores, singles, atol=ATOL, rtol=0)

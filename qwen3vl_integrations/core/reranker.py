@@ -24,8 +24,8 @@ class Qwen3VLReranker(Qwen3VLRunner):
     """Scores (query, document) pairs with Qwen3-VL-Reranker: sigmoid(h_last · (W_yes − W_no)), in float32.
 
     Queries and documents take every input form the embedder takes. Pairs are scored in length-sorted
-    micro-batches (the reference runs one pair per forward pass); the query's media are decoded once per call.
-    With `share_query_prefix`, the tokens that all pairs of one query begin with (system prompt, instruction,
+    micro-batches (the reference runs one pair per forward pass); the query's media are decoded and processed once
+    per call. With `share_query_prefix`, the tokens that all pairs of one query begin with (system prompt, instruction,
     query) run once per call and the documents attend to their cached keys and values: the same scores up to float
     rounding, for less compute. `None` (the default) shares on CPU, and on GPUs for queries with images or videos:
     there a short text query's part saves less than its extra pass costs (benchmarks/README.md).
@@ -140,11 +140,13 @@ class Qwen3VLReranker(Qwen3VLRunner):
         costs = [document_parts[p] + query_parts[q] for p, q in enumerate(pair_query)]
         prepared_queries = [self._prepare_or_raise(query, query_index(q), "query")
                             for q, query in enumerate(queries)]
-        # A query with one document has nothing to share: its pair runs whole.
+        # The query part of a query with several documents is encoded once: its media go through the processor
+        # once, not once per pair. Its key/value cache is shared where `_shares_query_part` says so. A query with one
+        # document has nothing to share: its pair runs whole.
         pairs_per_query = np.bincount(pair_query, minlength=len(queries))
         prefixes = {q: self._query_prefix(loaded, queries[q], prepared_queries[q], instruction, query_index(q))
-                    for q in range(len(queries))
-                    if pairs_per_query[q] > 1 and self._shares_query_part(loaded, queries[q])}
+                    for q in range(len(queries)) if pairs_per_query[q] > 1}
+        sharing = {q: prefix for q, prefix in prefixes.items() if self._shares_query_part(loaded, queries[q])}
 
         def build(position: int) -> EncodedItem:
             q = pair_query[position]
@@ -152,7 +154,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
                                      prefixes.get(q))
 
         def prepare(positions: list[int], sequences: list[EncodedItem]) -> ModelInputs:
-            prefix = prefixes.get(pair_query[positions[0]])  # a micro-batch holds the pairs of one query
+            prefix = sharing.get(pair_query[positions[0]])  # a micro-batch holds the pairs of one query
             length = prefix.shared_length(sequences) if prefix is not None else 0
             if length:
                 return inputs_after_prefix(loaded, prefix, sequences, length)
@@ -161,7 +163,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
         holding: list[QueryPrefix] = []  # the prefix whose key/value cache is held
 
         def forward(positions: list[int], inputs: ModelInputs) -> torch.Tensor:
-            prefix = prefixes.get(pair_query[positions[0]])
+            prefix = sharing.get(pair_query[positions[0]])
             if holding and holding[0] is not prefix:  # queries run one after another: the last one is done
                 holding.pop().release()
             if prefix is not None and not holding:
