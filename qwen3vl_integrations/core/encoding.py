@@ -31,13 +31,16 @@ class EncodedItem:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def vision_parts(self, key: str) -> list[torch.Tensor]:
+        """The vision tensors `key` (one of VISION_KEYS) of the whole prompt, in order: the leading inputs', then the
+        item's own (none, one or both)."""
+        parts = [getattr(self.leading, key)] if self.leading is not None else []
+        return [part for part in parts + [getattr(self, key)] if part is not None]
+
     def vision(self, key: str) -> torch.Tensor | None:
-        """The vision tensor `key` (one of VISION_KEYS) of the whole prompt: the leading inputs, then the item's."""
-        own = getattr(self, key)
-        first = getattr(self.leading, key) if self.leading is not None else None
-        if first is None or own is None:
-            return own if first is None else first
-        return torch.cat(same_dtype([first, own], key))
+        """The vision tensor `key` of the whole prompt: `vision_parts` joined (None when there is none)."""
+        parts = self.vision_parts(key)
+        return None if not parts else parts[0] if len(parts) == 1 else torch.cat(same_dtype(parts, key))
 
 
 def same_dtype(parts: Sequence[torch.Tensor], key: str) -> Sequence[torch.Tensor]:
@@ -192,7 +195,8 @@ def collate(items: Sequence[EncodedItem], pad_token_id: int,
     if pin_memory:
         batch = {key: value.pin_memory() for key, value in batch.items()}
     for key in VISION_KEYS:
-        parts = [part for part in (item.vision(key) for item in items) if part is not None]
+        # Each item's parts, not `vision`: a pair's leading query inputs go into the batch without a joined copy.
+        parts = [part for item in items for part in item.vision_parts(key)]
         if parts:
             shape = (sum(part.shape[0] for part in parts), *parts[0].shape[1:])
             batch[key] = torch.cat(same_dtype(parts, key),
