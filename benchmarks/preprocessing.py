@@ -13,29 +13,23 @@ spread by 20% on a shared machine, more than some of these steps weigh).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 
 from benchmarks.corpora import jpeg, synthetic_image
-from benchmarks.throughput import checkpoint_paths, default_cache_dir, log
+from benchmarks.throughput import attributes, checkpoint_paths, default_cache_dir, log
 
 
-@contextlib.contextmanager
-def patches_as_on_cuda(raw: bool) -> Iterator[None]:
+def patches_as_on_cuda(raw: bool) -> ContextManager[None]:
     """Within this block a CPU model gets 8-bit patches as a CUDA one does (`raw`), or normalised ones."""
     from qwen3vl_integrations.core import pixels
 
-    saved = pixels.DEVICE_TYPES
-    pixels.DEVICE_TYPES = frozenset(saved | {"cpu"}) if raw else frozenset(saved - {"cpu"})
-    try:
-        yield
-    finally:
-        pixels.DEVICE_TYPES = saved
+    devices = pixels.DEVICE_TYPES | {"cpu"} if raw else pixels.DEVICE_TYPES - {"cpu"}
+    return attributes(pixels, DEVICE_TYPES=frozenset(devices))
 
 
 def milliseconds_per_item(fn: Callable[[], Any], items: int) -> tuple[float, Any]:
