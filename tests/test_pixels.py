@@ -42,6 +42,73 @@ def test_normalised_patches_equal_the_processors(image_processor):
     assert pixels.normalize_pixels(image_processor, normalized) is normalized  # float patches pass through
 
 
+SIZES = [(64, 96), (448, 448), (64, 96), (32, 32), (160, 32), (32, 224)]
+
+
+def test_patches_cut_from_the_pixels_equal_the_processors(image_processor):
+    """cut_patches gives, bit for bit, the processor's 8-bit patches and grids (RAW_IMAGE_KWARGS) of each image;
+    joined and normalised, its float patches of the images together (sizes grouped and not, every value 0-255)."""
+    images = [noise(width, height, seed) for seed, (width, height) in enumerate(SIZES)]
+    for image in images:
+        patches, grid = pixels.cut_patches(image_processor, image)
+        expected = image_processor([image], do_resize=False, return_tensors="pt", **pixels.RAW_IMAGE_KWARGS)
+        assert patches.dtype == torch.uint8 and patches.is_contiguous()
+        assert torch.equal(patches, expected["pixel_values"]) and torch.equal(grid, expected["image_grid_thw"])
+    reference = image_processor(images, do_resize=False, return_tensors="pt")
+    joined = torch.cat([pixels.cut_patches(image_processor, image)[0] for image in images])
+    assert joined.unique().numel() == 256
+    assert torch.equal(pixels.normalize_pixels(image_processor, joined), reference["pixel_values"])
+
+
+def transparent_red(image: Image.Image) -> Image.Image:
+    """`image` with pure red declared transparent, as a PNG of RGB pixels with a tRNS chunk decodes."""
+    image = image.copy()
+    image.putpixel((0, 0), (255, 0, 0))
+    image.info["transparency"] = (255, 0, 0)
+    return image
+
+
+@pytest.mark.parametrize("make", [lambda i: i.convert("RGBA"), lambda i: i.convert("L"), transparent_red,
+                                  lambda i: np.asarray(i), lambda i: i.crop((0, 0, 48, 64))],
+                         ids=["RGBA", "L", "RGB with a transparent colour", "array", "not a multiple of 32"])
+def test_images_only_the_processor_can_cut_are_left_to_it(image_processor, make):
+    """Other modes, a transparent colour (which the processor's RGB conversion paints white), arrays and sizes the
+    processor rejects are not cut here: encoding hands them to the processor, whose values (or error) they get."""
+    from qwen3vl_integrations.core.encoding import image_patches
+
+    image = make(noise(64, 96, 5))
+    assert pixels.cut_patches(image_processor, image) is None
+    for raw in (True, False):
+        kwargs = pixels.RAW_IMAGE_KWARGS if raw else {}
+        try:
+            expected = image_processor([image], do_resize=False, return_tensors="pt", **kwargs)
+        except Exception as exc:  # noqa: BLE001 - whatever the processor raises, encoding raises too
+            with pytest.raises(type(exc)):
+                image_patches(image_processor, [noise(32, 32, 6), image], raw)
+            continue
+        reference = image_processor([noise(32, 32, 6), image], do_resize=False, return_tensors="pt", **kwargs)
+        patches, grid = image_patches(image_processor, [noise(32, 32, 6), image], raw)
+        assert torch.equal(patches, reference["pixel_values"]) and torch.equal(grid, reference["image_grid_thw"])
+    if make is transparent_red:  # the case that would differ: the processor paints the red pixel white
+        white = image_processor([image], do_resize=False, return_tensors="pt", **pixels.RAW_IMAGE_KWARGS)
+        assert [int(white["pixel_values"][0, channel * 256]) for channel in range(3)] == [255, 255, 255]
+
+
+def test_rgb_images_are_encoded_without_the_image_processor(image_processor, monkeypatch):
+    """The image processor's own call (its keyword checks, two more copies of each image) is skipped for RGB
+    images on both paths, 8-bit patches and float ones, and their values are still the processor's."""
+    from qwen3vl_integrations.core.encoding import image_patches
+
+    images = [noise(64, 96, 7), noise(32, 32, 8)]
+    expected = {raw: image_processor(images, do_resize=False, return_tensors="pt",
+                                     **(pixels.RAW_IMAGE_KWARGS if raw else {})) for raw in (True, False)}
+    monkeypatch.setattr(type(image_processor), "__call__", lambda *a, **k: pytest.fail("the processor ran"))
+    for raw in (True, False):
+        patches, grid = image_patches(image_processor, images, raw)
+        assert torch.equal(patches, expected[raw]["pixel_values"])
+        assert torch.equal(grid, expected[raw]["image_grid_thw"])
+
+
 def test_where_pixels_are_normalised_on_the_device(image_processor, monkeypatch):
     assert pixels.normalizes_on_device(image_processor, torch.device("cuda"))
     assert not pixels.normalizes_on_device(image_processor, torch.device("cpu"))

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from .media import _Invalid
-from .pixels import RAW_IMAGE_KWARGS
+from .pixels import RAW_IMAGE_KWARGS, cut_patches, is_qwen2vl_torchvision, normalize_pixels
 from .vision import PreparedVideo
 
 PER_TOKEN_KEYS = ("input_ids", "mm_token_type_ids")
@@ -109,9 +109,7 @@ def encode_images(processor: Any, text: str, images: Sequence[Any], raw_pixels: 
     its neighbours; the processor instead tokenises the text with every placeholder already repeated (hundreds of
     tokens per image) after its keyword merging and checks (about 2 ms a call).
     """
-    vision = processor.image_processor(list(images), do_resize=False, return_tensors="pt",
-                                       **(RAW_IMAGE_KWARGS if raw_pixels else {}))
-    grid = vision["image_grid_thw"]
+    pixel_values, grid = image_patches(processor.image_processor, images, raw_pixels)
     counts = (grid.prod(-1) // processor.image_processor.merge_size ** 2).long()
     ids = processor.tokenizer([text], return_tensors="pt", padding=False, truncation=False,
                               return_token_type_ids=False)["input_ids"][0].long()
@@ -123,7 +121,23 @@ def encode_images(processor: Any, text: str, images: Sequence[Any], raw_pixels: 
     ids = ids.repeat_interleave(repeats)
     token_types = mm_token_types(processor, ids)
     return EncodedItem(input_ids=ids, mm_token_type_ids=token_types,
-                       pixel_values=eight_bit_if_asked(vision["pixel_values"], raw_pixels), image_grid_thw=grid)
+                       pixel_values=eight_bit_if_asked(pixel_values, raw_pixels), image_grid_thw=grid)
+
+
+def image_patches(image_processor: Any, images: Sequence[Any], raw_pixels: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patches and grids of `images` (already resized) as the image processor makes them: 8-bit patches of one
+    temporal slice with `raw_pixels`, else normalised float ones. Cut here from the 8-bit pixels where possible
+    (core/pixels.py: the same values in fewer copies), the float ones then normalised with the processor's own
+    normalisation; otherwise by the processor."""
+    cut = [cut_patches(image_processor, image) for image in images] if is_qwen2vl_torchvision(image_processor) \
+        else []
+    if not cut or any(c is None for c in cut):
+        vision = image_processor(list(images), do_resize=False, return_tensors="pt",
+                                 **(RAW_IMAGE_KWARGS if raw_pixels else {}))
+        return vision["pixel_values"], vision["image_grid_thw"]
+    patches = cut[0][0] if len(cut) == 1 else torch.cat([patches for patches, _ in cut])
+    grid = cut[0][1] if len(cut) == 1 else torch.cat([grid for _, grid in cut])
+    return (patches if raw_pixels else normalize_pixels(image_processor, patches)), grid
 
 
 def mm_token_types(processor: Any, ids: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Image pixels rescaled and normalised on the model's device instead of the host.
+"""Image patches cut from the 8-bit pixels, and rescaled and normalised on the model's device instead of the host.
 
 The image processor turns each image into patches of float32 values: for a 448x448 image, 6 MB written and read
 several times over on the host (the temporal patch repeats every image twice), then copied to the GPU: about half
@@ -6,12 +6,17 @@ of an image's preprocessing, which bounds a GPU's images per second. With NORMAL
 cuts the patches, of the 8-bit pixels and with one temporal slice (an eighth of the bytes), and the model's device
 rescales and normalises them with the processor's own normalisation (its `normalize`, with its fused mean and std),
 then repeats the slice: the same float32 arithmetic on the same values, so the same pixel values.
+
+The patches themselves are cut here too (`cut_patches`), from each RGB image's pixels in one copy: the processor's
+own call converts the image once more, makes a channels-first copy, then a patch-ordered copy, through a few hundred
+microseconds of keyword checks that hold the GIL, which the preprocessing worker threads share.
 """
 from __future__ import annotations
 
 import weakref
 from typing import Any
 
+import numpy as np
 import torch
 
 NORMALIZE_ON_DEVICE = True
@@ -31,12 +36,42 @@ def normalizes_on_device(image_processor: Any, device: torch.device) -> bool:
     Other processors keep the host path."""
     if not NORMALIZE_ON_DEVICE or device.type not in DEVICE_TYPES:
         return False
+    return is_qwen2vl_torchvision(image_processor)
+
+
+def is_qwen2vl_torchvision(image_processor: Any) -> bool:
+    """Whether `image_processor` is the Qwen2-VL image processor (Qwen3-VL's) of transformers' torchvision backend,
+    whose patch layout and normalisation this module reproduces."""
     try:
         from transformers.image_processing_backends import TorchvisionBackend
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     except ImportError:
         return False
     return isinstance(image_processor, Qwen2VLImageProcessor) and isinstance(image_processor, TorchvisionBackend)
+
+
+def cut_patches(image_processor: Any, image: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The 8-bit patches of one temporal slice [N, C x P x P] and the grid [[1, H / P, W / P]] that the processor
+    cuts from `image` with RAW_IMAGE_KWARGS and no resizing, or None where only the processor can: images that are
+    not PIL RGB images, or that carry a transparent colour, which its RGB conversion paints white.
+
+    The processor reorders the pixels into (block row, block column, row in block, column in block, channel, row
+    in patch, column in patch), blocks being `merge_size` patches square; this is that order, as one NumPy copy
+    (which runs without the GIL) from the image's rows of RGB pixels."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image) or image.mode != "RGB" or image.info.get("transparency") is not None:
+        return None
+    patch, merge = int(image_processor.patch_size), int(image_processor.merge_size)
+    width, height = image.size
+    if width % (patch * merge) or height % (patch * merge):
+        return None  # the processor's error, not ours
+    grid_h, grid_w = height // patch, width // patch
+    rgb = np.asarray(image)  # [H, W, 3]
+    blocks = rgb.reshape(grid_h // merge, merge, patch, grid_w // merge, merge, patch, 3)
+    patches = blocks.transpose(0, 3, 1, 4, 6, 2, 5).copy()  # C order: a writable array torch can take as it is
+    return (torch.from_numpy(patches).view(grid_h * grid_w, 3 * patch * patch),
+            torch.tensor([[1, grid_h, grid_w]]))
 
 
 # The processor's fused mean and std, per processor and device, made once. transformers keeps them in one cache of 10
