@@ -379,6 +379,38 @@ def test_vision_layout_comes_with_the_batch(tiny_embedding_path, tiny_reranker_p
         np.testing.assert_array_equal(a, b)
 
 
+def test_the_vision_layout_joins_each_grids_own(tiny_embedding_path, monkeypatch):
+    """A batch's per-patch layout, built from each grid's own (computed once per grid size and kept), equals the
+    tower's helpers on the whole batch (images and videos of repeated and distinct sizes), also when the kept
+    grids overflow their budget; the batch never holds the kept tensors themselves."""
+    from qwen3vl_integrations.core import vision_layout as layout_module
+
+    backbone = Qwen3VLEmbedder(str(tiny_embedding_path), **TINY).load().backbone
+    visual = backbone.visual
+    module = layout_module.layout_helpers(visual)
+    grid = torch.tensor([[1, 4, 4], [2, 6, 4], [1, 4, 4], [1, 8, 2], [3, 4, 4], [1, 4, 4]])
+    indices, weights = module.get_vision_interpolation_indices_and_weights(
+        grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+        align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
+    expected = {"image_interp_indices": indices, "image_interp_weights": weights,
+                "image_position_ids": module.get_vision_position_ids(grid, visual.spatial_merge_size),
+                "image_cu_seqlens": module.get_vision_attention_seqlens(grid, visual.config)[0]}
+    for budget in (layout_module.GRID_CACHE_PATCHES, 40):  # 40 patches: the cache is emptied on the way
+        layout_module._grids.pop(visual, None)
+        monkeypatch.setattr(layout_module, "GRID_CACHE_PATCHES", budget)
+        for _ in range(2):  # computed, then found
+            on_device, _ = layout_module.vision_layout(backbone, {"image_grid_thw": grid})
+            assert on_device.keys() == expected.keys()
+            for key, value in expected.items():
+                assert torch.equal(on_device[key], value), key
+        kept = layout_module._grids[visual]
+        assert set(kept) <= {(1, 4, 4), (2, 6, 4), (1, 8, 2), (3, 4, 4)}
+        assert budget < 100 or len(kept) == 4
+        assert sum(len(entry[0]) for entry in kept.values()) <= budget
+        pointers = {t.untyped_storage().data_ptr() for entry in kept.values() for t in entry}
+        assert not pointers & {t.untyped_storage().data_ptr() for t in on_device.values()}
+
+
 def test_vision_layout_is_left_to_other_towers():
     from qwen3vl_integrations.core.vision_layout import vision_layout
 

@@ -8,11 +8,16 @@ read-backs (GPU synchronisations) and a few tiny kernels per image, all before t
 transformers 5.x vision towers accept them precomputed (`image_cu_seqlens`, `image_position_ids`, ..., see
 `transformers.vision_utils`). Here transformers' own helpers compute them from the CPU copies of the grids, with the
 tower's own settings, in the worker thread that prepares the batch, ahead of the model. The values are the same.
+
+The per-patch parts (interpolation taps and weights, rotary positions) depend on each image's own grid only, and
+the helpers build a batch's as the concatenation of its images': they are computed once per grid size and joined,
+which for a micro-batch of 32 images of one size takes a fraction of a millisecond instead of 6 to 9.
 """
 from __future__ import annotations
 
 import inspect
 import sys
+import weakref
 from types import ModuleType
 from typing import Any
 
@@ -45,6 +50,33 @@ def layout_helpers(visual: Any) -> ModuleType | None:
     return module
 
 
+# Per-grid layouts kept per tower, emptied when they hold this many patches (about 64 bytes each): a corpus of
+# repeated image sizes, or a video's, finds its grids there.
+GRID_CACHE_PATCHES = 1 << 18
+_grids: weakref.WeakKeyDictionary[Any, dict[tuple[int, int, int], tuple[torch.Tensor, ...]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def grid_layout(module: ModuleType, visual: Any, thw: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
+    """Interpolation indices, interpolation weights and rotary positions of one image or video of grid `thw`:
+    the tower's helpers on a one-row grid, computed once per tower and grid. Read-only (the tensors are shared)."""
+    cache = _grids.setdefault(visual, {})
+    cached = cache.get(thw)
+    if cached is not None:
+        return cached
+    grid = torch.tensor([thw])
+    # The same calls, with the same settings, as the tower's forward makes.
+    indices, weights = module.get_vision_interpolation_indices_and_weights(
+        grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+        align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
+    layout = (indices, weights, module.get_vision_position_ids(grid, visual.spatial_merge_size))
+    if sum(len(entry[0]) for entry in cache.values()) + len(indices) > GRID_CACHE_PATCHES:
+        cache.clear()
+    if len(indices) <= GRID_CACHE_PATCHES:
+        cache[thw] = layout
+    return layout
+
+
 def vision_layout(backbone: Any, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The vision tower's precomputed inputs for `batch`: (CPU tensors for the model's device, Python values).
 
@@ -60,11 +92,9 @@ def vision_layout(backbone: Any, batch: dict[str, torch.Tensor]) -> tuple[dict[s
         grid = batch.get(key)
         if grid is None:
             continue
-        # The same calls, with the same settings, as the tower's forward makes.
-        indices, weights = module.get_vision_interpolation_indices_and_weights(
-            grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
-            align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
-        positions = module.get_vision_position_ids(grid, visual.spatial_merge_size)
+        # Joined by torch.cat, which copies even a single entry: the batch never holds the cache's own tensors.
+        indices, weights, positions = (torch.cat(parts) for parts in zip(
+            *(grid_layout(module, visual, tuple(thw)) for thw in grid.tolist())))
         cu_seqlens, max_seqlen = module.get_vision_attention_seqlens(grid, visual.config)
         on_device.update({f"{modality}_interp_indices": indices, f"{modality}_interp_weights": weights,
                           f"{modality}_position_ids": positions, f"{modality}_cu_seqlens": cu_seqlens})
