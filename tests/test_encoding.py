@@ -33,6 +33,40 @@ def test_text_only_encoding_equals_the_processor(processor, text, monkeypatch):
     assert item.pixel_values is None and item.pixel_values_videos is None
 
 
+@pytest.mark.parametrize("text", TEXTS + ["  lead and trail  ", "<|endoftext|>", "a" * 3000, "\u200b\ufeff\x00"])
+def test_token_ids_equal_the_tokenizers_call(processor, text, monkeypatch):
+    """token_ids calls the Rust backend directly, with the ids of the tokenizer's own call (the embedding tokenizer
+    appends <|endoftext|> through its post-processor, the reranker's nothing)."""
+    from qwen3vl_integrations.core.encoding import token_ids
+
+    tokenizer = processor.tokenizer
+    expected = tokenizer([text], return_tensors="pt", padding=False, truncation=False)["input_ids"][0]
+    monkeypatch.setattr(type(tokenizer), "_get_padding_truncation_strategies",
+                        lambda *a, **k: pytest.fail("the tokenizer's call ran"))
+    ids = token_ids(tokenizer, text)
+    assert ids.dtype == torch.long and torch.equal(ids, expected)
+
+
+@pytest.mark.parametrize("setting", ["truncation", "padding", "split special tokens"])
+def test_token_ids_leave_a_differently_set_backend_to_the_tokenizers_call(setting, tiny_embedding_path):
+    """A backend set otherwise than the call sets it (truncation or padding on, special tokens split) goes through
+    the call, which resets it: the ids stay those of the call."""
+    from qwen3vl_integrations.core.encoding import token_ids
+
+    tokenizer = AutoProcessor.from_pretrained(tiny_embedding_path).tokenizer  # its own, changed below
+    text = TEXTS[0]
+    expected = tokenizer([text], return_tensors="pt", padding=False, truncation=False)["input_ids"][0]
+    if setting == "truncation":
+        tokenizer.backend_tokenizer.enable_truncation(3)
+    elif setting == "padding":
+        tokenizer.backend_tokenizer.enable_padding(length=200)
+    else:
+        tokenizer.split_special_tokens = True
+        expected = tokenizer([text], return_tensors="pt", padding=False, truncation=False)["input_ids"][0]
+        tokenizer.backend_tokenizer.encode_special_tokens = False  # as the last call did not leave it
+    assert torch.equal(token_ids(tokenizer, text), expected)
+
+
 def test_placeholders_without_media_still_meet_the_processor_check(processor):
     with pytest.raises(ValueError, match="image"):
         encode(processor, "look: <|image_pad|>", [], [])
