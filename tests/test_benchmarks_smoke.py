@@ -182,8 +182,8 @@ def test_throughput_extra_rows_for_several_worker_counts(tmp_path):
 
 
 def test_preprocessing_benchmark_times_both_pixel_paths(tmp_path):
-    """benchmarks.preprocessing times the host work per image for the CPU path and the CUDA path, and each step the
-    core replaced; the CUDA path's patches are 8-bit, of one temporal slice (an eighth of the bytes), and the core's
+    """benchmarks.preprocessing times the host work per image for the CPU path and the CUDA path (on one thread and
+    split over threads), and each step the core replaced; the CUDA path's patches are 8-bit, of one temporal slice (an eighth of the bytes), and the core's
     devices are back after."""
     from benchmarks.preprocessing import main
     from qwen3vl_integrations.core import pixels
@@ -191,11 +191,11 @@ def test_preprocessing_benchmark_times_both_pixel_paths(tmp_path):
     text = main(["--images", "4", "--size", "64", "--batch", "2", "--runs", "1", "--repeats", "2",
                  "--cache-dir", str(tmp_path)])
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| pixels") or line.startswith("| 8-bit")]
-    assert len(rows) == 2 and all(float(row[1]) > 0 for row in rows)
-    host_mib, device_mib = (float(row[5].split(" ")[0]) for row in rows)
-    assert "(float32)" in rows[0][5] and "(uint8)" in rows[1][5]
+    assert len(rows) == 2 and all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
+    host_mib, device_mib = (float(row[6].split(" ")[0]) for row in rows)
+    assert "(float32)" in rows[0][6] and "(uint8)" in rows[1][6]
     assert device_mib == pytest.approx(host_mib / 8, rel=0.02)
     assert pixels.DEVICE_TYPES == frozenset({"cuda"})
     steps = [line.split(" | ") for line in text.splitlines()
-             if line.startswith(("| chat template", "| token types", "| image processor", "| M-RoPE"))]
-    assert len(steps) == 4 and all(float(row[1]) > 0 and float(row[2]) > 0 for row in steps)
+             if line.startswith(("| chat template", "| token", "| image patches", "| M-RoPE", "| vision tower"))]
+    assert len(steps) == 7 and all(float(row[1]) > 0 and float(row[2]) > 0 for row in steps)
