@@ -21,7 +21,7 @@
 # part where its default on GPUs does not (rerank_text, rerank_images) and not where it does (rerank_image_query):
 # each lever, measured on the GPU. COMPILE=1 adds a last row with the decoder layers under torch.compile (compiled
 # during an untimed run first). AB_LEVER=name runs benchmarks.levers afterwards (that core switch on and off in
-# alternation, AB_RUNS runs each, on AB_CASES) into gpu_lever.txt.
+# alternation, AB_RUNS runs each, on AB_CASES) into gpu_lever.txt; a+b+c switches several together.
 # Each timed side runs REPEATS (default 3) times after a short warm-up; the table gives the median, the JSON every
 # run (a first run pays for what is new to the GPU libraries, such as per-shape kernel plans).
 # Hard caps: 75 s per timed side of a case, MAIN_TIMEOUT (default 400) s for the main run.

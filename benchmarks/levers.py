@@ -51,7 +51,8 @@ def alternate(fn: Callable[[], np.ndarray], setting: Callable[[bool], Any], runs
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lever", required=True, choices=sorted(CORE_SWITCHES))
+    parser.add_argument("--lever", required=True, help=f"one of {sorted(CORE_SWITCHES)}, or several joined by + "
+                        "(switched on and off together)")
     parser.add_argument("--cases", default="embed_text,rerank_text", help=f"comma-separated subset of {BATCH_CASES}")
     parser.add_argument("--runs", type=int, default=3, help="runs per setting (median)")
     parser.add_argument("--model", default="small", help="tiny, small or 2b (random checkpoints) or a folder")
@@ -63,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     unknown = set(args.cases.split(",")) - set(BATCH_CASES)
     if unknown:
         parser.error(f"unknown cases {sorted(unknown)}; choose from {BATCH_CASES}")
+    levers = args.lever.split("+")
+    if set(levers) - set(CORE_SWITCHES):
+        parser.error(f"unknown levers {sorted(set(levers) - set(CORE_SWITCHES))}; choose from {sorted(CORE_SWITCHES)}")
 
     from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
     from qwen3vl_integrations.core.loading import resolve_device, resolve_dtype
@@ -75,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     embedder = Qwen3VLEmbedder(emb_path, device=device, dtype=dtype)
     reranker = Qwen3VLReranker(rr_path, device=device, dtype=dtype)
     functions = case_functions(embedder, reranker, Sizes.quick() if args.quick else Sizes(), cache_dir / "media")
-    name, on_value, off_value, _ = CORE_SWITCHES[args.lever]
+    switches = ", ".join(f"`core.{CORE_SWITCHES[lever][0]}`: {CORE_SWITCHES[lever][1]!r} on, "
+                         f"{CORE_SWITCHES[lever][2]!r} off" for lever in levers)
 
     rows = []
     for case in [c for c in BATCH_CASES if c in args.cases.split(",")]:
@@ -87,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         log(rows[-1])
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     text = "\n".join([
-        f"Lever `{args.lever}` (`core.{name}`: {on_value!r} on, {off_value!r} off), `{args.model}` model, "
+        f"Lever `{args.lever}` ({switches}), `{args.model}` model, "
         f"{device.type} ({hardware}), {str(dtype).replace('torch.', '')}, {args.runs} runs per setting, alternating",
         "", "| case | on: median s | off: median s | gain | runs on, off | max \\|diff\\| |", "|---|---|---|---|---|---|",
         *rows])

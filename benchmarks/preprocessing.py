@@ -95,18 +95,13 @@ def fastest_ms(fn: Callable[[], Any], repeats: int) -> float:
     return best * 1e3
 
 
-def layout_of_the_whole_batch(backbone: Any, grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The vision tower's layout of a batch as its helpers compute it from the whole batch's grids (the core's way
-    before 2026-11-27: every image's part computed again in every batch)."""
-    from qwen3vl_integrations.core.vision_layout import layout_helpers
+def whole_batch_layout(backbone: Any, grid: torch.Tensor) -> Any:
+    """The vision tower's layout of a batch as its helpers compute it from the whole batch's grids, every image's
+    part again in every batch (the core's way before 2026-11-27, its switch KEEP_GRID_LAYOUTS off)."""
+    from qwen3vl_integrations.core import vision_layout
 
-    visual = backbone.visual
-    module = layout_helpers(visual)
-    indices, weights = module.get_vision_interpolation_indices_and_weights(
-        grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
-        align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
-    return (indices, weights, module.get_vision_position_ids(grid, visual.spatial_merge_size),
-            *module.get_vision_attention_seqlens(grid, visual.config))
+    with attributes(vision_layout, KEEP_GRID_LAYOUTS=False):
+        return vision_layout.vision_layout(backbone, {"image_grid_thw": grid})
 
 
 def step_rows(embedder: Any, image_bytes: bytes, repeats: int, batch: int) -> list[str]:
@@ -151,7 +146,7 @@ def step_rows(embedder: Any, image_bytes: bytes, repeats: int, batch: int) -> li
         ("M-RoPE positions", lambda: backbone.get_rope_index(ids[None], mm_token_type_ids=types[None],
                                                              image_grid_thw=grid),
          lambda: runner.whole_rope_positions(backbone, sequence), "reused for one layout"),
-        (f"vision tower layout, a batch of {batch} images", lambda: layout_of_the_whole_batch(backbone, grids),
+        (f"vision tower layout, a batch of {batch} images", lambda: whole_batch_layout(backbone, grids),
          lambda: vision_layout(backbone, {"image_grid_thw": grids}), "joined from each grid size's, kept"),
     ]
     return [f"| {name} | {fastest_ms(old, repeats):.3f} | {fastest_ms(new, repeats):.3f} | {how} |"

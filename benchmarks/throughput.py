@@ -29,7 +29,7 @@ import signal
 import statistics
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -449,15 +449,21 @@ CORE_SWITCHES: dict[str, tuple[str, Any, Any, str]] = {
                     "cached rows with transformers' mask"),
     "queue-next-batch": ("runner.QUEUE_NEXT_BATCH", True, False, "each output read before the next batch is queued"),
     "pixels-on-device": ("pixels.NORMALIZE_ON_DEVICE", True, False, "pixels normalised on the host"),
+    "cut-patches": ("pixels.CUT_PATCHES", True, False, "patches cut by the image processor's call"),
+    "grid-layouts": ("vision_layout.KEEP_GRID_LAYOUTS", True, False, "vision layout computed whole per batch"),
+    "backend-token-ids": ("encoding.TOKEN_IDS_FROM_BACKEND", True, False, "token ids from the tokenizer's call"),
 }
 
 
 def core_switch(lever: str, on: bool) -> Any:
-    """Within this block the core runs with the lever on (its own value) or off."""
-    path, core_value, other_value, _ = CORE_SWITCHES[lever]
-    module, name = path.rsplit(".", 1)
-    return attributes(importlib.import_module(f"qwen3vl_integrations.core.{module}"),
-                      **{name: core_value if on else other_value})
+    """Within this block the core runs with the lever on (its own value) or off; `a+b` switches several together."""
+    stack = ExitStack()
+    for part in lever.split("+"):
+        path, core_value, other_value, _ = CORE_SWITCHES[part]
+        module, name = path.rsplit(".", 1)
+        stack.enter_context(attributes(importlib.import_module(f"qwen3vl_integrations.core.{module}"),
+                                       **{name: core_value if on else other_value}))
+    return stack
 
 
 @contextmanager

@@ -409,6 +409,11 @@ def test_the_vision_layout_joins_each_grids_own(tiny_embedding_path, monkeypatch
         assert sum(len(entry[0]) for entry in kept.values()) <= budget
         pointers = {t.untyped_storage().data_ptr() for entry in kept.values() for t in entry}
         assert not pointers & {t.untyped_storage().data_ptr() for t in on_device.values()}
+    layout_module._grids.pop(visual, None)
+    monkeypatch.setattr(layout_module, "KEEP_GRID_LAYOUTS", False)  # the switch for comparisons: whole batches
+    on_device, _ = layout_module.vision_layout(backbone, {"image_grid_thw": grid})
+    assert all(torch.equal(on_device[key], value) for key, value in expected.items()) and visual not in \
+        layout_module._grids
 
 
 def test_vision_layout_is_left_to_other_towers():

@@ -151,11 +151,14 @@ def test_throughput_extra_rows_of_the_core_switches(tmp_path):
                                              ("vision-layout", "embed_images_448,rerank_images"),
                                              ("lower-right", "rerank_text,rerank_images"),
                                              ("queue-next-batch", "embed_text,rerank_images"),
-                                             ("pixels-on-device", "embed_images_448,rerank_images")])
+                                             ("pixels-on-device", "embed_images_448,rerank_images"),
+                                             ("cut-patches+grid-layouts+backend-token-ids",
+                                              "embed_images_448,rerank_images")])
 def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     """benchmarks.levers times ours with the lever on and off in turn; outputs agree and the core's value is back."""
     from benchmarks.levers import main
-    from qwen3vl_integrations.core import lower_right_attention, pixels, runner
+    from benchmarks.throughput import CORE_SWITCHES
+    from qwen3vl_integrations.core import encoding, lower_right_attention, pixels, runner, vision_layout
 
     text = main(["--lever", lever, "--model", "tiny", "--quick", "--runs", "2", "--cache-dir", str(tmp_path / "cache"),
                  "--cases", cases])
@@ -166,6 +169,9 @@ def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True and runner.VISION_LAYOUT_ON_HOST
     assert lower_right_attention.CACHED_ROWS_LOWER_RIGHT is True and runner.QUEUE_NEXT_BATCH is True
     assert pixels.NORMALIZE_ON_DEVICE is True
+    assert pixels.CUT_PATCHES is True and encoding.TOKEN_IDS_FROM_BACKEND is True
+    assert vision_layout.KEEP_GRID_LAYOUTS is True
+    assert all(f"`core.{CORE_SWITCHES[part][0]}`" in text for part in lever.split("+"))
 
 
 def test_throughput_extra_rows_for_several_worker_counts(tmp_path):

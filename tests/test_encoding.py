@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
+from qwen3vl_integrations.core import encoding
 from qwen3vl_integrations.core.encoding import encode
 
 TEXTS = [
@@ -45,6 +46,9 @@ def test_token_ids_equal_the_tokenizers_call(processor, text, monkeypatch):
                         lambda *a, **k: pytest.fail("the tokenizer's call ran"))
     ids = token_ids(tokenizer, text)
     assert ids.dtype == torch.long and torch.equal(ids, expected)
+    monkeypatch.setattr(encoding, "TOKEN_IDS_FROM_BACKEND", False)  # the switch for comparisons: the call again
+    with pytest.raises(pytest.fail.Exception, match="the tokenizer's call ran"):
+        token_ids(tokenizer, text)
 
 
 @pytest.mark.parametrize("setting", ["truncation", "padding", "split special tokens"])

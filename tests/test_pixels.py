@@ -107,6 +107,9 @@ def test_rgb_images_are_encoded_without_the_image_processor(image_processor, mon
         patches, grid = image_patches(image_processor, images, raw)
         assert torch.equal(patches, expected[raw]["pixel_values"])
         assert torch.equal(grid, expected[raw]["image_grid_thw"])
+    monkeypatch.setattr(pixels, "CUT_PATCHES", False)  # the switch for comparisons: the processor's call again
+    with pytest.raises(pytest.fail.Exception, match="the processor ran"):
+        image_patches(image_processor, images, True)
 
 
 def test_where_pixels_are_normalised_on_the_device(image_processor, monkeypatch):

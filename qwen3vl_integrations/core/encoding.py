@@ -10,6 +10,9 @@ from .media import _Invalid
 from .pixels import RAW_IMAGE_KWARGS, cut_patches, is_qwen2vl_torchvision, normalize_pixels
 from .vision import PreparedVideo
 
+# Token ids from a fast tokenizer's Rust backend where its call would only add overhead (`token_ids`); False always
+# makes the call (for comparison).
+TOKEN_IDS_FROM_BACKEND = True
 PER_TOKEN_KEYS = ("input_ids", "mm_token_type_ids")
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 
@@ -108,7 +111,7 @@ def token_ids(tokenizer: Any, text: str) -> torch.Tensor:
     the backend is called directly: the same ids without the call's keyword handling and output conversion (about
     0.07 ms, held under the GIL that the preprocessing threads share)."""
     backend = getattr(tokenizer, "_tokenizer", None)
-    if _calls_backend_as_is(tokenizer, backend):
+    if TOKEN_IDS_FROM_BACKEND and _calls_backend_as_is(tokenizer, backend):
         return torch.tensor(backend.encode_batch([text], add_special_tokens=True)[0].ids, dtype=torch.long)
     return tokenizer([text], return_tensors="pt", padding=False, truncation=False,
                      return_token_type_ids=False)["input_ids"][0].long()

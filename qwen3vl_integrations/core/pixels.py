@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 NORMALIZE_ON_DEVICE = True
+# Patches cut here from RGB images (`cut_patches`); False leaves every image to the processor's call (for comparison).
+CUT_PATCHES = True
 # Devices where it applies: on a CPU the device is the host, and the work would move from the preprocessing workers
 # to the thread that runs the model.
 DEVICE_TYPES = frozenset({"cuda"})
@@ -60,7 +62,7 @@ def cut_patches(image_processor: Any, image: Any) -> tuple[torch.Tensor, torch.T
     (which runs without the GIL) from the image's rows of RGB pixels."""
     from PIL import Image
 
-    if not isinstance(image, Image.Image) or image.mode != "RGB" or image.info.get("transparency") is not None:
+    if not CUT_PATCHES or not isinstance(image, Image.Image) or image.mode != "RGB" or image.info.get("transparency") is not None:
         return None
     patch, merge = int(image_processor.patch_size), int(image_processor.merge_size)
     width, height = image.size

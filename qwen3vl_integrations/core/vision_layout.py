@@ -53,6 +53,8 @@ def layout_helpers(visual: Any) -> ModuleType | None:
 # Per-grid layouts kept per tower, emptied when they hold this many patches (about 64 bytes each): a corpus of
 # repeated image sizes, or a video's, finds its grids there.
 GRID_CACHE_PATCHES = 1 << 18
+# False computes every batch's layout whole, as the helpers do (for comparison).
+KEEP_GRID_LAYOUTS = True
 _grids: weakref.WeakKeyDictionary[Any, dict[tuple[int, int, int], tuple[torch.Tensor, ...]]] = (
     weakref.WeakKeyDictionary())
 
@@ -64,17 +66,22 @@ def grid_layout(module: ModuleType, visual: Any, thw: tuple[int, int, int]) -> t
     cached = cache.get(thw)
     if cached is not None:
         return cached
-    grid = torch.tensor([thw])
-    # The same calls, with the same settings, as the tower's forward makes.
+    layout = layout_of(module, visual, torch.tensor([thw]))
+    patches = len(layout[0])
+    if sum(len(entry[0]) for entry in cache.values()) + patches > GRID_CACHE_PATCHES:
+        cache.clear()
+    if patches <= GRID_CACHE_PATCHES:
+        cache[thw] = layout
+    return layout
+
+
+def layout_of(module: ModuleType, visual: Any, grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Interpolation indices, interpolation weights and rotary positions of the grids `grid` [N, 3]: the same
+    calls, with the same settings, as the tower's forward makes."""
     indices, weights = module.get_vision_interpolation_indices_and_weights(
         grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
         align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
-    layout = (indices, weights, module.get_vision_position_ids(grid, visual.spatial_merge_size))
-    if sum(len(entry[0]) for entry in cache.values()) + len(indices) > GRID_CACHE_PATCHES:
-        cache.clear()
-    if len(indices) <= GRID_CACHE_PATCHES:
-        cache[thw] = layout
-    return layout
+    return indices, weights, module.get_vision_position_ids(grid, visual.spatial_merge_size)
 
 
 def vision_layout(backbone: Any, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -92,9 +99,12 @@ def vision_layout(backbone: Any, batch: dict[str, torch.Tensor]) -> tuple[dict[s
         grid = batch.get(key)
         if grid is None:
             continue
-        # Joined by torch.cat, which copies even a single entry: the batch never holds the cache's own tensors.
-        indices, weights, positions = (torch.cat(parts) for parts in zip(
-            *(grid_layout(module, visual, tuple(thw)) for thw in grid.tolist())))
+        if KEEP_GRID_LAYOUTS:
+            # Joined by torch.cat, which copies even a single entry: the batch never holds the cache's own tensors.
+            indices, weights, positions = (torch.cat(parts) for parts in zip(
+                *(grid_layout(module, visual, tuple(thw)) for thw in grid.tolist())))
+        else:
+            indices, weights, positions = layout_of(module, visual, grid)
         cu_seqlens, max_seqlen = module.get_vision_attention_seqlens(grid, visual.config)
         on_device.update({f"{modality}_interp_indices": indices, f"{modality}_interp_weights": weights,
                           f"{modality}_position_ids": positions, f"{modality}_cu_seqlens": cu_seqlens})
