@@ -238,7 +238,7 @@ def test_rendered_prompts_are_reused_and_equal_the_template(processor, monkeypat
     the chat template, per template; long ones are rendered every time."""
     from qwen3vl_integrations.core import prompts
 
-    monkeypatch.setattr(prompts, "_rendered", {})
+    monkeypatch.setattr(prompts, "_rendered", prompts.BoundedCache(prompts.RENDER_CACHE_ITEMS))
     calls = []
     template = type(processor).apply_chat_template
     monkeypatch.setattr(type(processor), "apply_chat_template",
@@ -257,7 +257,7 @@ def test_rendered_prompts_are_kept_per_template(processor, monkeypatch):
 
     from qwen3vl_integrations.core import prompts
 
-    monkeypatch.setattr(prompts, "_rendered", {})
+    monkeypatch.setattr(prompts, "_rendered", prompts.BoundedCache(prompts.RENDER_CACHE_ITEMS))
     other = copy.deepcopy(processor)
     other.chat_template = processor.chat_template.replace("<|im_start|>", "<|im_start|> ")
     conversation = embedding_conversation(parse_item("hello", MediaPolicy()), None)

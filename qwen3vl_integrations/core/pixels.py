@@ -62,7 +62,8 @@ def cut_patches(image_processor: Any, image: Any) -> tuple[torch.Tensor, torch.T
     (which runs without the GIL) from the image's rows of RGB pixels."""
     from PIL import Image
 
-    if not CUT_PATCHES or not isinstance(image, Image.Image) or image.mode != "RGB" or image.info.get("transparency") is not None:
+    if not CUT_PATCHES or not isinstance(image, Image.Image) or image.mode != "RGB" \
+            or image.info.get("transparency") is not None:
         return None
     patch, merge = int(image_processor.patch_size), int(image_processor.merge_size)
     width, height = image.size

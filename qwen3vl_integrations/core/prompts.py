@@ -5,6 +5,8 @@ import json
 import unicodedata
 from typing import Any
 
+from .caching import BoundedCache
+
 from .inputs import Item
 
 EMBEDDING_DEFAULT_INSTRUCTION = "Represent the user's input."
@@ -74,7 +76,7 @@ def rerank_conversation(query: Item, document: Item, instruction: str | None,
 # again and again.
 RENDER_CACHE_CHARS = 4096
 RENDER_CACHE_ITEMS = 512  # emptied when full
-_rendered: dict[tuple[str, str, str], str] = {}
+_rendered = BoundedCache(RENDER_CACHE_ITEMS)
 
 
 def render(processor: Any, conversation: list[dict[str, Any]]) -> str:
@@ -85,10 +87,5 @@ def render(processor: Any, conversation: list[dict[str, Any]]) -> str:
     # The template may also read the tokenizer's special tokens: the checkpoint's path keeps checkpoints apart.
     key = (str(getattr(getattr(processor, "tokenizer", None), "name_or_path", "")),
            str(getattr(processor, "chat_template", None)), key_text)
-    text = _rendered.get(key)
-    if text is None:
-        text = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        if len(_rendered) >= RENDER_CACHE_ITEMS:
-            _rendered.clear()
-        _rendered[key] = text
-    return text
+    return _rendered.get_or_make(key, lambda: processor.apply_chat_template(conversation, tokenize=False,
+                                                                            add_generation_prompt=True))

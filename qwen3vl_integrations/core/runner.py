@@ -15,6 +15,7 @@ import torch
 
 from .batching import plan_batches
 from .encoding import EncodedItem, collate
+from .caching import BoundedCache, owner_cache
 from .errors import Qwen3VLInputError
 from .inputs import Item
 from .loading import LoadedModel, load_shared, resolve_attention, resolve_device, resolve_dtype
@@ -371,29 +372,24 @@ def rope_positions(backbone: Any, sequences: Sequence[EncodedItem], start: int) 
 # an image corpus, or a query's pairs with image documents, repeats one layout.
 POSITIONS_CACHE_TOKENS = 2048
 POSITIONS_CACHE_ITEMS = 256  # per backbone, emptied when full
-_positions: weakref.WeakKeyDictionary[Any, dict[tuple[bytes, ...], torch.Tensor]] = weakref.WeakKeyDictionary()
+_positions: weakref.WeakKeyDictionary[Any, BoundedCache] = weakref.WeakKeyDictionary()
 
 
 def whole_rope_positions(backbone: Any, item: EncodedItem) -> torch.Tensor:
     """[3, len(item)] M-RoPE positions of one sequence by the model's rule, which reads only the token types and the
     vision grids (never the token ids): sequences alike in these share them. Read-only: the tensor may be shared."""
     image_grid, video_grid = item.vision("image_grid_thw"), item.vision("video_grid_thw")
-    key = None
-    if len(item) <= POSITIONS_CACHE_TOKENS:
-        key = tuple(t.numpy().tobytes() if t is not None else b"-" for t in (item.mm_token_type_ids, image_grid,
-                                                                             video_grid))
-        cached = _positions.get(backbone, {}).get(key)
-        if cached is not None:
-            return cached
-    whole, _ = backbone.get_rope_index(item.input_ids[None], mm_token_type_ids=item.mm_token_type_ids[None],
-                                       image_grid_thw=image_grid, video_grid_thw=video_grid)
-    whole = whole[:, 0]
-    if key is not None:
-        cache = _positions.setdefault(backbone, {})
-        if len(cache) >= POSITIONS_CACHE_ITEMS:
-            cache.clear()
-        cache[key] = whole
-    return whole
+
+    def by_rule() -> torch.Tensor:
+        whole, _ = backbone.get_rope_index(item.input_ids[None], mm_token_type_ids=item.mm_token_type_ids[None],
+                                           image_grid_thw=image_grid, video_grid_thw=video_grid)
+        return whole[:, 0]
+
+    if len(item) > POSITIONS_CACHE_TOKENS:
+        return by_rule()
+    key = tuple(t.numpy().tobytes() if t is not None else b"-" for t in (item.mm_token_type_ids, image_grid,
+                                                                         video_grid))
+    return owner_cache(_positions, backbone, POSITIONS_CACHE_ITEMS).get_or_make(key, by_rule)
 
 
 def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem], shared: int = 0,

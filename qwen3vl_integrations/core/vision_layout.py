@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .caching import BoundedCache, owner_cache
 from .loading import chunk_runs
 
 # (modality prefix of the precomputed inputs, the batch's grid key)
@@ -55,24 +56,14 @@ def layout_helpers(visual: Any) -> ModuleType | None:
 GRID_CACHE_PATCHES = 1 << 18
 # False computes every batch's layout whole, as the helpers do (for comparison).
 KEEP_GRID_LAYOUTS = True
-_grids: weakref.WeakKeyDictionary[Any, dict[tuple[int, int, int], tuple[torch.Tensor, ...]]] = (
-    weakref.WeakKeyDictionary())
+_grids: weakref.WeakKeyDictionary[Any, BoundedCache] = weakref.WeakKeyDictionary()
 
 
 def grid_layout(module: ModuleType, visual: Any, thw: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
     """Interpolation indices, interpolation weights and rotary positions of one image or video of grid `thw`:
     the tower's helpers on a one-row grid, computed once per tower and grid. Read-only (the tensors are shared)."""
-    cache = _grids.setdefault(visual, {})
-    cached = cache.get(thw)
-    if cached is not None:
-        return cached
-    layout = layout_of(module, visual, torch.tensor([thw]))
-    patches = len(layout[0])
-    if sum(len(entry[0]) for entry in cache.values()) + patches > GRID_CACHE_PATCHES:
-        cache.clear()
-    if patches <= GRID_CACHE_PATCHES:
-        cache[thw] = layout
-    return layout
+    cache = owner_cache(_grids, visual, GRID_CACHE_PATCHES, weight=lambda layout: len(layout[0]))
+    return cache.get_or_make(thw, lambda: layout_of(module, visual, torch.tensor([thw])))
 
 
 def layout_of(module: ModuleType, visual: Any, grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
