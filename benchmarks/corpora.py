@@ -59,6 +59,14 @@ class Sizes:
                    video_frames=4, video_size=(96, 64), rerank_docs=6, rerank_doc_min=10, rerank_doc_max=120,
                    rerank_image_min=64, rerank_image_max=192, queries=4)
 
+    @classmethod
+    def for_run(cls, quick: bool, device_type: str) -> "Sizes":
+        """The sizes a benchmark run uses: quick ones, or full ones with more 448x448 images on a GPU."""
+        if quick:
+            return cls.quick()
+        # 64 images keep a GPU busy for about a quarter of a second: too short to time its images per second.
+        return cls(images_448=512) if device_type == "cuda" else cls()
+
 
 @dataclass
 class Corpora:

@@ -22,7 +22,8 @@
 # each lever, measured on the GPU. COMPILE=1 adds a last row with the decoder layers under torch.compile (compiled
 # during an untimed run first). AB_LEVER=name runs benchmarks.levers afterwards (that core switch on and off in
 # alternation, AB_RUNS runs each, on AB_CASES) into gpu_lever.txt; a+b+c switches several together.
-# Each timed side runs REPEATS (default 3) times after a short warm-up; the table gives the median, the JSON every
+# HOST_PIXELS_CASES, UNQUEUED_CASES and PROFILE_CASES name the cases of those extra rows and of the profile (empty:
+# none). Each timed side runs REPEATS (default 3) times after a short warm-up; the table gives the median, the JSON every
 # run (a first run pays for what is new to the GPU libraries, such as per-shape kernel plans).
 # Hard caps: 75 s per timed side of a case, MAIN_TIMEOUT (default 400) s for the main run.
 set -euo pipefail
@@ -79,6 +80,10 @@ print(f"RMSNorm of 16384x2048 bf16: stock {stock_ms:.3f} ms, fused {fused_ms:.3f
       f"max |diff| {(stock_out.float() - fused_out.float()).abs().max().item():.3g}")
 EOF
 
+# Set empty to leave those rows (or the profile) out.
+HOST_PIXELS_CASES="${HOST_PIXELS_CASES-embed_images_448,embed_images,embed_mixed,rerank_images}"
+UNQUEUED_CASES="${UNQUEUED_CASES-embed_text,embed_images_448,rerank_text}"
+PROFILE_CASES="${PROFILE_CASES-embed_text,embed_images_448}"
 LEVER_ROWS=()
 if [ "${ALL_LEVERS:-1}" != 0 ]; then
   LEVER_ROWS=(--extra-stock-rms-norm embed_text --extra-cudnn-attention embed_text,rerank_text
@@ -92,10 +97,9 @@ timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput --model 2b --dev
   --cases "${CASES:-embed_text,embed_images,embed_images_448,embed_mixed,embed_query,rerank_text,rerank_images,rerank_image_query}" \
   --repeats "${REPEATS:-3}" --case-timeout 75 \
   ${EXTRA_WORKERS:+--extra-workers "$EXTRA_WORKERS" --extra-cases "${EXTRA_CASES:-embed_images_448}"} \
-  --extra-host-pixels embed_images_448,embed_images,embed_mixed,rerank_images \
-  --extra-unqueued embed_text,embed_images_448,rerank_text \
+  ${HOST_PIXELS_CASES:+--extra-host-pixels "$HOST_PIXELS_CASES"} ${UNQUEUED_CASES:+--extra-unqueued "$UNQUEUED_CASES"} \
   ${LEVER_ROWS[@]+"${LEVER_ROWS[@]}"} ${COMPILE:+--extra-compiled embed_text} \
-  --profile embed_text,embed_images_448 --profile-out "$OUT/gpu_profile.txt" \
+  ${PROFILE_CASES:+--profile "$PROFILE_CASES" --profile-out "$OUT/gpu_profile.txt"} \
   --markdown "$OUT/gpu_table.md" --json "$OUT/gpu.json" 2>&1 | tee -a "$LOG" || status=$?
 if [ "$status" -ne 0 ]; then
   say "main run stopped with status $status (a partial table is in $OUT/gpu_table.md)"

@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> str:
                                             "memory" if args.model == "2b" else "disk")
     embedder = Qwen3VLEmbedder(emb_path, device=device, dtype=dtype)
     reranker = Qwen3VLReranker(rr_path, device=device, dtype=dtype)
-    functions = case_functions(embedder, reranker, Sizes.quick() if args.quick else Sizes(), cache_dir / "media")
+    functions = case_functions(embedder, reranker, Sizes.for_run(args.quick, device.type), cache_dir / "media")
     switches = ", ".join(f"`core.{CORE_SWITCHES[lever][0]}`: {CORE_SWITCHES[lever][1]!r} on, "
                          f"{CORE_SWITCHES[lever][2]!r} off" for lever in levers)
 

@@ -814,9 +814,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ours_embed_counter = count_ours(embedder)
     ours_rerank_counter = count_ours(reranker)
 
-    sizes = Sizes.quick() if args.quick else Sizes()
-    if device.type == "cuda" and not args.quick:
-        sizes.images_448 = 512  # enough to keep a GPU busy for a while
+    sizes = Sizes.for_run(args.quick, device.type)
     corpora: Corpora = build_corpora(embedder.load().tokenizer, sizes, cache_dir / "media")
     if args.limit:
         for name in ("texts", "images", "images_448", "mixed", "rerank_texts", "rerank_images", "queries"):
