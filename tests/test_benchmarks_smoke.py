@@ -153,12 +153,13 @@ def test_throughput_extra_rows_of_the_core_switches(tmp_path):
                                              ("queue-next-batch", "embed_text,rerank_images"),
                                              ("pixels-on-device", "embed_images_448,rerank_images"),
                                              ("cut-patches+grid-layouts+backend-token-ids",
-                                              "embed_images_448,rerank_images")])
+                                              "embed_images_448,rerank_images"),
+                                             ("vision-rotary+text-rotary", "embed_images_448,rerank_text")])
 def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     """benchmarks.levers times ours with the lever on and off in turn; outputs agree and the core's value is back."""
     from benchmarks.levers import main
     from benchmarks.throughput import CORE_SWITCHES
-    from qwen3vl_integrations.core import encoding, lower_right_attention, pixels, runner, vision_layout
+    from qwen3vl_integrations.core import encoding, lower_right_attention, pixels, rotary, runner, vision_layout
 
     text = main(["--lever", lever, "--model", "tiny", "--quick", "--runs", "2", "--cache-dir", str(tmp_path / "cache"),
                  "--cases", cases])
@@ -171,6 +172,7 @@ def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     assert pixels.NORMALIZE_ON_DEVICE is True
     assert pixels.CUT_PATCHES is True and encoding.TOKEN_IDS_FROM_BACKEND is True
     assert vision_layout.KEEP_GRID_LAYOUTS is True
+    assert rotary.VISION_IN_FEWER_PASSES is True and rotary.TEXT_IN_FEWER_PASSES is True
     assert all(f"`core.{CORE_SWITCHES[part][0]}`" in text for part in lever.split("+"))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from . import rotary
 from .lower_right_attention import use_lower_right_attention
 from .pixels import normalizes_on_device
 from .pooled_layer import use_pooled_last_layer
@@ -188,6 +189,7 @@ def use_model_levers(backbone: Any) -> None:
     use_linear_patch_embed(backbone)
     use_grouped_vision_attention(backbone)
     use_fused_rms_norm(backbone)
+    rotary.use_text_rotary(backbone)
     use_pooled_last_layer(backbone)
     use_indexed_deepstack(backbone)
     use_lower_right_attention(backbone)
@@ -282,14 +284,19 @@ def _grouped_vision_attention_forward(self: Any, hidden_states: torch.Tensor, cu
                                       chunk_runs: list[tuple[int, int]] | None = None, **kwargs: Any) -> torch.Tensor:
     """Qwen3-VL vision attention with one attention call per run of equally long chunks (images of one size,
     the frame groups of a video) instead of one call per chunk, as the stock non-flash path does. The runs come
-    precomputed (`core/vision_layout.py`) or are read from `cu_seqlens`, once per pass."""
+    precomputed (`core/vision_layout.py`) or are read from `cu_seqlens`, once per pass. Queries and keys are rotated
+    by `core/rotary.py` (the same values in fewer passes over memory)."""
     import sys
 
     module = sys.modules[type(self).__module__]
     seq_length = hidden_states.shape[0]
-    query, key, value = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    query_key_value = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1)
     cos, sin = position_embeddings
-    query, key = module.apply_rotary_pos_emb_vision(query, key, cos, sin)
+    if rotary.VISION_IN_FEWER_PASSES:
+        query, key = rotary.rotate_vision_query_key(query_key_value, cos, sin)
+    else:
+        query, key = module.apply_rotary_pos_emb_vision(query_key_value[:, 0], query_key_value[:, 1], cos, sin)
+    value = query_key_value[:, 2]
     attention = module.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
                                                              module.eager_attention_forward)
     heads = self.num_heads

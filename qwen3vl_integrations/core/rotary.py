@@ -1,0 +1,104 @@
+"""Rotary position embeddings of queries and keys in fewer passes over memory, with the same values.
+
+transformers rotates as `x * cos + rotate_half(x) * sin`, `rotate_half` building a negated and concatenated copy;
+the vision tower casts to float32 first and back after. These are memory-bound elementwise kernels on large
+tensors: in the vision tower seven per tensor, six writing float32 copies (for 512 images of 448x448 on the 2B
+model, 400k patches x 1,024 values x 2 tensors in each of 24 layers); in the language model five per tensor on
+transposed views, which run on torch's slower strided kernels.
+
+`rotate` computes each value with the same operations on the same operands, without the casts and the copy: the
+cosine products (bf16 values widen exactly inside a product with float32, as the cast widens them), the sine products
+of each half written where `rotate_half` would put them, and the sums, a difference for the negated half (negation
+is exact: c + (-x) * s == c - x * s), rounded to the result's dtype on store, as the cast back rounds. The results
+are bit-identical.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+# False runs transformers' own functions (for comparison).
+VISION_IN_FEWER_PASSES = True
+TEXT_IN_FEWER_PASSES = True
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`(x * cos + rotate_half(x) * sin)` computed in the promoted dtype of x and cos and returned in `dtype`
+    (contiguous), with cos and sin broadcastable to x."""
+    half = x.shape[-1] // 2
+    cos_part = torch.mul(x, cos)
+    sin_part = torch.empty_like(cos_part)
+    torch.mul(x[..., half:], sin[..., :half], out=sin_part[..., :half])
+    torch.mul(x[..., :half], sin[..., half:], out=sin_part[..., half:])
+    rotated = torch.empty(cos_part.shape, dtype=dtype, device=cos_part.device)
+    torch.sub(cos_part[..., :half], sin_part[..., :half], out=rotated[..., :half])
+    torch.add(cos_part[..., half:], sin_part[..., half:], out=rotated[..., half:])
+    return rotated
+
+
+def rotate_vision_query_key(query_key_value: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotated queries and keys [tokens, heads, head_dim] (contiguous, in the model's dtype) from the vision
+    attention's qkv projection viewed as [tokens, 3, heads, head_dim] and the rotary cosines and sines
+    [tokens, head_dim]: equal to transformers' `apply_rotary_pos_emb_vision(query, key, cos, sin)`, both tensors
+    in one set of kernels."""
+    query_key = query_key_value[:, :2].transpose(0, 1)  # [2, tokens, heads, dim], a view
+    # As transformers': float32 arithmetic, rounded back to the model's dtype.
+    rotated = rotate(query_key, cos.float()[None, :, None, :], sin.float()[None, :, None, :], query_key_value.dtype)
+    return rotated[0], rotated[1]
+
+
+def rotate_text(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Queries or keys [batch, tokens, heads, head_dim] rotated by the language model's cosines and sines
+    [batch, tokens, head_dim], as transformers' `apply_rotary_pos_emb` rotates them after the transpose to
+    [batch, heads, tokens, head_dim]; returned in that transposed layout, with the same strides."""
+    return rotate(x, cos[:, :, None], sin[:, :, None], torch.promote_types(x.dtype, cos.dtype)).transpose(1, 2)
+
+
+def _text_attention_forward(self: Any, hidden_states: torch.Tensor,
+                            position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                            attention_mask: torch.Tensor | None, cache: Any = None, **kwargs: Any
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Qwen3-VL text attention (transformers' forward) with the queries and keys rotated by `rotate_text`."""
+    module = sys.modules[type(self).__module__]
+    if cache is None:  # transformers releases before the rename call it past_key_values
+        cache = kwargs.pop("past_key_values", None)
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, self.head_dim)
+    query = self.q_norm(self.q_proj(hidden_states).view(hidden_shape))
+    key = self.k_norm(self.k_proj(hidden_states).view(hidden_shape))
+    value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    cos, sin = position_embeddings
+    if TEXT_IN_FEWER_PASSES:
+        query, key = rotate_text(query, cos, sin), rotate_text(key, cos, sin)
+    else:
+        query, key = module.apply_rotary_pos_emb(query.transpose(1, 2), key.transpose(1, 2), cos, sin)
+    if cache is not None:
+        key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
+    attention = module.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                             module.eager_attention_forward)
+    output, weights = attention(self, query, key, value, attention_mask,
+                                dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling,
+                                **kwargs)
+    return self.o_proj(output.reshape(*input_shape, -1).contiguous()), weights
+
+
+# Attention classes whose forward is exactly the one above with transformers' rotary function.
+_KNOWN_TEXT_ATTENTION = frozenset({"Qwen3VLTextAttention"})
+
+
+def use_text_rotary(backbone: Any) -> int:
+    """Run the language model's attention layers with `rotate_text`. Returns the number of layers changed;
+    `del layer.forward` restores one."""
+    changed = 0
+    for layer in getattr(getattr(backbone, "language_model", None), "layers", None) or []:
+        attention = getattr(layer, "self_attn", None)
+        if (type(attention).__name__ in _KNOWN_TEXT_ATTENTION
+                and all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm",
+                                                                "k_norm", "head_dim", "scaling", "layer_idx"))
+                and callable(getattr(sys.modules.get(type(attention).__module__), "apply_rotary_pos_emb", None))):
+            attention.forward = _text_attention_forward.__get__(attention)
+            changed += 1
+    return changed
