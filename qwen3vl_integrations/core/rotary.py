@@ -52,9 +52,17 @@ def rotate_vision_query_key(query_key_value: torch.Tensor, cos: torch.Tensor, si
 
 def rotate_text(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Queries or keys [batch, tokens, heads, head_dim] rotated by the language model's cosines and sines
-    [batch, tokens, head_dim], as transformers' `apply_rotary_pos_emb` rotates them after the transpose to
-    [batch, heads, tokens, head_dim]; returned in that transposed layout, with the same strides."""
-    return rotate(x, cos[:, :, None], sin[:, :, None], torch.promote_types(x.dtype, cos.dtype)).transpose(1, 2)
+    [batch, tokens, head_dim] of the same dtype, as transformers' `apply_rotary_pos_emb` rotates them after the
+    transpose to [batch, heads, tokens, head_dim]; returned in that transposed layout, with the same strides.
+
+    Few operations, as the host launches them for every layer: each rounds to the dtype as the stock ones do
+    (the cosine product, each half's sine product, and the sum)."""
+    cos, sin = cos[:, :, None], sin[:, :, None]
+    half = x.shape[-1] // 2
+    rotated = x * cos
+    rotated[..., :half] -= x[..., half:] * sin[..., :half]
+    rotated[..., half:] += x[..., :half] * sin[..., half:]
+    return rotated.transpose(1, 2)
 
 
 def _text_attention_forward(self: Any, hidden_states: torch.Tensor,
@@ -71,7 +79,7 @@ def _text_attention_forward(self: Any, hidden_states: torch.Tensor,
     key = self.k_norm(self.k_proj(hidden_states).view(hidden_shape))
     value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
     cos, sin = position_embeddings
-    if TEXT_IN_FEWER_PASSES:
+    if TEXT_IN_FEWER_PASSES and cos.dtype == query.dtype == key.dtype:
         query, key = rotate_text(query, cos, sin), rotate_text(key, cos, sin)
     else:
         query, key = module.apply_rotary_pos_emb(query.transpose(1, 2), key.transpose(1, 2), cos, sin)
