@@ -87,6 +87,15 @@ def test_loaded_language_models_rotate_with_fewer_passes(tiny_embedder):
     layers = backbone.language_model.layers
     assert all("forward" in vars(layer.self_attn) for layer in layers)
     assert rotary.use_text_rotary(torch.nn.Linear(2, 2)) == 0
+    for layer in layers:
+        del layer.self_attn.forward
+    layers[0].self_attn.sliding_window = 4  # a forward this code does not reproduce is left alone
+    try:
+        assert rotary.use_text_rotary(backbone) == len(layers) - 1
+        assert "forward" not in vars(layers[0].self_attn)
+    finally:
+        del layers[0].self_attn.sliding_window
+        assert rotary.use_text_rotary(backbone) == len(layers)
 
 
 @pytest.mark.parametrize("switch", ["TEXT_IN_FEWER_PASSES", "VISION_IN_FEWER_PASSES"])

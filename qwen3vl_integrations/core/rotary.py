@@ -106,6 +106,7 @@ def use_text_rotary(backbone: Any) -> int:
         if (type(attention).__name__ in _KNOWN_TEXT_ATTENTION
                 and all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm",
                                                                 "k_norm", "head_dim", "scaling", "layer_idx"))
+                and getattr(attention, "sliding_window", None) is None  # the forward above passes none
                 and callable(getattr(sys.modules.get(type(attention).__module__), "apply_rotary_pos_emb", None))):
             attention.forward = _text_attention_forward.__get__(attention)
             changed += 1
