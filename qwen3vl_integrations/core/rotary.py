@@ -3,14 +3,16 @@
 transformers rotates as `x * cos + rotate_half(x) * sin`, `rotate_half` building a negated and concatenated copy;
 the vision tower casts to float32 first and back after. These are memory-bound elementwise kernels on large
 tensors: in the vision tower seven per tensor, six writing float32 copies (for 512 images of 448x448 on the 2B
-model, 400k patches x 1,024 values x 2 tensors in each of 24 layers); in the language model five per tensor on
-transposed views, which run on torch's slower strided kernels.
+model, 400k patches x 1,024 values x 2 tensors in each of 24 layers); in the language model five per tensor, on
+transposed views.
 
-`rotate` computes each value with the same operations on the same operands, without the casts and the copy: the
-cosine products (bf16 values widen exactly inside a product with float32, as the cast widens them), the sine products
-of each half written where `rotate_half` would put them, and the sums, a difference for the negated half (negation
-is exact: c + (-x) * s == c - x * s), rounded to the result's dtype on store, as the cast back rounds. The results
-are bit-identical.
+Both functions here compute each value with the same operations on the same operands, so the results are
+bit-identical; only the copies go. The sine product of the negated half becomes a difference (negation is exact:
+c + (-x) * s == c - x * s). `rotate_vision_query_key` rotates queries and keys together in five kernels: the cosine
+products (bf16 values widen exactly inside a product with float32, as the cast widens them), the sine products of
+each half, and the sums, rounded to bf16 on store as the cast back rounds. `rotate_text` works on the contiguous
+tensors before the transpose: the cosine product, then each half updated in place by its sine product, with the
+stock roundings (few operations: the host launches them in every layer, and short texts are bound by launches).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ TEXT_IN_FEWER_PASSES = True
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`(x * cos + rotate_half(x) * sin)` computed in the promoted dtype of x and cos and returned in `dtype`
-    (contiguous), with cos and sin broadcastable to x."""
+    (contiguous), with cos and sin broadcastable to x; no intermediate in `dtype` when that differs."""
     half = x.shape[-1] // 2
     cos_part = torch.mul(x, cos)
     sin_part = torch.empty_like(cos_part)
