@@ -125,7 +125,7 @@ def step_rows(embedder: Any, image_bytes: bytes, repeats: int, batch: int) -> li
     grids = grid.repeat(batch, 1)
     prompt = render(processor, conversation)
     two_slices = {**RAW_IMAGE_KWARGS, "temporal_patch_size": processor.image_processor.temporal_patch_size}
-    render(processor, conversation), runner.whole_rope_positions(backbone, sequence)  # the core's caches, filled
+    runner.whole_rope_positions(backbone, sequence)  # the core's cache, filled (the prompt's by render above)
     steps = [
         ("chat template", lambda: processor.apply_chat_template(conversation, tokenize=False,
                                                                 add_generation_prompt=True),

@@ -60,11 +60,13 @@ def test_the_tower_gives_the_same_features_with_the_switch_on_and_off(tiny_embed
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("fewer_passes", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("batch, tokens, heads, dim", [(1, 1, 1, 2), (2, 37, 4, 16), (3, 50, 2, 128)])
-def test_rotate_text_is_bit_identical_to_transformers(dtype, batch, tokens, heads, dim):
+def test_rotate_text_is_bit_identical_to_transformers(dtype, batch, tokens, heads, dim, fewer_passes, monkeypatch):
     from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
 
+    monkeypatch.setattr(rotary, "TEXT_IN_FEWER_PASSES", fewer_passes)
     torch.manual_seed(tokens)
     query = (torch.randn(batch, tokens, heads, dim) * 30).to(dtype)
     key = (torch.randn(batch, tokens, 1, dim) * 30).to(dtype)

@@ -164,8 +164,9 @@ def image_patches(image_processor: Any, images: Sequence[Any], raw_pixels: bool)
         vision = image_processor(list(images), do_resize=False, return_tensors="pt",
                                  **(RAW_IMAGE_KWARGS if raw_pixels else {}))
         return vision["pixel_values"], vision["image_grid_thw"]
-    patches = cut[0][0] if len(cut) == 1 else torch.cat([patches for patches, _ in cut])
-    grid = cut[0][1] if len(cut) == 1 else torch.cat([grid for _, grid in cut])
+    patches, grids = zip(*cut)
+    # torch.cat copies even one tensor: a single image's are taken as they are.
+    patches, grid = (patches[0], grids[0]) if len(cut) == 1 else (torch.cat(patches), torch.cat(grids))
     return (patches if raw_pixels else normalize_pixels(image_processor, patches)), grid
 
 

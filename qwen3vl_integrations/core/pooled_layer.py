@@ -9,10 +9,11 @@ benchmark's 8-layer `small` checkpoint.
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Any, Iterator
 
 import torch
+
+from .rotary import rotate_text
 
 # Decoder layer classes whose forward is exactly: x + attn(norm(x)), then h + mlp(norm(h)), with Qwen3 attention
 # (q/k RMSNorm per head, rotary embedding, grouped keys and values, causal).
@@ -30,21 +31,15 @@ def _pooled_forward(self: Any, hidden_states: torch.Tensor, position_embeddings:
     if cache is None:  # transformers releases before the rename call it past_key_values
         cache = kwargs.get("past_key_values")
     attn = self.self_attn
-    rotate_half = sys.modules[type(attn).__module__].rotate_half  # the model's own rotary step
-
-    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return x * cos + rotate_half(x) * sin  # as the model's apply_rotary_pos_emb, op for op
-
     batch, length = hidden_states.shape[:2]
     row = torch.arange(batch, device=hidden_states.device)
     normed = self.input_layernorm(hidden_states)
     kv_shape = (batch, length, -1, attn.head_dim)
-    keys = attn.k_norm(attn.k_proj(normed).view(kv_shape)).transpose(1, 2)
-    values = attn.v_proj(normed).view(kv_shape).transpose(1, 2)
     cos, sin = position_embeddings  # [B, L, head_dim]
-    keys = rotate(keys, cos[:, None], sin[:, None])
-    query = attn.q_norm(attn.q_proj(normed[row, rows][:, None]).view(batch, 1, -1, attn.head_dim)).transpose(1, 2)
-    query = rotate(query, cos[row, rows][:, None, None], sin[row, rows][:, None, None])
+    keys = rotate_text(attn.k_norm(attn.k_proj(normed).view(kv_shape)), cos, sin)
+    values = attn.v_proj(normed).view(kv_shape).transpose(1, 2)
+    query = attn.q_norm(attn.q_proj(normed[row, rows][:, None]).view(batch, 1, -1, attn.head_dim))
+    query = rotate_text(query, cos[row, rows][:, None], sin[row, rows][:, None])
     if cache is not None:  # the rows continue a cached query part: its keys and values come first
         keys, values = cache.update(keys, values, attn.layer_idx)
     cached = keys.shape[2] - length
@@ -64,7 +59,6 @@ def _is_known(layer: Any) -> bool:
             and all(hasattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm",
                                                     "head_dim", "scaling", "layer_idx"))
             and getattr(attn, "sliding_window", None) is None
-            and callable(getattr(sys.modules.get(type(attn).__module__), "rotate_half", None))
             and all(hasattr(layer, name) for name in ("input_layernorm", "post_attention_layernorm", "mlp")))
 
 

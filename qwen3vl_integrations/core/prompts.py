@@ -6,7 +6,6 @@ import unicodedata
 from typing import Any
 
 from .caching import BoundedCache
-
 from .inputs import Item
 
 EMBEDDING_DEFAULT_INSTRUCTION = "Represent the user's input."

@@ -21,23 +21,9 @@ from typing import Any
 
 import torch
 
-# False runs transformers' own functions (for comparison).
+# False: transformers' own vision function, and its text formula op for op (for comparison).
 VISION_IN_FEWER_PASSES = True
 TEXT_IN_FEWER_PASSES = True
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`(x * cos + rotate_half(x) * sin)` computed in the promoted dtype of x and cos and returned in `dtype`
-    (contiguous), with cos and sin broadcastable to x; no intermediate in `dtype` when that differs."""
-    half = x.shape[-1] // 2
-    cos_part = torch.mul(x, cos)
-    sin_part = torch.empty_like(cos_part)
-    torch.mul(x[..., half:], sin[..., :half], out=sin_part[..., :half])
-    torch.mul(x[..., :half], sin[..., half:], out=sin_part[..., half:])
-    rotated = torch.empty(cos_part.shape, dtype=dtype, device=cos_part.device)
-    torch.sub(cos_part[..., :half], sin_part[..., :half], out=rotated[..., :half])
-    torch.add(cos_part[..., half:], sin_part[..., half:], out=rotated[..., half:])
-    return rotated
 
 
 def rotate_vision_query_key(query_key_value: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -45,22 +31,33 @@ def rotate_vision_query_key(query_key_value: torch.Tensor, cos: torch.Tensor, si
     """Rotated queries and keys [tokens, heads, head_dim] (contiguous, in the model's dtype) from the vision
     attention's qkv projection viewed as [tokens, 3, heads, head_dim] and the rotary cosines and sines
     [tokens, head_dim]: equal to transformers' `apply_rotary_pos_emb_vision(query, key, cos, sin)`, both tensors
-    in one set of kernels."""
+    in one set of kernels, in float32 with no float32 copy of the inputs."""
     query_key = query_key_value[:, :2].transpose(0, 1)  # [2, tokens, heads, dim], a view
-    # As transformers': float32 arithmetic, rounded back to the model's dtype.
-    rotated = rotate(query_key, cos.float()[None, :, None, :], sin.float()[None, :, None, :], query_key_value.dtype)
+    cos, sin = cos.float()[None, :, None, :], sin.float()[None, :, None, :]
+    half = query_key.shape[-1] // 2
+    cos_part = torch.mul(query_key, cos)  # float32
+    sin_part = torch.empty_like(cos_part)
+    torch.mul(query_key[..., half:], sin[..., :half], out=sin_part[..., :half])
+    torch.mul(query_key[..., :half], sin[..., half:], out=sin_part[..., half:])
+    rotated = torch.empty(cos_part.shape, dtype=query_key_value.dtype, device=cos_part.device)
+    torch.sub(cos_part[..., :half], sin_part[..., :half], out=rotated[..., :half])
+    torch.add(cos_part[..., half:], sin_part[..., half:], out=rotated[..., half:])
     return rotated[0], rotated[1]
 
 
 def rotate_text(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Queries or keys [batch, tokens, heads, head_dim] rotated by the language model's cosines and sines
-    [batch, tokens, head_dim] of the same dtype, as transformers' `apply_rotary_pos_emb` rotates them after the
-    transpose to [batch, heads, tokens, head_dim]; returned in that transposed layout, with the same strides.
+    """Queries or keys [batch, tokens, heads, head_dim], before the transpose, rotated by the language model's
+    cosines and sines [batch, tokens, head_dim]: what transformers' `apply_rotary_pos_emb` gives for the transposed
+    tensor [batch, heads, tokens, head_dim], in that layout and with the same strides.
 
-    Few operations, as the host launches them for every layer: each rounds to the dtype as the stock ones do
-    (the cosine product, each half's sine product, and the sum)."""
-    cos, sin = cos[:, :, None], sin[:, :, None]
+    With TEXT_IN_FEWER_PASSES and cosines of the tensor's dtype: few operations, as the host launches them for every
+    layer, each rounding as the stock ones do (the cosine product, each half's sine product, and the sum).
+    Otherwise transformers' formula, op for op."""
     half = x.shape[-1] // 2
+    if not (TEXT_IN_FEWER_PASSES and cos.dtype == x.dtype):
+        x, cos, sin = x.transpose(1, 2), cos[:, None], sin[:, None]
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    cos, sin = cos[:, :, None], sin[:, :, None]
     rotated = x * cos
     rotated[..., :half] -= x[..., half:] * sin[..., :half]
     rotated[..., half:] += x[..., :half] * sin[..., half:]
@@ -81,10 +78,7 @@ def _text_attention_forward(self: Any, hidden_states: torch.Tensor,
     key = self.k_norm(self.k_proj(hidden_states).view(hidden_shape))
     value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
     cos, sin = position_embeddings
-    if TEXT_IN_FEWER_PASSES and cos.dtype == query.dtype == key.dtype:
-        query, key = rotate_text(query, cos, sin), rotate_text(key, cos, sin)
-    else:
-        query, key = module.apply_rotary_pos_emb(query.transpose(1, 2), key.transpose(1, 2), cos, sin)
+    query, key = rotate_text(query, cos, sin), rotate_text(key, cos, sin)
     if cache is not None:
         key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
     attention = module.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
@@ -95,7 +89,7 @@ def _text_attention_forward(self: Any, hidden_states: torch.Tensor,
     return self.o_proj(output.reshape(*input_shape, -1).contiguous()), weights
 
 
-# Attention classes whose forward is exactly the one above with transformers' rotary function.
+# Attention classes whose forward is exactly the one above with transformers' `apply_rotary_pos_emb`.
 _KNOWN_TEXT_ATTENTION = frozenset({"Qwen3VLTextAttention"})
 
 
@@ -108,8 +102,7 @@ def use_text_rotary(backbone: Any) -> int:
         if (type(attention).__name__ in _KNOWN_TEXT_ATTENTION
                 and all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm",
                                                                 "k_norm", "head_dim", "scaling", "layer_idx"))
-                and getattr(attention, "sliding_window", None) is None  # the forward above passes none
-                and callable(getattr(sys.modules.get(type(attention).__module__), "apply_rotary_pos_emb", None))):
+                and getattr(attention, "sliding_window", None) is None):  # the forward above passes none
             attention.forward = _text_attention_forward.__get__(attention)
             changed += 1
     return changed

@@ -14,8 +14,8 @@ from typing import Any, Callable, ContextManager, Iterator, Sequence
 import torch
 
 from .batching import plan_batches
-from .encoding import EncodedItem, collate
 from .caching import BoundedCache, owner_cache
+from .encoding import EncodedItem, collate
 from .errors import Qwen3VLInputError
 from .inputs import Item
 from .loading import LoadedModel, load_shared, resolve_attention, resolve_device, resolve_dtype
