@@ -453,7 +453,7 @@ CORE_SWITCHES: dict[str, tuple[str, Any, Any, str]] = {
     "grid-layouts": ("vision_layout.KEEP_GRID_LAYOUTS", True, False, "vision layout computed whole per batch"),
     "backend-token-ids": ("encoding.TOKEN_IDS_FROM_BACKEND", True, False, "token ids from the tokenizer's call"),
     "vision-rotary": ("rotary.VISION_IN_FEWER_PASSES", True, False, "vision rotary by transformers' function"),
-    "text-rotary": ("rotary.TEXT_IN_FEWER_PASSES", True, False, "text rotary by transformers' function"),
+    "text-rotary": ("rotary.TEXT_IN_FEWER_PASSES", True, False, "text rotary by transformers' formula"),
 }
 
 
