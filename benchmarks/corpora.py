@@ -5,6 +5,7 @@ within one run) see exactly the same inputs.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import random
@@ -66,6 +67,13 @@ class Sizes:
             return cls.quick()
         # 64 images keep a GPU busy for about a quarter of a second: too short to time its images per second.
         return cls(images_448=512) if device_type == "cuda" else cls()
+
+    def with_rerank_docs(self, spec: str | None) -> "Sizes":
+        """These sizes with the reranked text documents given as "N,MIN,MAX" (N texts of MIN to MAX tokens)."""
+        if not spec:
+            return self
+        count, shortest, longest = (int(n) for n in spec.split(","))
+        return dataclasses.replace(self, rerank_docs=count, rerank_doc_min=shortest, rerank_doc_max=longest)
 
 
 @dataclass

@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     parser.add_argument("--quick", action="store_true", help="a few tiny inputs per case (smoke test)")
     parser.add_argument("--cache-dir", default=None, help="where random checkpoints and media are kept")
+    parser.add_argument("--rerank-docs", default=None, metavar="N,MIN,MAX",
+                        help="rerank_text's documents: N texts of MIN to MAX tokens (default: the benchmark's)")
     args = parser.parse_args(argv)
     unknown = set(args.cases.split(",")) - set(BATCH_CASES)
     if unknown:
@@ -78,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> str:
                                             "memory" if args.model == "2b" else "disk")
     embedder = Qwen3VLEmbedder(emb_path, device=device, dtype=dtype)
     reranker = Qwen3VLReranker(rr_path, device=device, dtype=dtype)
-    functions = case_functions(embedder, reranker, Sizes.for_run(args.quick, device.type), cache_dir / "media")
+    sizes = Sizes.for_run(args.quick, device.type).with_rerank_docs(args.rerank_docs)
+    functions = case_functions(embedder, reranker, sizes, cache_dir / "media")
     switches = ", ".join(f"`core.{CORE_SWITCHES[lever][0]}`: {CORE_SWITCHES[lever][1]!r} on, "
                          f"{CORE_SWITCHES[lever][2]!r} off" for lever in levers)
 
@@ -93,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     text = "\n".join([
         f"Lever `{args.lever}` ({switches}), `{args.model}` model, "
-        f"{device.type} ({hardware}), {str(dtype).replace('torch.', '')}, {args.runs} runs per setting, alternating",
+        f"{device.type} ({hardware}), {str(dtype).replace('torch.', '')}, {args.runs} runs per setting, alternating"
+        + (f"; rerank_text: {sizes.rerank_docs} documents of {sizes.rerank_doc_min}-{sizes.rerank_doc_max} tokens"
+           if args.rerank_docs else ""),
         "", "| case | on: median s | off: median s | gain | runs on, off | max \\|diff\\| |", "|---|---|---|---|---|---|",
         *rows])
     print(text)

@@ -454,6 +454,8 @@ CORE_SWITCHES: dict[str, tuple[str, Any, Any, str]] = {
     "backend-token-ids": ("encoding.TOKEN_IDS_FROM_BACKEND", True, False, "token ids from the tokenizer's call"),
     "vision-rotary": ("rotary.VISION_IN_FEWER_PASSES", True, False, "vision rotary by transformers' function"),
     "text-rotary": ("rotary.TEXT_IN_FEWER_PASSES", True, False, "text rotary by transformers' formula"),
+    "cpu-long-rows": ("lower_right_attention.CPU_LONG_ROWS_CAUSAL", True, False,
+                      "long cached rows with the causal bias (a mask on the CPU)"),
 }
 
 
@@ -501,7 +503,8 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
     for lever, cases in (("pooled-last-layer", args.extra_whole_last_layer), ("padding-mask", args.extra_padding_mask),
                          ("vision-layout", args.extra_tower_vision_layout),
                          ("lower-right", args.extra_masked_cached_rows),
-                         ("queue-next-batch", args.extra_unqueued), ("pixels-on-device", args.extra_host_pixels)):
+                         ("queue-next-batch", args.extra_unqueued), ("pixels-on-device", args.extra_host_pixels),
+                         ("cpu-long-rows", args.extra_long_rows_bias)):
         if cases:
             settings.append((cases, CORE_SWITCHES[lever][3], lambda name, lever=lever: core_switch(lever, on=False)))
     if args.extra_compiled:
@@ -747,6 +750,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                "forward pass (the core computes it with the batch)")
     extra_rows("--extra-masked-cached-rows", "on these cases with the rows that continue a cached query part "
                "attending through transformers' boolean mask (the core uses the lower-right causal kernel)")
+    extra_rows("--extra-long-rows-bias", "on these cases with long rows that continue a cached query part attending "
+               "through the lower-right causal bias, a mask on the CPU (the core runs them on the causal kernel behind "
+               "placeholder rows there)")
     extra_rows("--extra-unqueued", "on these cases reading each micro-batch's output before queueing the next (the "
                "core queues the next one first)")
     extra_rows("--extra-host-pixels", "on these cases with image pixels rescaled and normalised by the processor on the "
@@ -757,6 +763,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="comma-separated cases to run once more, ours only, under torch.profiler (main "
                         "rows only)")
     parser.add_argument("--profile-out", default="profile.txt", help="where --profile writes its tables")
+    parser.add_argument("--rerank-docs", default=None, metavar="N,MIN,MAX",
+                        help="the reranked text documents: N texts of MIN to MAX tokens (default 64,10,1000)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N inputs of each case (experiments)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--workers", type=int, default=None,
@@ -816,7 +824,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ours_embed_counter = count_ours(embedder)
     ours_rerank_counter = count_ours(reranker)
 
-    sizes = Sizes.for_run(args.quick, device.type)
+    sizes = Sizes.for_run(args.quick, device.type).with_rerank_docs(args.rerank_docs)
     corpora: Corpora = build_corpora(embedder.load().tokenizer, sizes, cache_dir / "media")
     if args.limit:
         for name in ("texts", "images", "images_448", "mixed", "rerank_texts", "rerank_images", "queries"):

@@ -114,11 +114,12 @@ def test_throughput_extra_rows_with_the_stock_rms_norm(tmp_path):
 
 
 def test_throughput_extra_rows_of_the_core_switches(tmp_path):
-    """--extra-padding-mask, --extra-whole-last-layer, --extra-tower-vision-layout, --extra-masked-cached-rows and
-    --extra-unqueued (and --extra-host-pixels, the same on CPU) time ours again with the padding mask sent, the last
-    layer run at every position, the vision layout computed by the tower, the cached rows attending through a mask
-    and each output read before the next batch; the core's settings are back afterwards, and --profile profiled the
-    main row only."""
+    """--extra-padding-mask, --extra-whole-last-layer, --extra-tower-vision-layout, --extra-masked-cached-rows,
+    --extra-unqueued and --extra-long-rows-bias (and --extra-host-pixels, the same on CPU) time ours again with the
+    padding mask sent, the last layer run at every position, the vision layout computed by the tower, the cached rows
+    attending through a mask, each output read before the next batch and long cached rows through the causal bias;
+    the core's settings are back afterwards, --profile profiled the main row only, and --rerank-docs set the
+    documents."""
     from benchmarks.throughput import main
     from qwen3vl_integrations.core import lower_right_attention, pixels, runner
 
@@ -129,20 +130,23 @@ def test_throughput_extra_rows_of_the_core_switches(tmp_path):
                    "--extra-whole-last-layer", "embed_text,rerank_text",
                    "--extra-padding-mask", "embed_text,rerank_text", "--extra-tower-vision-layout", "embed_images_448",
                    "--extra-masked-cached-rows", "rerank_text", "--extra-unqueued", "embed_text",
-                   "--extra-host-pixels", "embed_images_448"])
+                   "--extra-host-pixels", "embed_images_448", "--extra-long-rows-bias", "rerank_text",
+                   "--rerank-docs", "3,500,600"])
     main_rows, extra_rows = {c["name"]: c for c in result["cases"][:3]}, result["cases"][3:]
     assert [c["name"] for c in extra_rows] == (["embed_text", "rerank_text"] * 2
-                                               + ["embed_images_448", "rerank_text", "embed_text", "embed_images_448"])
+                                               + ["embed_images_448", "rerank_text", "embed_text", "embed_images_448",
+                                                  "rerank_text"])
     labels = (["[whole last layer]"] * 2 + ["[padding mask sent]"] * 2 + ["[vision layout computed by the tower]"]
               + ["[cached rows with transformers' mask]", "[each output read before the next batch is queued]",
-                 "[pixels normalised on the host]"])
+                 "[pixels normalised on the host]", "[long cached rows with the causal bias (a mask on the CPU)]"])
+    assert main_rows["rerank_text"]["items"] == 3 and main_rows["rerank_text"]["tokens"] > 3 * 500
     for row, label in zip(extra_rows, labels):
         main_row = main_rows[row["name"]]
         assert label in row["description"] and row["errors"] == []
         assert row["tokens"] == main_row["tokens"] and row["max_abs_diff"] <= 1e-5
     assert runner.SEND_PADDING_MASK is False and runner.POOL_IN_LAST_LAYER is True and runner.VISION_LAYOUT_ON_HOST
     assert lower_right_attention.CACHED_ROWS_LOWER_RIGHT is True and runner.QUEUE_NEXT_BATCH is True
-    assert pixels.NORMALIZE_ON_DEVICE is True
+    assert pixels.NORMALIZE_ON_DEVICE is True and lower_right_attention.CPU_LONG_ROWS_CAUSAL is True
     assert profile.read_text().count("## embed_text (ours)") == 1  # the main row's profile, not the extra rows'
 
 
@@ -154,7 +158,8 @@ def test_throughput_extra_rows_of_the_core_switches(tmp_path):
                                              ("pixels-on-device", "embed_images_448,rerank_images"),
                                              ("cut-patches+grid-layouts+backend-token-ids",
                                               "embed_images_448,rerank_images"),
-                                             ("vision-rotary+text-rotary", "embed_images_448,rerank_text")])
+                                             ("vision-rotary+text-rotary", "embed_images_448,rerank_text"),
+                                             ("cpu-long-rows", "rerank_text,rerank_images")])
 def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     """benchmarks.levers times ours with the lever on and off in turn; outputs agree and the core's value is back."""
     from benchmarks.levers import main
@@ -173,6 +178,7 @@ def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     assert pixels.CUT_PATCHES is True and encoding.TOKEN_IDS_FROM_BACKEND is True
     assert vision_layout.KEEP_GRID_LAYOUTS is True
     assert rotary.VISION_IN_FEWER_PASSES is True and rotary.TEXT_IN_FEWER_PASSES is True
+    assert lower_right_attention.CPU_LONG_ROWS_CAUSAL is True
     assert all(f"`core.{CORE_SWITCHES[part][0]}`" in text for part in lever.split("+"))
 
 
@@ -207,3 +213,17 @@ def test_preprocessing_benchmark_times_both_pixel_paths(tmp_path):
     steps = [line.split(" | ") for line in text.splitlines()
              if line.startswith(("| chat template", "| token", "| image patches", "| M-RoPE", "| vision tower"))]
     assert len(steps) == 7 and all(float(row[1]) > 0 and float(row[2]) > 0 for row in steps)
+
+
+def test_cached_attention_benchmark_compares_both_paths():
+    """benchmarks.cached_attention times both ways of the cached rows' attention per shape, says which one the core
+    takes at its threshold, finds no difference, and leaves the core's settings as they were."""
+    from benchmarks.cached_attention import main
+    from qwen3vl_integrations.core import lower_right_attention
+
+    text = main(["--cached", "8,700", "--rows", "16,1000", "--heads", "4,2,8", "--runs", "1", "--batch-tokens", "64"])
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [(row[0], row[1], row[6]) for row in rows] == [("| 8", "16", "bias"), ("| 8", "1000", "causal"),
+                                                          ("| 700", "16", "bias"), ("| 700", "1000", "bias")]
+    assert all(float(row[3]) > 0 and float(row[4]) > 0 and float(row[7].rstrip(" |")) <= 1e-6 for row in rows)
+    assert lower_right_attention.CPU_LONG_ROWS_CAUSAL is True and lower_right_attention.CPU_LONG_ROWS_MIN_EXCESS == 384

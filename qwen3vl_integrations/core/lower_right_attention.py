@@ -6,7 +6,9 @@ the P cached keys and the row's tokens up to its own: causal attention aligned t
 transformers states this as a boolean [B, 1, L, P + L] mask, and SDPA given any mask cannot use its FlashAttention
 kernel (its `is_causal` is aligned to the first key). `torch.nn.attention.bias.causal_lower_right` says the same
 thing as a kind of mask, which SDPA runs with the FlashAttention kernel on CUDA and as the plain mask elsewhere.
-Pad tokens' own outputs change, and are never read.
+On the CPU, rows much longer than the cache instead take SDPA's causal kernel with P placeholder rows in front of
+them: row P + i then sees keys 0 .. P + i, exactly the lower-right rule, and the kernel skips the keys past each
+block of rows, which a mask makes it compute. Pad tokens' own outputs change, and are never read.
 """
 from __future__ import annotations
 
@@ -19,6 +21,14 @@ LOWER_RIGHT_SDPA = "sdpa_lower_right"
 
 # False: those rows get transformers' masked SDPA too (for comparison; the results are the same).
 CACHED_ROWS_LOWER_RIGHT = True
+
+# False: on the CPU too, every such row gets the causal bias (run there as a mask).
+CPU_LONG_ROWS_CAUSAL = True
+# Torch's CPU kernel skips keys in blocks of 512 (its kv split size), so the placeholder rows pay only when a row is
+# enough longer than the cache; this excess is where they started to pay on 2 AVX2 cores (`python -m
+# benchmarks.cached_attention`, benchmarks/results/cpu_cached_attention.md: 1.1-1.2x at 416-482 tokens more than
+# the cache, 1.2-2.0x for rows of 768-4,000 tokens, 0.57-1.04x below it).
+CPU_LONG_ROWS_MIN_EXCESS = 384
 
 
 def sdpa_lower_right(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -33,9 +43,16 @@ def sdpa_lower_right(module: Any, query: torch.Tensor, key: torch.Tensor, value:
             and kwargs.get("is_causal") in (None, True) and kwargs.get("position_bias") is None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    cached = keys - length
+    if CPU_LONG_ROWS_CAUSAL and query.device.type == "cpu" and length - cached >= CPU_LONG_ROWS_MIN_EXCESS:
+        placeholders = query.new_zeros(*query.shape[:2], cached, query.shape[3])
+        out = torch.nn.functional.scaled_dot_product_attention(
+            torch.cat([placeholders, query], dim=2), key, value, is_causal=True, scale=scaling,
+            enable_gqa=groups > 1)
+        return out[:, :, cached:].transpose(1, 2).contiguous(), None
     from torch.nn.attention.bias import causal_lower_right
 
-    groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:  # the FlashAttention path of a causal bias takes as many key/value heads as query heads
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     out = torch.nn.functional.scaled_dot_product_attention(
