@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> str:
                 masked, expected = median_ms(run, args.runs)
             with attributes(attention, CPU_LONG_ROWS_CAUSAL=True, CPU_LONG_ROWS_MIN_EXCESS=0):
                 causal, out = median_ms(run, args.runs)
-            chosen = "causal" if length - cached >= attention.CPU_LONG_ROWS_MIN_EXCESS else "bias"
+            chosen = "causal" if attention.takes_causal_kernel(length, cached + length, "cpu") else "bias"
             diff = float((out - expected).abs().max())
             rows.append(f"| {cached} | {length} | {batch} | {masked:.1f} | {causal:.1f} | {masked / causal:.2f}x "
                         f"| {chosen} | {diff:.1e} |")

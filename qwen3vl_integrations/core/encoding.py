@@ -164,9 +164,10 @@ def image_patches(image_processor: Any, images: Sequence[Any], raw_pixels: bool)
         vision = image_processor(list(images), do_resize=False, return_tensors="pt",
                                  **(RAW_IMAGE_KWARGS if raw_pixels else {}))
         return vision["pixel_values"], vision["image_grid_thw"]
-    patches, grids = zip(*cut)
+    each_patches, each_grid = zip(*cut)
     # torch.cat copies even one tensor: a single image's are taken as they are.
-    patches, grid = (patches[0], grids[0]) if len(cut) == 1 else (torch.cat(patches), torch.cat(grids))
+    patches, grid = ((each_patches[0], each_grid[0]) if len(cut) == 1
+                     else (torch.cat(each_patches), torch.cat(each_grid)))
     return (patches if raw_pixels else normalize_pixels(image_processor, patches)), grid
 
 

@@ -31,6 +31,12 @@ CPU_LONG_ROWS_CAUSAL = True
 CPU_LONG_ROWS_MIN_EXCESS = 384
 
 
+def takes_causal_kernel(rows: int, keys: int, device_type: str) -> bool:
+    """Whether rows of this length after a cache (keys - rows cached keys) run SDPA's causal kernel behind
+    placeholder rows rather than the causal bias."""
+    return CPU_LONG_ROWS_CAUSAL and device_type == "cpu" and rows - (keys - rows) >= CPU_LONG_ROWS_MIN_EXCESS
+
+
 def sdpa_lower_right(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -44,8 +50,8 @@ def sdpa_lower_right(module: Any, query: torch.Tensor, key: torch.Tensor, value:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
-    cached = keys - length
-    if CPU_LONG_ROWS_CAUSAL and query.device.type == "cpu" and length - cached >= CPU_LONG_ROWS_MIN_EXCESS:
+    if takes_causal_kernel(length, keys, query.device.type):
+        cached = keys - length
         placeholders = query.new_zeros(*query.shape[:2], cached, query.shape[3])
         out = torch.nn.functional.scaled_dot_product_attention(
             torch.cat([placeholders, query], dim=2), key, value, is_causal=True, scale=scaling,

@@ -13,10 +13,10 @@ from typing import Any, Iterator
 
 import torch
 
-from .rotary import rotate_text
+from .rotary import is_known_text_attention, rotate_text
 
-# Decoder layer classes whose forward is exactly: x + attn(norm(x)), then h + mlp(norm(h)), with Qwen3 attention
-# (q/k RMSNorm per head, rotary embedding, grouped keys and values, causal).
+# Decoder layer classes whose forward is exactly: x + attn(norm(x)), then h + mlp(norm(h)), with an attention that
+# `rotary.is_known_text_attention` knows.
 _KNOWN_LAYERS = frozenset({"Qwen3VLTextDecoderLayer"})
 
 
@@ -54,11 +54,7 @@ def _pooled_forward(self: Any, hidden_states: torch.Tensor, position_embeddings:
 
 
 def _is_known(layer: Any) -> bool:
-    attn = getattr(layer, "self_attn", None)
-    return (type(layer).__name__ in _KNOWN_LAYERS and attn is not None
-            and all(hasattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm",
-                                                    "head_dim", "scaling", "layer_idx"))
-            and getattr(attn, "sliding_window", None) is None
+    return (type(layer).__name__ in _KNOWN_LAYERS and is_known_text_attention(getattr(layer, "self_attn", None))
             and all(hasattr(layer, name) for name in ("input_layernorm", "post_attention_layernorm", "mlp")))
 
 

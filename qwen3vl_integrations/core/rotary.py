@@ -93,16 +93,22 @@ def _text_attention_forward(self: Any, hidden_states: torch.Tensor,
 _KNOWN_TEXT_ATTENTION = frozenset({"Qwen3VLTextAttention"})
 
 
+def is_known_text_attention(attention: Any) -> bool:
+    """Whether `attention` computes what the forward above computes (q/k RMSNorm per head, rotary embedding,
+    grouped keys and values, causal, no sliding window), so that code of this package may compute it instead."""
+    return (type(attention).__name__ in _KNOWN_TEXT_ATTENTION
+            and all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm",
+                                                          "head_dim", "scaling", "layer_idx"))
+            and getattr(attention, "sliding_window", None) is None)
+
+
 def use_text_rotary(backbone: Any) -> int:
     """Run the language model's attention layers with `rotate_text`. Returns the number of layers changed;
     `del layer.forward` restores one."""
     changed = 0
     for layer in getattr(getattr(backbone, "language_model", None), "layers", None) or []:
         attention = getattr(layer, "self_attn", None)
-        if (type(attention).__name__ in _KNOWN_TEXT_ATTENTION
-                and all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm",
-                                                                "k_norm", "head_dim", "scaling", "layer_idx"))
-                and getattr(attention, "sliding_window", None) is None):  # the forward above passes none
+        if is_known_text_attention(attention):
             attention.forward = _text_attention_forward.__get__(attention)
             changed += 1
     return changed
