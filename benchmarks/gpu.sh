@@ -56,7 +56,7 @@ print(f"python {platform.python_version()}, torch {torch.__version__}, transform
       f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs")
 # The fused RMSNorm lever on one text batch's activations: stock transformers code against ours.
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRMSNorm
-from qwen3vl_integrations.core.loading import use_fused_rms_norm
+from qwen3vl_integrations.core.rms_norm import use_fused_rms_norm
 norm = Qwen3VLTextRMSNorm(2048).cuda().to(torch.bfloat16)
 norm.weight.data.normal_()
 x = torch.randn(16384, 2048, device="cuda", dtype=torch.bfloat16)

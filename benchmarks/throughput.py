@@ -456,6 +456,8 @@ CORE_SWITCHES: dict[str, tuple[str, Any, Any, str]] = {
     "text-rotary": ("rotary.TEXT_IN_FEWER_PASSES", True, False, "text rotary by transformers' formula"),
     "cpu-long-rows": ("lower_right_attention.CPU_LONG_ROWS_CAUSAL", True, False,
                       "long cached rows with the causal bias (a mask on the CPU)"),
+    "fused-projections": ("fused_projections.FUSED_PROJECTIONS", True, False,
+                          "one matrix product per projection, q/k norms and rotation per tensor"),
 }
 
 
@@ -515,7 +517,7 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
 @contextmanager
 def stock_rms_norm(*backbones: Any) -> Iterator[None]:
     """Within this block the language models run transformers' own RMSNorm (the fused one comes back after)."""
-    from qwen3vl_integrations.core.loading import use_fused_rms_norm
+    from qwen3vl_integrations.core.rms_norm import use_fused_rms_norm
 
     for backbone in backbones:
         for module in backbone.modules():

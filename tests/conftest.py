@@ -128,3 +128,21 @@ def tiny_reranker(tiny_reranker_path):
     from qwen3vl_integrations import Qwen3VLReranker
 
     return Qwen3VLReranker(model_name_or_path=str(tiny_reranker_path), **TINY_CORE_KWARGS)
+
+
+@pytest.fixture
+def lever_outputs(media_dir):
+    """A function of (embedder, reranker): vectors of texts and images (one batch padded), and scores of text and
+    image documents with and without the cached query part: what a switch of the core must leave unchanged."""
+    items = ["a red car in front of a white house", {"image": str(media_dir / "red.png")},
+             {"text": "a picture", "image": str(media_dir / "gray.png")}, "the sky is blue " * 9, "b"]
+    documents = ["a red car", {"image": str(media_dir / "red.png")}, "the sky is blue and the sun is out", "x"]
+
+    def outputs(embedder, reranker) -> list:
+        scores = []
+        for share in (False, True):
+            reranker.share_query_prefix = share
+            scores.append(reranker.score("which car is red?", documents))
+        return [embedder.embed(items), *scores]
+
+    return outputs

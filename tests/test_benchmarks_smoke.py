@@ -159,12 +159,14 @@ def test_throughput_extra_rows_of_the_core_switches(tmp_path):
                                              ("cut-patches+grid-layouts+backend-token-ids",
                                               "embed_images_448,rerank_images"),
                                              ("vision-rotary+text-rotary", "embed_images_448,rerank_text"),
-                                             ("cpu-long-rows", "rerank_text,rerank_images")])
+                                             ("cpu-long-rows", "rerank_text,rerank_images"),
+                                             ("fused-projections", "embed_text,rerank_text")])
 def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     """benchmarks.levers times ours with the lever on and off in turn; outputs agree and the core's value is back."""
     from benchmarks.levers import main
     from benchmarks.throughput import CORE_SWITCHES
-    from qwen3vl_integrations.core import encoding, lower_right_attention, pixels, rotary, runner, vision_layout
+    from qwen3vl_integrations.core import (encoding, fused_projections, lower_right_attention, pixels, rotary, runner,
+                                           vision_layout)
 
     text = main(["--lever", lever, "--model", "tiny", "--quick", "--runs", "2", "--cache-dir", str(tmp_path / "cache"),
                  "--cases", cases])
@@ -178,7 +180,7 @@ def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     assert pixels.CUT_PATCHES is True and encoding.TOKEN_IDS_FROM_BACKEND is True
     assert vision_layout.KEEP_GRID_LAYOUTS is True
     assert rotary.VISION_IN_FEWER_PASSES is True and rotary.TEXT_IN_FEWER_PASSES is True
-    assert lower_right_attention.CPU_LONG_ROWS_CAUSAL is True
+    assert lower_right_attention.CPU_LONG_ROWS_CAUSAL is True and fused_projections.FUSED_PROJECTIONS is True
     assert all(f"`core.{CORE_SWITCHES[part][0]}`" in text for part in lever.split("+"))
 
 
@@ -227,3 +229,22 @@ def test_cached_attention_benchmark_compares_both_paths():
                                                           ("| 700", "16", "bias"), ("| 700", "1000", "bias")]
     assert all(float(row[3]) > 0 and float(row[4]) > 0 and float(row[7].rstrip(" |")) <= 1e-6 for row in rows)
     assert lower_right_attention.CPU_LONG_ROWS_CAUSAL is True and lower_right_attention.CPU_LONG_ROWS_MIN_EXCESS == 384
+
+
+def test_operations_benchmark_counts_each_setting(tmp_path):
+    """benchmarks.operations counts the language model's operations per pass and per layer: the official procedure
+    runs transformers' modules (more per layer than ours), and switching the joined projections or the fused RMSNorm
+    off adds operations to each layer; the core's settings and modules are back after."""
+    from benchmarks.operations import main
+    from qwen3vl_integrations.core import fused_projections, runner
+
+    text = main(["--model", "tiny", "--texts", "6", "--max-tokens", "40", "--cache-dir", str(tmp_path / "cache")])
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| setting")}
+    per_layer = {label: int(row[3]) for label, row in rows.items()}
+    ours = per_layer["ours"]
+    assert per_layer["official procedure (transformers' modules)"] > ours > 0
+    assert per_layer["ours, one matrix product per projection, q/k norms and rotation per tensor"] == ours + 10
+    assert per_layer["ours, transformers' RMSNorm"] > ours
+    assert all(int(row[1]) > 0 for row in rows.values())
+    assert fused_projections.FUSED_PROJECTIONS is True and runner.SEND_PADDING_MASK is False

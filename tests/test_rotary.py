@@ -85,24 +85,26 @@ def test_rotate_text_is_bit_identical_to_transformers(dtype, batch, tokens, head
 
 
 def test_loaded_language_models_rotate_with_fewer_passes(tiny_embedder):
+    from qwen3vl_integrations.core.text_attention import use_text_attention
+
     backbone = tiny_embedder.load().backbone
     layers = backbone.language_model.layers
     assert all("forward" in vars(layer.self_attn) for layer in layers)
-    assert rotary.use_text_rotary(torch.nn.Linear(2, 2)) == 0
+    assert use_text_attention(torch.nn.Linear(2, 2)) == 0
     for layer in layers:
         del layer.self_attn.forward
     layers[0].self_attn.sliding_window = 4  # a forward this code does not reproduce is left alone
     try:
-        assert rotary.use_text_rotary(backbone) == len(layers) - 1
+        assert use_text_attention(backbone) == len(layers) - 1
         assert "forward" not in vars(layers[0].self_attn)
     finally:
         del layers[0].self_attn.sliding_window
-        assert rotary.use_text_rotary(backbone) == len(layers)
+        assert use_text_attention(backbone) == len(layers)
 
 
 @pytest.mark.parametrize("switch", ["TEXT_IN_FEWER_PASSES", "VISION_IN_FEWER_PASSES"])
 def test_embeddings_and_scores_are_the_same_with_each_switch_on_and_off(tiny_embedding_path, tiny_reranker_path,
-                                                                       tiny_core_kwargs, media_dir, monkeypatch,
+                                                                       tiny_core_kwargs, lever_outputs, monkeypatch,
                                                                        switch):
     """bfloat16, where rounding would show: vectors of texts and images, and scores with and without the cached query
     part (whose rows attend to the cached keys, rotated in an earlier pass)."""
@@ -111,21 +113,10 @@ def test_embeddings_and_scores_are_the_same_with_each_switch_on_and_off(tiny_emb
     tiny_core_kwargs["dtype"] = "bfloat16"
     embedder = Qwen3VLEmbedder(model_name_or_path=str(tiny_embedding_path), **tiny_core_kwargs)
     reranker = Qwen3VLReranker(model_name_or_path=str(tiny_reranker_path), **tiny_core_kwargs)
-    items = ["a red car in front of a white house", {"image": str(media_dir / "red.png")},
-             {"text": "a picture", "image": str(media_dir / "gray.png")}, "the sky is blue " * 9]
-    documents = ["a red car", {"image": str(media_dir / "red.png")}, "the sky is blue and the sun is out"]
-
-    def outputs() -> list:
-        scores = []
-        for share in (False, True):
-            reranker.share_query_prefix = share
-            scores.append(reranker.score("which car is red?", documents))
-        return [embedder.embed(items), *scores]
-
     monkeypatch.setattr(rotary, switch, False)
-    expected = outputs()
+    expected = lever_outputs(embedder, reranker)
     monkeypatch.setattr(rotary, switch, True)
-    got = outputs()
+    got = lever_outputs(embedder, reranker)
     assert got[0].dtype == expected[0].dtype
     for a, b in zip(got, expected, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))

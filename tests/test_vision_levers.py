@@ -84,7 +84,7 @@ def test_loaded_models_use_the_levers(tiny_embedder):
 def test_fused_rms_norm_is_bit_identical(tiny_embedding_path):
     from transformers import AutoModel
 
-    from qwen3vl_integrations.core.loading import use_fused_rms_norm
+    from qwen3vl_integrations.core.rms_norm import use_fused_rms_norm
 
     for dtype in (torch.float32, torch.bfloat16):
         model = AutoModel.from_pretrained(str(tiny_embedding_path), dtype=dtype, attn_implementation="sdpa").eval()
@@ -108,7 +108,7 @@ def test_fused_rms_norm_is_bit_identical(tiny_embedding_path):
 
 
 def test_fused_rms_norm_skips_other_norms():
-    from qwen3vl_integrations.core.loading import use_fused_rms_norm
+    from qwen3vl_integrations.core.rms_norm import use_fused_rms_norm
 
     model = torch.nn.Sequential(torch.nn.LayerNorm(4), torch.nn.RMSNorm(4))
     assert use_fused_rms_norm(model) == 0

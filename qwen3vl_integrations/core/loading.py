@@ -17,9 +17,12 @@ from typing import Any
 import torch
 
 from . import rotary
+from .fused_projections import use_fused_gate_up
 from .lower_right_attention import use_lower_right_attention
 from .pixels import normalizes_on_device
 from .pooled_layer import use_pooled_last_layer
+from .rms_norm import use_fused_rms_norm
+from .text_attention import use_text_attention
 
 ROLES = ("embedding", "reranker")
 
@@ -189,36 +192,11 @@ def use_model_levers(backbone: Any) -> None:
     use_linear_patch_embed(backbone)
     use_grouped_vision_attention(backbone)
     use_fused_rms_norm(backbone)
-    rotary.use_text_rotary(backbone)
+    use_text_attention(backbone)
+    use_fused_gate_up(backbone)
     use_pooled_last_layer(backbone)
     use_indexed_deepstack(backbone)
     use_lower_right_attention(backbone)
-
-
-# Classes whose forward is exactly weight * (x in float32 * rsqrt(mean(x^2) + eps)).to(x.dtype).
-_STOCK_RMS_NORMS = frozenset({"Qwen3VLTextRMSNorm", "Qwen3RMSNorm", "Qwen2RMSNorm"})
-
-
-def _fused_rms_norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
-    # F.rms_norm computes in float32 and rounds to the input dtype before the weight product, as the stock forward
-    # does; the weight stays outside so that this rounding step is kept (bit-identical on CPU in every dtype).
-    return self.weight * torch.nn.functional.rms_norm(hidden_states, self.weight.shape, eps=self.variance_epsilon)
-
-
-def use_fused_rms_norm(backbone: Any) -> int:
-    """Run the language model's RMSNorms (4 per layer, q/k norms included) as one `rms_norm` kernel and one weight
-    product instead of the stock float32 sequence of elementwise kernels (cast, pow, mean, add, rsqrt, mul, cast, mul).
-
-    On GPUs these memory-bound kernels took as much time as the matrix products of a text batch. Returns the number
-    of modules changed. `del module.forward` restores one.
-    """
-    changed = 0
-    for module in backbone.modules():
-        if (type(module).__name__ in _STOCK_RMS_NORMS and isinstance(getattr(module, "weight", None), torch.Tensor)
-                and module.weight.dim() == 1 and isinstance(getattr(module, "variance_epsilon", None), float)):
-            module.forward = _fused_rms_norm_forward.__get__(module)
-            changed += 1
-    return changed
 
 
 def _linear_patch_embed_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,10 @@ from typing import Any, Iterator
 
 import torch
 
-from .rotary import is_known_text_attention, rotate_text
+from .text_attention import is_known_text_attention, keys_values, queries
 
 # Decoder layer classes whose forward is exactly: x + attn(norm(x)), then h + mlp(norm(h)), with an attention that
-# `rotary.is_known_text_attention` knows.
+# `text_attention.is_known_text_attention` knows.
 _KNOWN_LAYERS = frozenset({"Qwen3VLTextDecoderLayer"})
 
 
@@ -34,12 +34,9 @@ def _pooled_forward(self: Any, hidden_states: torch.Tensor, position_embeddings:
     batch, length = hidden_states.shape[:2]
     row = torch.arange(batch, device=hidden_states.device)
     normed = self.input_layernorm(hidden_states)
-    kv_shape = (batch, length, -1, attn.head_dim)
     cos, sin = position_embeddings  # [B, L, head_dim]
-    keys = rotate_text(attn.k_norm(attn.k_proj(normed).view(kv_shape)), cos, sin)
-    values = attn.v_proj(normed).view(kv_shape).transpose(1, 2)
-    query = attn.q_norm(attn.q_proj(normed[row, rows][:, None]).view(batch, 1, -1, attn.head_dim))
-    query = rotate_text(query, cos[row, rows][:, None], sin[row, rows][:, None])
+    keys, values = keys_values(attn, normed, cos, sin)
+    query = queries(attn, normed[row, rows][:, None], cos[row, rows][:, None], sin[row, rows][:, None])
     if cache is not None:  # the rows continue a cached query part: its keys and values come first
         keys, values = cache.update(keys, values, attn.layer_idx)
     cached = keys.shape[2] - length

@@ -16,9 +16,6 @@ stock roundings (few operations: the host launches them in every layer, and shor
 """
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import torch
 
 # False: transformers' own vision function, and its text formula op for op (for comparison).
@@ -62,53 +59,3 @@ def rotate_text(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     rotated[..., :half] -= x[..., half:] * sin[..., :half]
     rotated[..., half:] += x[..., :half] * sin[..., half:]
     return rotated.transpose(1, 2)
-
-
-def _text_attention_forward(self: Any, hidden_states: torch.Tensor,
-                            position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                            attention_mask: torch.Tensor | None, cache: Any = None, **kwargs: Any
-                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Qwen3-VL text attention (transformers' forward) with the queries and keys rotated by `rotate_text`."""
-    module = sys.modules[type(self).__module__]
-    if cache is None:  # transformers releases before the rename call it past_key_values
-        cache = kwargs.pop("past_key_values", None)
-    input_shape = hidden_states.shape[:-1]
-    hidden_shape = (*input_shape, -1, self.head_dim)
-    query = self.q_norm(self.q_proj(hidden_states).view(hidden_shape))
-    key = self.k_norm(self.k_proj(hidden_states).view(hidden_shape))
-    value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    cos, sin = position_embeddings
-    query, key = rotate_text(query, cos, sin), rotate_text(key, cos, sin)
-    if cache is not None:
-        key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
-    attention = module.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                             module.eager_attention_forward)
-    output, weights = attention(self, query, key, value, attention_mask,
-                                dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling,
-                                **kwargs)
-    return self.o_proj(output.reshape(*input_shape, -1).contiguous()), weights
-
-
-# Attention classes whose forward is exactly the one above with transformers' `apply_rotary_pos_emb`.
-_KNOWN_TEXT_ATTENTION = frozenset({"Qwen3VLTextAttention"})
-
-
-def is_known_text_attention(attention: Any) -> bool:
-    """Whether `attention` computes what the forward above computes (q/k RMSNorm per head, rotary embedding,
-    grouped keys and values, causal, no sliding window), so that code of this package may compute it instead."""
-    return (type(attention).__name__ in _KNOWN_TEXT_ATTENTION
-            and all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm",
-                                                          "head_dim", "scaling", "layer_idx"))
-            and getattr(attention, "sliding_window", None) is None)
-
-
-def use_text_rotary(backbone: Any) -> int:
-    """Run the language model's attention layers with `rotate_text`. Returns the number of layers changed;
-    `del layer.forward` restores one."""
-    changed = 0
-    for layer in getattr(getattr(backbone, "language_model", None), "layers", None) or []:
-        attention = getattr(layer, "self_attn", None)
-        if is_known_text_attention(attention):
-            attention.forward = _text_attention_forward.__get__(attention)
-            changed += 1
-    return changed

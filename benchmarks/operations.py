@@ -1,0 +1,144 @@
+"""Tensor operations the language model runs per text forward pass: on a GPU each is a kernel the host launches,
+and launches bound the 2B model's texts on the H100 (benchmarks/README.md, run 7).
+
+    python -m benchmarks.operations --model tiny
+
+Counts, for the same texts and weights, the operations inside the language model's forward passes (views left out:
+they launch nothing) of the official procedure (transformers' stock modules, chunks of 8) and of ours, and ours
+again with each lever that changes the count switched off. The count per decoder layer does not depend on the
+model's size, so the tiny checkpoint gives the 2B model's; per pass, the 2B has 28 layers where tiny has 2.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from benchmarks.corpora import TextMaker, log_uniform_lengths
+from benchmarks.throughput import CORE_SWITCHES, checkpoint_paths, core_switch, default_cache_dir, stock_rms_norm
+
+# Operations that return a view of their input (no kernel), and an in-place copy of a tensor onto itself, which
+# torch skips.
+VIEWS = frozenset({"view", "_unsafe_view", "slice", "transpose", "unsqueeze", "expand", "detach", "select",
+                   "as_strided", "alias", "t", "split", "split_with_sizes", "chunk", "squeeze", "permute",
+                   "reshape", "unbind", "narrow"})
+
+# Levers compared with their other value here: those that change which operations a pass runs.
+LEVERS = ("fused-projections", "text-rotary", "padding-mask", "pooled-last-layer")
+
+
+class OperationCount(TorchDispatchMode):
+    """Counts by name the operations that run while inside each scope (`inside` holds the scopes entered), in this
+    thread only: dispatch modes are thread-local, so preprocessing workers are not counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside: set[str] = set()
+        self.names: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if self.inside and name not in VIEWS and not _copy_onto_itself(name, args):
+            for scope in self.inside:
+                self.names[scope][name] += 1
+        return out
+
+    @contextlib.contextmanager
+    def scope(self, name: str, module: torch.nn.Module) -> Iterator[None]:
+        """Within this block, count what `module`'s calls run under `name`."""
+        def enter(*args: Any, **kwargs: Any) -> None:
+            self.inside.add(name)
+            self.calls[name] += 1
+
+        def leave(*args: Any, **kwargs: Any) -> None:
+            self.inside.discard(name)
+
+        handles = [module.register_forward_pre_hook(enter, with_kwargs=True),
+                   module.register_forward_hook(leave, with_kwargs=True, always_call=True)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def per_call(self, name: str) -> float:
+        return sum(self.names[name].values()) / max(self.calls[name], 1)
+
+
+def _copy_onto_itself(name: str, args: Sequence[Any]) -> bool:
+    return (name == "copy_" and args[0].data_ptr() == args[1].data_ptr() and args[0].stride() == args[1].stride()
+            and args[0].dtype == args[1].dtype)
+
+
+def measure(backbone: Any, run: Callable[[], Any]) -> OperationCount:
+    """The operations of `run()` per language model pass ("pass") and in its first decoder layer ("layer"; every
+    layer but the last, which may run pooled, runs the same)."""
+    count = OperationCount()
+    with torch.inference_mode(), count, count.scope("pass", backbone.language_model), \
+            count.scope("layer", backbone.language_model.layers[0]):
+        run()
+    return count
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="tiny, small (random checkpoints) or a folder")
+    parser.add_argument("--texts", type=int, default=32, help="texts embedded, of 10 to --max-tokens tokens")
+    parser.add_argument("--max-tokens", type=int, default=300)
+    parser.add_argument("--cache-dir", default=None, help="where random checkpoints are kept")
+    args = parser.parse_args(argv)
+
+    from benchmarks.official import official_embed, stock_forwards
+    from qwen3vl_integrations import Qwen3VLEmbedder
+
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    path, _, _ = checkpoint_paths(args.model, None, torch.float32, torch.device("cpu"), cache_dir, "disk")
+    embedder = Qwen3VLEmbedder(model_name_or_path=path, device="cpu", dtype="float32")
+    loaded = embedder.load()
+    backbone = loaded.backbone
+    maker = TextMaker(loaded.tokenizer, seed=0)
+    texts = [maker.text(n) for n in log_uniform_lengths(args.texts, 10, args.max_tokens, seed=1)]
+
+    def official() -> None:
+        with stock_forwards(backbone):
+            official_embed(embedder, texts)
+
+    settings: list[tuple[str, Callable[[], Any]]] = [("official procedure (transformers' modules)", official),
+                                                     ("ours", lambda: embedder.embed(texts))]
+    for lever in LEVERS:
+        def off(lever: str = lever) -> None:
+            with core_switch(lever, on=False):
+                embedder.embed(texts)
+        settings.append((f"ours, {CORE_SWITCHES[lever][3]}", off))
+
+    def stock_norms() -> None:
+        with stock_rms_norm(backbone):
+            embedder.embed(texts)
+    settings.append(("ours, transformers' RMSNorm", stock_norms))
+
+    layers = len(backbone.language_model.layers)
+    rows = []
+    for label, run in settings:
+        count = measure(backbone, run)
+        top = ", ".join(f"{name} {n / count.calls['layer']:.0f}" for name, n in count.names["layer"].most_common(6))
+        rows.append(f"| {label} | {count.calls['pass']} | {count.per_call('pass'):.0f} | "
+                    f"{count.per_call('layer'):.0f} | {top} |")
+        print(rows[-1], flush=True)
+    text = "\n".join([
+        f"Operations in the language model per text forward pass ({args.texts} texts of 10-{args.max_tokens} "
+        f"tokens, `{args.model}`: {layers} decoder layers; views left out), torch {torch.__version__}",
+        "", "| setting | passes | operations per pass | per decoder layer | most run in a layer |",
+        "|---|---|---|---|---|", *rows])
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

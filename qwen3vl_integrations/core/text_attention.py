@@ -1,0 +1,136 @@
+"""The language model's attention layers as this package computes them: transformers' forward, with the queries,
+keys and values from one matrix product (`fused_projections.py`), and the queries and keys normed and rotated
+together (`rotary.py`), with the stock values.
+
+Queries and keys get the same per-head operations (an RMSNorm over each head, then the rotary embedding; only the
+norm's weight differs, one row per head here), so one kernel can run them on both. Per layer this leaves 8 of the 17
+kernels the projections, norms and rotation took (3 products -> 1, 4 norm kernels -> 2, 10 rotation kernels -> 5):
+kernel launches bound a text batch on a GPU.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from . import fused_projections
+from .rms_norm import rms_norm, runs_fused
+from .rotary import rotate_text
+
+# Attention classes whose forward is exactly `_forward` below with transformers' `apply_rotary_pos_emb`, the
+# projections and norms of the stock modules.
+_KNOWN_TEXT_ATTENTION = frozenset({"Qwen3VLTextAttention"})
+
+
+def is_known_text_attention(attention: Any) -> bool:
+    """Whether `attention` computes what `_forward` computes (q/k RMSNorm per head, rotary embedding, grouped keys and
+    values, causal, no sliding window), so that code of this package may compute it instead."""
+    return (type(attention).__name__ in _KNOWN_TEXT_ATTENTION
+            and all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm",
+                                                          "head_dim", "scaling", "layer_idx"))
+            and getattr(attention, "sliding_window", None) is None)
+
+
+def _joined(attention: Any) -> bool:
+    return fused_projections.reads_joined(attention, "qkv", (attention.q_proj, attention.k_proj, attention.v_proj))
+
+
+def _query_key_norm_weight(attention: Any) -> torch.Tensor | None:
+    """The q and k norms' weights as one row per query head, then one per key head, when both norms run `rms_norm`
+    with one epsilon (else None). Made again when either weight changes (in place: its version counter; replaced or
+    moved: its address)."""
+    q_norm, k_norm = attention.q_norm, attention.k_norm
+    q_weight, k_weight = q_norm.weight, k_norm.weight
+    if not (runs_fused(q_norm) and runs_fused(k_norm) and q_norm.variance_epsilon == k_norm.variance_epsilon
+            and q_weight.shape == k_weight.shape == (attention.head_dim,)):
+        return None
+    key = (q_weight.data_ptr(), q_weight._version, k_weight.data_ptr(), k_weight._version)
+    made = getattr(attention, "_query_key_norm", None)
+    if made is None or made[0] != key:
+        queries, kv_heads = _heads(attention)
+        made = key, torch.cat([q_weight.detach().expand(queries, -1), k_weight.detach().expand(kv_heads, -1)])
+        attention._query_key_norm = made
+    return made[1]
+
+
+def _heads(attention: Any) -> tuple[int, int]:
+    """(query heads, key/value heads)."""
+    head_dim = attention.head_dim
+    return attention.q_proj.weight.shape[0] // head_dim, attention.k_proj.weight.shape[0] // head_dim
+
+
+def queries_keys_values(attention: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normed and rotated queries and keys, and values, [batch, heads, tokens, head_dim], of `hidden`
+    [batch, tokens, hidden_size] at positions with rotary cosines and sines [batch, tokens, head_dim]."""
+    shape = (*hidden.shape[:-1], -1, attention.head_dim)
+    if not _joined(attention):
+        query = rotate_text(attention.q_norm(attention.q_proj(hidden).view(shape)), cos, sin)
+        return query, *keys_values(attention, hidden, cos, sin)
+    queries, kv_heads = _heads(attention)
+    projected = torch.nn.functional.linear(hidden, attention.qkv_weight, attention.qkv_bias).view(shape)
+    query_key = projected[..., :queries + kv_heads, :]
+    norm_weight = _query_key_norm_weight(attention)
+    if norm_weight is not None:
+        query_key = rms_norm(query_key, norm_weight, attention.q_norm.variance_epsilon)
+    else:  # norms other than the stock forward's: each its own
+        query_key = torch.cat([attention.q_norm(query_key[..., :queries, :]),
+                               attention.k_norm(query_key[..., queries:, :])], dim=-2)
+    query_key = rotate_text(query_key, cos, sin)
+    return query_key[:, :queries], query_key[:, queries:], projected[..., queries + kv_heads:, :].transpose(1, 2)
+
+
+def keys_values(attention: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normed and rotated keys, and values, [batch, kv_heads, tokens, head_dim], as in `queries_keys_values`."""
+    shape = (*hidden.shape[:-1], -1, attention.head_dim)
+    if not _joined(attention):
+        key = attention.k_norm(attention.k_proj(hidden).view(shape))
+        return rotate_text(key, cos, sin), attention.v_proj(hidden).view(shape).transpose(1, 2)
+    queries, kv_heads = _heads(attention)
+    rows = queries * attention.head_dim  # the joined weight's key and value rows follow the query rows
+    bias = None if attention.qkv_bias is None else attention.qkv_bias[rows:]
+    projected = torch.nn.functional.linear(hidden, attention.qkv_weight[rows:], bias).view(shape)
+    key = rotate_text(attention.k_norm(projected[..., :kv_heads, :]), cos, sin)
+    return key, projected[..., kv_heads:, :].transpose(1, 2)
+
+
+def queries(attention: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Normed and rotated queries [batch, heads, tokens, head_dim], as in `queries_keys_values`."""
+    shape = (*hidden.shape[:-1], -1, attention.head_dim)
+    return rotate_text(attention.q_norm(attention.q_proj(hidden).view(shape)), cos, sin)
+
+
+def _forward(self: Any, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+             attention_mask: torch.Tensor | None, cache: Any = None, **kwargs: Any
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Qwen3-VL text attention (transformers' forward) with queries, keys and values from `queries_keys_values`."""
+    module = sys.modules[type(self).__module__]
+    if cache is None:  # transformers releases before the rename call it past_key_values
+        cache = kwargs.pop("past_key_values", None)
+    query, key, value = queries_keys_values(self, hidden_states, *position_embeddings)
+    if cache is not None:
+        key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
+    attention = module.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                             module.eager_attention_forward)
+    output, weights = attention(self, query, key, value, attention_mask,
+                                dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling,
+                                **kwargs)
+    return self.o_proj(output.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
+
+
+def use_text_attention(backbone: Any) -> int:
+    """Run the language model's attention layers with `_forward`, their projections joined where they can be.
+    Install after `rms_norm.use_fused_rms_norm`. Returns the number of layers changed; `del layer.forward` restores
+    one."""
+    changed = 0
+    for layer in getattr(getattr(backbone, "language_model", None), "layers", None) or []:
+        attention = getattr(layer, "self_attn", None)
+        if is_known_text_attention(attention):
+            if getattr(attention, "qkv_weight", None) is None:
+                fused_projections.join_linears(attention, "qkv",
+                                               [attention.q_proj, attention.k_proj, attention.v_proj])
+            attention.forward = _forward.__get__(attention)
+            changed += 1
+    return changed
