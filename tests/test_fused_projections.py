@@ -192,3 +192,15 @@ def test_embeddings_and_scores_are_the_same_with_the_switch_on_and_off(tiny_embe
             hook.remove()
     for a, b in zip(got, expected, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_under_torch_compile_the_checks_that_read_addresses_are_skipped(tiny_embedder, monkeypatch):
+    """Dynamo cannot trace tensor addresses or version counters: while compiling, the joined weights are read
+    without them and the norm rows are made in the graph, with the same values."""
+    attention = tiny_embedder.load().backbone.language_model.layers[0].self_attn
+    cached = _query_key_norm_weight(attention)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "data_ptr", lambda self: pytest.fail("an address was read"))
+    assert fused_projections.reads_joined(attention, "qkv", (attention.q_proj, attention.k_proj, attention.v_proj))
+    made = _query_key_norm_weight(attention)
+    assert made is not cached and torch.equal(made, cached)

@@ -3,9 +3,9 @@ projections (`text_attention.py`), and its MLP's gate and up projections (here).
 
 Each output value is the same dot product of the same operands as before (on CPU bit-identical in float32 and
 bf16, `tests/test_fused_projections.py`; a GPU library may pick another kernel for the wider product, which can
-round differently). What goes is kernel launches: a text batch on a
-GPU is bound by the host launching every kernel of every layer. The joined weight is the only copy: the separate
-layers' weights become views of its rows, so no memory is added and the stock modules still compute the same thing.
+round differently). What goes is kernel launches: a text batch on a GPU is bound by the host launching every kernel
+of every layer. The joined weight is the only copy: the separate layers' weights become views of its rows, so no
+memory is added and the stock modules still compute the same thing.
 """
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def reads_joined(owner: Any, name: str, linears: Sequence[Any]) -> bool:
     joined = getattr(owner, f"{name}_weight", None)
     if not FUSED_PROJECTIONS or joined is None:
         return False
+    if torch.compiler.is_compiling():  # addresses cannot be traced; a compiled model is not moved while it runs
+        return True
     pointer, step = joined.data_ptr(), joined.shape[1] * joined.element_size()
     for layer in linears:
         if layer.weight.data_ptr() != pointer:

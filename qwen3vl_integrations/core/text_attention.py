@@ -45,10 +45,12 @@ def _query_key_norm_weight(attention: Any) -> torch.Tensor | None:
     if not (runs_fused(q_norm) and runs_fused(k_norm) and q_norm.variance_epsilon == k_norm.variance_epsilon
             and q_weight.shape == k_weight.shape == (attention.head_dim,)):
         return None
+    queries, kv_heads = _heads(attention)
+    if torch.compiler.is_compiling():  # addresses and versions cannot be traced: made in the graph, and fused there
+        return torch.cat([q_weight.expand(queries, -1), k_weight.expand(kv_heads, -1)])
     key = (q_weight.data_ptr(), q_weight._version, k_weight.data_ptr(), k_weight._version)
     made = getattr(attention, "_query_key_norm", None)
     if made is None or made[0] != key:
-        queries, kv_heads = _heads(attention)
         made = key, torch.cat([q_weight.detach().expand(queries, -1), k_weight.detach().expand(kv_heads, -1)])
         attention._query_key_norm = made
     return made[1]
