@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
 from qwen3vl_integrations.core import fused_projections
-from qwen3vl_integrations.core.fused_projections import join_linears
+from qwen3vl_integrations.core.fused_projections import join_linears, use_fused_gate_up
 from qwen3vl_integrations.core.rms_norm import use_fused_rms_norm
 from qwen3vl_integrations.core.text_attention import _query_key_norm_weight, queries_keys_values, use_text_attention
 
@@ -71,8 +71,12 @@ def test_loaded_models_run_joined_projections(tiny_embedder):
         assert heads * attention.head_dim == attention.q_proj.out_features + attention.k_proj.out_features
         assert mlp.gate_up_weight.untyped_storage().data_ptr() == mlp.up_proj.weight.untyped_storage().data_ptr()
         assert "forward" in vars(mlp)
-    # Loading twice does not join twice (the registry reuses the model; a second call finds it joined).
+    # Installing twice does not join twice: a second call finds the layers joined.
+    joined = [(layer.self_attn.qkv_weight, layer.mlp.gate_up_weight) for layer in backbone.language_model.layers]
     assert use_text_attention(backbone) == len(backbone.language_model.layers)
+    assert use_fused_gate_up(backbone) == len(backbone.language_model.layers)
+    assert all(layer.self_attn.qkv_weight is qkv and layer.mlp.gate_up_weight is gate_up
+               for layer, (qkv, gate_up) in zip(backbone.language_model.layers, joined, strict=True))
 
 
 class _OpCount(TorchDispatchMode):

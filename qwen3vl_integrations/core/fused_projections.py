@@ -82,7 +82,8 @@ def use_fused_gate_up(backbone: Any) -> int:
         if (type(mlp).__name__ in _KNOWN_GATED_MLPS
                 and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn"))
                 and mlp.gate_proj.weight.shape == mlp.up_proj.weight.shape
-                and join_linears(mlp, "gate_up", [mlp.gate_proj, mlp.up_proj])):
+                and (getattr(mlp, "gate_up_weight", None) is not None
+                     or join_linears(mlp, "gate_up", [mlp.gate_proj, mlp.up_proj]))):
             mlp.forward = _gated_mlp_forward.__get__(mlp)
             changed += 1
     return changed

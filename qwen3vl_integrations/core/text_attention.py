@@ -76,7 +76,7 @@ def queries_keys_values(attention: Any, hidden: torch.Tensor, cos: torch.Tensor,
     norm_weight = _query_key_norm_weight(attention)
     if norm_weight is not None:
         query_key = rms_norm(query_key, norm_weight, attention.q_norm.variance_epsilon)
-    else:  # norms other than the stock forward's: each its own
+    else:  # norms not run by `rms_norm` (or with different epsilons): each its own forward
         query_key = torch.cat([attention.q_norm(query_key[..., :queries, :]),
                                attention.k_norm(query_key[..., queries:, :])], dim=-2)
     query_key = rotate_text(query_key, cos, sin)
@@ -124,8 +124,7 @@ def _forward(self: Any, hidden_states: torch.Tensor, position_embeddings: tuple[
 
 def use_text_attention(backbone: Any) -> int:
     """Run the language model's attention layers with `_forward`, their projections joined where they can be.
-    Install after `rms_norm.use_fused_rms_norm`. Returns the number of layers changed; `del layer.forward` restores
-    one."""
+    Returns the number of layers changed; `del layer.forward` restores one."""
     changed = 0
     for layer in getattr(getattr(backbone, "language_model", None), "layers", None) or []:
         attention = getattr(layer, "self_attn", None)
