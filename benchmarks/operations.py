@@ -22,32 +22,39 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from benchmarks.corpora import TextMaker, log_uniform_lengths
 from benchmarks.throughput import CORE_SWITCHES, checkpoint_paths, core_switch, default_cache_dir, stock_rms_norm
 
-# Operations that return a view of their input (no kernel), and an in-place copy of a tensor onto itself, which
-# torch skips.
-VIEWS = frozenset({"view", "_unsafe_view", "slice", "transpose", "unsqueeze", "expand", "detach", "select",
-                   "as_strided", "alias", "t", "split", "split_with_sizes", "chunk", "squeeze", "permute",
-                   "reshape", "unbind", "narrow"})
-
 # Levers compared with their other value here: those that change which operations a pass runs.
 LEVERS = ("fused-projections", "text-rotary", "padding-mask", "pooled-last-layer")
 
 
-class OperationCount(TorchDispatchMode):
-    """Counts by name the operations that run while inside each scope (`inside` holds the scopes entered), in this
-    thread only: dispatch modes are thread-local, so preprocessing workers are not counted."""
+def launches_kernel(func: Any, args: Sequence[Any], out: Any) -> bool:
+    """Whether this dispatched operation ran a kernel. Operations whose schema lets them return their input's memory
+    (views, and `to`, which returns its input itself when nothing changes) ran one only where the result has memory
+    of its own; `_unsafe_view` (a reshape after a matrix product) never does, though its schema does not say so; and
+    torch skips an in-place copy of a tensor onto itself."""
+    name = func.overloadpacket.__name__
+    if func.is_view or name == "_unsafe_view":
+        result = out[0] if isinstance(out, (tuple, list)) else out
+        return result.untyped_storage().data_ptr() != args[0].untyped_storage().data_ptr()
+    return not (name == "copy_" and args[0].data_ptr() == args[1].data_ptr()
+                and args[0].stride() == args[1].stride() and args[0].dtype == args[1].dtype)
 
-    def __init__(self) -> None:
+
+class OperationCount(TorchDispatchMode):
+    """Counts by name the operations that run a kernel while inside each scope (`inside` holds the scopes entered:
+    `scopes` from the start, others while a module runs, `scope`), in this thread only: dispatch modes are
+    thread-local, so preprocessing workers are not counted."""
+
+    def __init__(self, scopes: Sequence[str] = ()) -> None:
         super().__init__()
-        self.inside: set[str] = set()
+        self.inside: set[str] = set(scopes)
         self.names: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self.calls: collections.Counter[str] = collections.Counter()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__
-        if self.inside and name not in VIEWS and not _copy_onto_itself(name, args):
+        if self.inside and launches_kernel(func, args, out):
             for scope in self.inside:
-                self.names[scope][name] += 1
+                self.names[scope][func.overloadpacket.__name__] += 1
         return out
 
     @contextlib.contextmanager
@@ -68,13 +75,11 @@ class OperationCount(TorchDispatchMode):
             for handle in handles:
                 handle.remove()
 
+    def total(self, name: str) -> int:
+        return sum(self.names[name].values())
+
     def per_call(self, name: str) -> float:
-        return sum(self.names[name].values()) / max(self.calls[name], 1)
-
-
-def _copy_onto_itself(name: str, args: Sequence[Any]) -> bool:
-    return (name == "copy_" and args[0].data_ptr() == args[1].data_ptr() and args[0].stride() == args[1].stride()
-            and args[0].dtype == args[1].dtype)
+        return self.total(name) / max(self.calls[name], 1)
 
 
 def measure(backbone: Any, run: Callable[[], Any]) -> OperationCount:
@@ -92,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--model", default="tiny", help="tiny, small (random checkpoints) or a folder")
     parser.add_argument("--texts", type=int, default=32, help="texts embedded, of 10 to --max-tokens tokens")
     parser.add_argument("--max-tokens", type=int, default=300)
+    parser.add_argument("--dtype", default="bfloat16", help="bfloat16 (as on GPUs: the stock RMSNorm's float32 "
+                        "casts are kernels) or float32 (where they return the tensor itself)")
     parser.add_argument("--cache-dir", default=None, help="where random checkpoints are kept")
     args = parser.parse_args(argv)
 
@@ -99,8 +106,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     from qwen3vl_integrations import Qwen3VLEmbedder
 
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    path, _, _ = checkpoint_paths(args.model, None, torch.float32, torch.device("cpu"), cache_dir, "disk")
-    embedder = Qwen3VLEmbedder(model_name_or_path=path, device="cpu", dtype="float32")
+    dtype = getattr(torch, args.dtype)
+    path, _, _ = checkpoint_paths(args.model, None, dtype, torch.device("cpu"), cache_dir, "disk")
+    embedder = Qwen3VLEmbedder(model_name_or_path=path, device="cpu", dtype=args.dtype)
     loaded = embedder.load()
     backbone = loaded.backbone
     maker = TextMaker(loaded.tokenizer, seed=0)
@@ -133,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         print(rows[-1], flush=True)
     text = "\n".join([
         f"Operations in the language model per text forward pass ({args.texts} texts of 10-{args.max_tokens} "
-        f"tokens, `{args.model}`: {layers} decoder layers; views left out), torch {torch.__version__}",
+        f"tokens, `{args.model}` in {args.dtype}: {layers} decoder layers; views left out), torch {torch.__version__}",
         "", "| setting | passes | operations per pass | per decoder layer | most run in a layer |",
         "|---|---|---|---|---|", *rows])
     print(text)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.operations import OperationCount
 from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
 from qwen3vl_integrations.core import fused_projections
 from qwen3vl_integrations.core.fused_projections import join_linears, use_fused_gate_up
@@ -79,16 +79,6 @@ def test_loaded_models_run_joined_projections(tiny_embedder):
                for layer, (qkv, gate_up) in zip(backbone.language_model.layers, joined, strict=True))
 
 
-class _OpCount(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _language_model(path, dtype: torch.dtype, random_norms: bool = True):
     """The tiny checkpoint's model with this package's attention and RMSNorm (norm weights random: the stock ones,
     all ones, would hide a misplaced product)."""
@@ -116,9 +106,9 @@ def _inputs(attention, dtype):
 
 def _projections(attention, inputs, on: bool, monkeypatch) -> tuple[tuple[torch.Tensor, ...], int]:
     monkeypatch.setattr(fused_projections, "FUSED_PROJECTIONS", on)
-    with torch.inference_mode(), _OpCount() as count:
+    with torch.inference_mode(), OperationCount(scopes=["call"]) as count:
         out = queries_keys_values(attention, *inputs)
-    return out, count.ops
+    return out, count.total("call")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

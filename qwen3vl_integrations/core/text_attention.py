@@ -45,13 +45,13 @@ def _query_key_norm_weight(attention: Any) -> torch.Tensor | None:
     if not (runs_fused(q_norm) and runs_fused(k_norm) and q_norm.variance_epsilon == k_norm.variance_epsilon
             and q_weight.shape == k_weight.shape == (attention.head_dim,)):
         return None
-    queries, kv_heads = _heads(attention)
+    query_heads, kv_heads = _heads(attention)
     if torch.compiler.is_compiling():  # addresses and versions cannot be traced: made in the graph, and fused there
-        return torch.cat([q_weight.expand(queries, -1), k_weight.expand(kv_heads, -1)])
+        return torch.cat([q_weight.expand(query_heads, -1), k_weight.expand(kv_heads, -1)])
     key = (q_weight.data_ptr(), q_weight._version, k_weight.data_ptr(), k_weight._version)
     made = getattr(attention, "_query_key_norm", None)
     if made is None or made[0] != key:
-        made = key, torch.cat([q_weight.detach().expand(queries, -1), k_weight.detach().expand(kv_heads, -1)])
+        made = key, torch.cat([q_weight.detach().expand(query_heads, -1), k_weight.detach().expand(kv_heads, -1)])
         attention._query_key_norm = made
     return made[1]
 
@@ -68,19 +68,19 @@ def queries_keys_values(attention: Any, hidden: torch.Tensor, cos: torch.Tensor,
     [batch, tokens, hidden_size] at positions with rotary cosines and sines [batch, tokens, head_dim]."""
     shape = (*hidden.shape[:-1], -1, attention.head_dim)
     if not _joined(attention):
-        query = rotate_text(attention.q_norm(attention.q_proj(hidden).view(shape)), cos, sin)
-        return query, *keys_values(attention, hidden, cos, sin)
-    queries, kv_heads = _heads(attention)
+        return queries(attention, hidden, cos, sin), *keys_values(attention, hidden, cos, sin)
+    query_heads, kv_heads = _heads(attention)
     projected = torch.nn.functional.linear(hidden, attention.qkv_weight, attention.qkv_bias).view(shape)
-    query_key = projected[..., :queries + kv_heads, :]
+    query_key = projected[..., :query_heads + kv_heads, :]
     norm_weight = _query_key_norm_weight(attention)
     if norm_weight is not None:
         query_key = rms_norm(query_key, norm_weight, attention.q_norm.variance_epsilon)
     else:  # norms not run by `rms_norm` (or with different epsilons): each its own forward
-        query_key = torch.cat([attention.q_norm(query_key[..., :queries, :]),
-                               attention.k_norm(query_key[..., queries:, :])], dim=-2)
+        query_key = torch.cat([attention.q_norm(query_key[..., :query_heads, :]),
+                               attention.k_norm(query_key[..., query_heads:, :])], dim=-2)
     query_key = rotate_text(query_key, cos, sin)
-    return query_key[:, :queries], query_key[:, queries:], projected[..., queries + kv_heads:, :].transpose(1, 2)
+    return (query_key[:, :query_heads], query_key[:, query_heads:],
+            projected[..., query_heads + kv_heads:, :].transpose(1, 2))
 
 
 def keys_values(attention: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -90,8 +90,8 @@ def keys_values(attention: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: to
     if not _joined(attention):
         key = attention.k_norm(attention.k_proj(hidden).view(shape))
         return rotate_text(key, cos, sin), attention.v_proj(hidden).view(shape).transpose(1, 2)
-    queries, kv_heads = _heads(attention)
-    rows = queries * attention.head_dim  # the joined weight's key and value rows follow the query rows
+    query_heads, kv_heads = _heads(attention)
+    rows = query_heads * attention.head_dim  # the joined weight's key and value rows follow the query rows
     bias = None if attention.qkv_bias is None else attention.qkv_bias[rows:]
     projected = torch.nn.functional.linear(hidden, attention.qkv_weight[rows:], bias).view(shape)
     key = rotate_text(attention.k_norm(projected[..., :kv_heads, :]), cos, sin)
