@@ -40,11 +40,19 @@ def test_every_catalogued_file_is_written(sample_dir):
 def test_deterministic(sample_dir, tmp_path):
     again = generate_sample_data(tmp_path)
     for p in again:
-        if p.suffix == ".mp4":
-            a, b = _frames(p), _frames(sample_dir / p.name)
-            assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
-        else:
+        if p.suffix != ".mp4":
             assert _sha(p) == _sha(sample_dir / p.name), p.name
+    # Video frames are drawn the same every time, but x264 does not always encode them to the same bytes (on an
+    # AVX-512 CPU, two encodings in one process differed by up to 39 levels at some pixels): each file is compared
+    # with the frames drawn instead (a drawing shifted by 4 pixels scores 21-26 dB).
+    for name, (draw, _) in sample_data._VIDEOS.items():
+        drawn = draw()
+        assert all(np.array_equal(a, b) for a, b in zip(drawn, draw(), strict=True))
+        for path in (sample_dir / name, tmp_path / name):
+            decoded = _frames(path)
+            assert len(decoded) == len(drawn)
+            error = np.mean([np.mean((a.astype(float) - b) ** 2) for a, b in zip(decoded, drawn)])
+            assert 10 * np.log10(255**2 / error) > 33, (path, error)
 
 
 def test_pictures_show_what_their_names_say(sample_dir):
