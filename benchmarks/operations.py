@@ -7,12 +7,18 @@ Counts, for the same texts and weights, the operations inside the language model
 they launch nothing) of the official procedure (transformers' stock modules, chunks of 8) and of ours, and ours
 again with each lever that changes the count switched off. The count per decoder layer does not depend on the
 model's size, so the tiny checkpoint gives the 2B model's; per pass, the 2B has 28 layers where tiny has 2.
+
+`--host-time` adds the time of one call on one short text, per setting, with a model of the tiny widths and the
+2B model's 28 layers: its kernels take next to nothing, so this is the host's work per pass (Python, tensor
+dispatch, the tokenizer), which a GPU adds its launches to and which bounds short texts there.
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import contextlib
+import statistics
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -92,6 +98,50 @@ def measure(backbone: Any, run: Callable[[], Any]) -> OperationCount:
     return count
 
 
+def settings(embedder: Any, texts: list[str]) -> list[tuple[str, Callable[[], Any]]]:
+    """(label, call) for the official procedure, ours, and ours with each lever that changes the count off."""
+    from benchmarks.official import official_embed, stock_forwards
+
+    backbone = embedder.load().backbone
+
+    def official() -> None:
+        with stock_forwards(backbone):
+            official_embed(embedder, texts)
+
+    rows: list[tuple[str, Callable[[], Any]]] = [("official procedure (transformers' modules)", official),
+                                                 ("ours", lambda: embedder.embed(texts))]
+    for lever in LEVERS:
+        def off(lever: str = lever) -> None:
+            with core_switch(lever, on=False):
+                embedder.embed(texts)
+        rows.append((f"ours, {CORE_SWITCHES[lever][3]}", off))
+
+    def stock_norms() -> None:
+        with stock_rms_norm(backbone):
+            embedder.embed(texts)
+    rows.append(("ours, transformers' RMSNorm", stock_norms))
+    return rows
+
+
+def host_times(embedder: Any, text: str, calls: int, rounds: int) -> dict[str, float]:
+    """Median milliseconds per call on `text` of each setting, the settings taken in turn `rounds` times (a shared
+    machine drifts), `calls` calls each, on one thread."""
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(rounds):
+            for label, run in settings(embedder, [text]):
+                run()
+                start = time.perf_counter()
+                for _ in range(calls):
+                    run()
+                times[label].append((time.perf_counter() - start) / calls * 1e3)
+    finally:
+        torch.set_num_threads(threads)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="tiny, small (random checkpoints) or a folder")
@@ -99,11 +149,16 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--max-tokens", type=int, default=300)
     parser.add_argument("--dtype", default="bfloat16", help="bfloat16 (as on GPUs: the stock RMSNorm's float32 "
                         "casts are kernels) or float32 (where they return the tensor itself)")
+    parser.add_argument("--host-time", action="store_true", help="also time one call on one short text per "
+                        "setting, with the tiny widths and --host-layers layers (the host's work per pass)")
+    parser.add_argument("--host-layers", type=int, default=28, help="layers of that model (the 2B has 28)")
+    parser.add_argument("--host-calls", type=int, default=50, help="calls per setting and round")
+    parser.add_argument("--host-rounds", type=int, default=5, help="rounds over the settings (median)")
     parser.add_argument("--cache-dir", default=None, help="where random checkpoints are kept")
     args = parser.parse_args(argv)
 
-    from benchmarks.official import official_embed, stock_forwards
     from qwen3vl_integrations import Qwen3VLEmbedder
+    from qwen3vl_integrations.testing import build_random_checkpoint
 
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     dtype = getattr(torch, args.dtype)
@@ -114,36 +169,32 @@ def main(argv: Sequence[str] | None = None) -> str:
     maker = TextMaker(loaded.tokenizer, seed=0)
     texts = [maker.text(n) for n in log_uniform_lengths(args.texts, 10, args.max_tokens, seed=1)]
 
-    def official() -> None:
-        with stock_forwards(backbone):
-            official_embed(embedder, texts)
-
-    settings: list[tuple[str, Callable[[], Any]]] = [("official procedure (transformers' modules)", official),
-                                                     ("ours", lambda: embedder.embed(texts))]
-    for lever in LEVERS:
-        def off(lever: str = lever) -> None:
-            with core_switch(lever, on=False):
-                embedder.embed(texts)
-        settings.append((f"ours, {CORE_SWITCHES[lever][3]}", off))
-
-    def stock_norms() -> None:
-        with stock_rms_norm(backbone):
-            embedder.embed(texts)
-    settings.append(("ours, transformers' RMSNorm", stock_norms))
+    host: dict[str, float] = {}
+    if args.host_time:
+        deep = cache_dir / f"tiny-{args.host_layers}-layers-embedding-{args.dtype}"
+        if not (deep / "config.json").exists():
+            build_random_checkpoint(deep, size="tiny", kind="embedding", dtype=args.dtype,
+                                    text_layers=args.host_layers)
+        host = host_times(Qwen3VLEmbedder(model_name_or_path=str(deep), device="cpu", dtype=args.dtype),
+                          maker.text(16), args.host_calls, args.host_rounds)
 
     layers = len(backbone.language_model.layers)
     rows = []
-    for label, run in settings:
+    for label, run in settings(embedder, texts):
         count = measure(backbone, run)
         top = ", ".join(f"{name} {n / count.calls['layer']:.0f}" for name, n in count.names["layer"].most_common(6))
-        rows.append(f"| {label} | {count.calls['pass']} | {count.per_call('pass'):.0f} | "
-                    f"{count.per_call('layer'):.0f} | {top} |")
+        row = (f"| {label} | {count.calls['pass']} | {count.per_call('pass'):.0f} | "
+               f"{count.per_call('layer'):.0f} | {top} |")
+        rows.append(row + (f" {host[label]:.2f} |" if host else ""))
         print(rows[-1], flush=True)
     text = "\n".join([
         f"Operations in the language model per text forward pass ({args.texts} texts of 10-{args.max_tokens} "
-        f"tokens, `{args.model}` in {args.dtype}: {layers} decoder layers; views left out), torch {torch.__version__}",
-        "", "| setting | passes | operations per pass | per decoder layer | most run in a layer |",
-        "|---|---|---|---|---|", *rows])
+        f"tokens, `{args.model}` in {args.dtype}: {layers} decoder layers; views left out), torch {torch.__version__}"
+        + (f"; host time: one call on one text of 16 tokens, tiny widths and {args.host_layers} layers, one CPU "
+           f"thread, median of {args.host_rounds} rounds of {args.host_calls} calls" if host else ""),
+        "", "| setting | passes | operations per pass | per decoder layer | most run in a layer |"
+        + (" host ms per call |" if host else ""),
+        "|---|---|---|---|---|" + ("---|" if host else ""), *rows])
     print(text)
     return text
 

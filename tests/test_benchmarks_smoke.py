@@ -238,9 +238,11 @@ def test_operations_benchmark_counts_each_setting(tmp_path):
     from benchmarks.operations import main
     from qwen3vl_integrations.core import fused_projections, runner
 
-    text = main(["--model", "tiny", "--texts", "6", "--max-tokens", "40", "--cache-dir", str(tmp_path / "cache")])
+    text = main(["--model", "tiny", "--texts", "6", "--max-tokens", "40", "--cache-dir", str(tmp_path / "cache"),
+                 "--host-time", "--host-layers", "3", "--host-calls", "1", "--host-rounds", "1"])
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines()
             if line.startswith("| ") and not line.startswith("| setting")}
+    assert all(float(row[5].rstrip(" |")) > 0 for row in rows.values())  # host ms per call
     per_layer = {label: int(row[3]) for label, row in rows.items()}
     ours = per_layer["ours"]
     assert per_layer["official procedure (transformers' modules)"] > ours > 0

@@ -1,11 +1,12 @@
 """Linear layers that read the same input, run as one matrix product: the language model's query, key and value
 projections (`text_attention.py`), and its MLP's gate and up projections (here).
 
-Each output value is the same dot product of the same operands as before (on CPU bit-identical in float32 and
-bf16, `tests/test_fused_projections.py`; a GPU library may pick another kernel for the wider product, which can
-round differently). What goes is kernel launches: a text batch on a GPU is bound by the host launching every kernel
-of every layer. The joined weight is the only copy: the separate layers' weights become views of its rows, so no
-memory is added and the stock modules still compute the same thing.
+Each output value is the same dot product of the same operands as before (the models' vectors and scores are
+bit-identical on CPU in float32 and bf16, `tests/test_fused_projections.py`; a BLAS may still pick another kernel
+for the wider product, which can round differently: GPU libraries, and CPUs for products of a few rows). What goes
+is kernel launches: a text batch on a GPU is bound by the host launching every kernel of every layer. The joined
+weight is the only copy: the separate layers' weights become views of its rows, so no memory is added and the
+stock modules still compute the same thing.
 """
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ FUSED_PROJECTIONS = True
 _KNOWN_GATED_MLPS = frozenset({"Qwen3VLTextMLP"})
 
 
-def join_linears(owner: torch.nn.Module, name: str, linears: Sequence[Any]) -> bool:
-    """Stack the weights (and biases) of `linears` into non-persistent buffers `{name}_weight` and `{name}_bias` of
-    `owner` (`None` without biases) and make each linear's weight a view of its rows. False, and nothing changed, for
-    layers this cannot join: other than plain `nn.Linear` (quantized layers subclass it), with hooks that move
-    weights, on different devices or dtypes, on the meta device, or with biases on some only."""
+def join_linears(owner: torch.nn.Module, name: str, children: Sequence[str]) -> bool:
+    """Stack the weights (and biases) of `owner`'s linear layers named `children` into non-persistent buffers
+    `{name}_weight` and `{name}_bias` of `owner` (`None` without biases) and make each linear's weight a view of its
+    rows. False, and nothing changed, for layers this cannot join: other than plain `nn.Linear` (quantized layers
+    subclass it), with hooks that move weights, on different devices or dtypes, on the meta device, or with biases
+    on some only."""
+    linears = [getattr(owner, child, None) for child in children]
     if not linears or not all(type(layer) is torch.nn.Linear and not hasattr(layer, "_hf_hook") for layer in linears):
         return False
     weights = [layer.weight for layer in linears]
@@ -39,37 +42,55 @@ def join_linears(owner: torch.nn.Module, name: str, linears: Sequence[Any]) -> b
     joined_bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
     owner.register_buffer(f"{name}_weight", joined_weight, persistent=False)
     owner.register_buffer(f"{name}_bias", joined_bias, persistent=False)
+    layout = []
     start = 0
-    for layer, weight in zip(linears, weights):
+    for child, layer, weight in zip(children, linears, weights):
         rows = slice(start, start + weight.shape[0])
         layer.weight = torch.nn.Parameter(joined_weight[rows], requires_grad=weight.requires_grad)
         if joined_bias is not None:
             layer.bias = torch.nn.Parameter(joined_bias[rows], requires_grad=layer.bias.requires_grad)
+        layout.append((child, rows.start, weight.shape[0]))
         start = rows.stop
+    # A plain attribute (read on every forward pass, where nn.Module's attribute lookup costs a microsecond a name).
+    owner._joined_layouts = {**vars(owner).get("_joined_layouts", {}), name: tuple(layout)}
     return True
 
 
-def reads_joined(owner: Any, name: str, linears: Sequence[Any]) -> bool:
-    """Whether `owner`'s joined `{name}_weight` is in use and the linears' weights are still its rows (a weight
-    replaced, or the model moved to another device or dtype, which copies each tensor apart, falls back to the
-    separate products: correct, only slower)."""
-    joined = getattr(owner, f"{name}_weight", None)
-    if not FUSED_PROJECTIONS or joined is None:
-        return False
+def joined_rows(owner: Any, name: str) -> tuple[int, ...]:
+    """How many rows of `owner`'s joined `{name}_weight` each of its linear layers has, in order."""
+    return tuple(rows for _, _, rows in owner._joined_layouts[name])
+
+
+def joined_weights(owner: Any, name: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """`owner`'s joined `{name}_weight` and `{name}_bias` when they are in use and its linear layers' weights (and
+    biases) are still their rows; else None (a weight replaced, or the model moved to another device or dtype,
+    which copies each tensor apart, falls back to the separate products: correct, only slower). This runs in every
+    layer of every forward pass, so it reads the modules' own dictionaries rather than their attributes."""
+    layout = vars(owner).get("_joined_layouts", {}).get(name)
+    buffers = owner._buffers
+    weight, bias = buffers.get(name + "_weight"), buffers.get(name + "_bias")
+    if not FUSED_PROJECTIONS or layout is None or weight is None:
+        return None
     if torch.compiler.is_compiling():  # addresses cannot be traced; a compiled model is not moved while it runs
-        return True
-    pointer, step = joined.data_ptr(), joined.shape[1] * joined.element_size()
-    for layer in linears:
-        if layer.weight.data_ptr() != pointer:
-            return False
-        pointer += layer.weight.shape[0] * step
-    return True
+        return weight, bias
+    modules = owner._modules
+    for joined, parameter in ((weight, "weight"), (bias, "bias")):
+        if joined is None:
+            continue
+        base, row_bytes = joined.data_ptr(), joined.stride(0) * joined.element_size()
+        for child, start, _ in layout:
+            linear = modules.get(child)
+            tensor = None if linear is None else linear._parameters.get(parameter)
+            if tensor is None or tensor.data_ptr() != base + start * row_bytes:
+                return None
+    return weight, bias
 
 
 def _gated_mlp_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
-    if not reads_joined(self, "gate_up", (self.gate_proj, self.up_proj)):
+    joined = joined_weights(self, "gate_up")
+    if joined is None:
         return type(self).forward(self, hidden_states)
-    gate, up = torch.nn.functional.linear(hidden_states, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
+    gate, up = torch.nn.functional.linear(hidden_states, *joined).chunk(2, dim=-1)
     return self.down_proj(self.act_fn(gate) * up)
 
 
@@ -83,7 +104,7 @@ def use_fused_gate_up(backbone: Any) -> int:
                 and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn"))
                 and mlp.gate_proj.weight.shape == mlp.up_proj.weight.shape
                 and (getattr(mlp, "gate_up_weight", None) is not None
-                     or join_linears(mlp, "gate_up", [mlp.gate_proj, mlp.up_proj]))):
+                     or join_linears(mlp, "gate_up", ("gate_proj", "up_proj")))):
             mlp.forward = _gated_mlp_forward.__get__(mlp)
             changed += 1
     return changed

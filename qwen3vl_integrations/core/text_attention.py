@@ -32,24 +32,22 @@ def is_known_text_attention(attention: Any) -> bool:
             and getattr(attention, "sliding_window", None) is None)
 
 
-def _joined(attention: Any) -> bool:
-    return fused_projections.reads_joined(attention, "qkv", (attention.q_proj, attention.k_proj, attention.v_proj))
-
-
 def _query_key_norm_weight(attention: Any) -> torch.Tensor | None:
     """The q and k norms' weights as one row per query head, then one per key head, when both norms run `rms_norm`
     with one epsilon (else None). Made again when either weight changes (in place: its version counter; replaced or
     moved: its address)."""
-    q_norm, k_norm = attention.q_norm, attention.k_norm
-    q_weight, k_weight = q_norm.weight, k_norm.weight
+    modules = attention._modules  # read per layer and pass: the modules' dictionaries, not their attributes
+    q_norm, k_norm = modules["q_norm"], modules["k_norm"]
+    q_weight, k_weight = q_norm._parameters.get("weight"), k_norm._parameters.get("weight")
     if not (runs_fused(q_norm) and runs_fused(k_norm) and q_norm.variance_epsilon == k_norm.variance_epsilon
+            and q_weight is not None and k_weight is not None
             and q_weight.shape == k_weight.shape == (attention.head_dim,)):
         return None
     query_heads, kv_heads = _heads(attention)
     if torch.compiler.is_compiling():  # addresses and versions cannot be traced: made in the graph, and fused there
         return torch.cat([q_weight.expand(query_heads, -1), k_weight.expand(kv_heads, -1)])
     key = (q_weight.data_ptr(), q_weight._version, k_weight.data_ptr(), k_weight._version)
-    made = getattr(attention, "_query_key_norm", None)
+    made = vars(attention).get("_query_key_norm")
     if made is None or made[0] != key:
         made = key, torch.cat([q_weight.detach().expand(query_heads, -1), k_weight.detach().expand(kv_heads, -1)])
         attention._query_key_norm = made
@@ -57,20 +55,21 @@ def _query_key_norm_weight(attention: Any) -> torch.Tensor | None:
 
 
 def _heads(attention: Any) -> tuple[int, int]:
-    """(query heads, key/value heads)."""
-    head_dim = attention.head_dim
-    return attention.q_proj.weight.shape[0] // head_dim, attention.k_proj.weight.shape[0] // head_dim
+    """(query heads, key/value heads) of the joined projection."""
+    query_rows, key_rows, _ = fused_projections.joined_rows(attention, "qkv")
+    return query_rows // attention.head_dim, key_rows // attention.head_dim
 
 
 def queries_keys_values(attention: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normed and rotated queries and keys, and values, [batch, heads, tokens, head_dim], of `hidden`
     [batch, tokens, hidden_size] at positions with rotary cosines and sines [batch, tokens, head_dim]."""
-    shape = (*hidden.shape[:-1], -1, attention.head_dim)
-    if not _joined(attention):
+    joined = fused_projections.joined_weights(attention, "qkv")
+    if joined is None:
         return queries(attention, hidden, cos, sin), *keys_values(attention, hidden, cos, sin)
+    shape = (*hidden.shape[:-1], -1, attention.head_dim)
     query_heads, kv_heads = _heads(attention)
-    projected = torch.nn.functional.linear(hidden, attention.qkv_weight, attention.qkv_bias).view(shape)
+    projected = torch.nn.functional.linear(hidden, *joined).view(shape)
     query_key = projected[..., :query_heads + kv_heads, :]
     norm_weight = _query_key_norm_weight(attention)
     if norm_weight is not None:
@@ -87,13 +86,14 @@ def keys_values(attention: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: to
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normed and rotated keys, and values, [batch, kv_heads, tokens, head_dim], as in `queries_keys_values`."""
     shape = (*hidden.shape[:-1], -1, attention.head_dim)
-    if not _joined(attention):
+    joined = fused_projections.joined_weights(attention, "qkv")
+    if joined is None:
         key = attention.k_norm(attention.k_proj(hidden).view(shape))
         return rotate_text(key, cos, sin), attention.v_proj(hidden).view(shape).transpose(1, 2)
-    query_heads, kv_heads = _heads(attention)
-    rows = query_heads * attention.head_dim  # the joined weight's key and value rows follow the query rows
-    bias = None if attention.qkv_bias is None else attention.qkv_bias[rows:]
-    projected = torch.nn.functional.linear(hidden, attention.qkv_weight[rows:], bias).view(shape)
+    weight, bias = joined
+    rows = fused_projections.joined_rows(attention, "qkv")[0]  # the key and value rows follow the query rows
+    projected = torch.nn.functional.linear(hidden, weight[rows:], None if bias is None else bias[rows:]).view(shape)
+    kv_heads = _heads(attention)[1]
     key = rotate_text(attention.k_norm(projected[..., :kv_heads, :]), cos, sin)
     return key, projected[..., kv_heads:, :].transpose(1, 2)
 
@@ -130,8 +130,7 @@ def use_text_attention(backbone: Any) -> int:
         attention = getattr(layer, "self_attn", None)
         if is_known_text_attention(attention):
             if getattr(attention, "qkv_weight", None) is None:
-                fused_projections.join_linears(attention, "qkv",
-                                               [attention.q_proj, attention.k_proj, attention.v_proj])
+                fused_projections.join_linears(attention, "qkv", ("q_proj", "k_proj", "v_proj"))
             attention.forward = _forward.__get__(attention)
             changed += 1
     return changed
