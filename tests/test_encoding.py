@@ -51,6 +51,29 @@ def test_token_ids_equal_the_tokenizers_call(processor, text, monkeypatch):
         token_ids(tokenizer, text)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_token_counts_equal_the_tokenizers_call(processor, threads, monkeypatch):
+    """token_counts (the batch planner's lengths) counts what the tokenizer's call without special tokens gives, in
+    order, on the backend directly and, for texts long enough, in chunks on several threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokenizer = processor.tokenizer
+    texts = (TEXTS + ["  lead and trail  ", "<|endoftext|>", "a" * 3000, "\u200b\ufeff\x00"]) * 7
+    expected = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    monkeypatch.setattr(encoding, "COUNT_THREADS", threads)
+    monkeypatch.setattr(encoding, "COUNT_CHARS_PER_THREAD", 100)
+    pools = []
+    monkeypatch.setattr(encoding, "ThreadPoolExecutor", lambda n: pools.append(n) or ThreadPoolExecutor(n))
+    monkeypatch.setattr(type(tokenizer), "_get_padding_truncation_strategies",
+                        lambda *a, **k: pytest.fail("the tokenizer's call ran"))
+    assert encoding.token_counts(tokenizer, texts) == expected
+    assert pools == ([] if threads == 1 else [3])
+    assert encoding.token_counts(tokenizer, texts[:1]) == expected[:1] and encoding.token_counts(tokenizer, []) == []
+    monkeypatch.setattr(encoding, "TOKEN_IDS_FROM_BACKEND", False)  # the switch for comparisons: the call again
+    with pytest.raises(pytest.fail.Exception, match="the tokenizer's call ran"):
+        encoding.token_counts(tokenizer, texts)
+
+
 @pytest.mark.parametrize("setting", ["truncation", "padding", "split special tokens"])
 def test_token_ids_leave_a_differently_set_backend_to_the_tokenizers_call(setting, tiny_embedding_path):
     """A backend set otherwise than the call sets it (truncation or padding on, special tokens split) goes through

@@ -15,7 +15,7 @@ import torch
 
 from .batching import plan_batches
 from .caching import BoundedCache, owner_cache
-from .encoding import EncodedItem, collate
+from .encoding import EncodedItem, collate, token_counts
 from .errors import Qwen3VLInputError
 from .inputs import Item
 from .loading import LoadedModel, load_shared, resolve_attention, resolve_device, resolve_dtype
@@ -233,10 +233,7 @@ class Qwen3VLRunner:
             )
 
     def _text_cost(self, texts: Sequence[str]) -> list[int]:
-        tokenizer = self.load().tokenizer
-        if not texts:
-            return []
-        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return token_counts(self.load().tokenizer, texts)
 
     def _prepare_media(self, item: Item) -> tuple[list[Any], list[Any]]:
         """Decoded and resized images and videos of one item, in prompt order. Raises _Invalid."""
