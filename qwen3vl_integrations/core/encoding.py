@@ -120,7 +120,7 @@ def token_ids(tokenizer: Any, text: str) -> torch.Tensor:
 
 
 # Texts are counted on up to this many threads, at least this many characters (about 5,000 tokens) a thread.
-COUNT_THREADS = min(8, os.cpu_count() or 1)
+COUNT_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 COUNT_CHARS_PER_THREAD = 20_000
 
 
@@ -129,12 +129,14 @@ def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
 
     The batch planner needs every length before the first forward pass, so this runs while the device waits (about
     0.1 s for 100k tokens on one core). Where `token_ids` would call the fast tokenizer's Rust backend, this does
-    too, without the character offsets nobody reads here, in chunks on several threads (the backend releases the
+    too, without the character offsets (not needed here), in chunks on several threads (the backend releases the
     GIL while it works)."""
     texts = list(texts)
+    if not texts:
+        return []
     backend = getattr(tokenizer, "_tokenizer", None)
-    if not texts or not (TOKEN_IDS_FROM_BACKEND and _calls_backend_as_is(tokenizer, backend)):
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    if not (TOKEN_IDS_FROM_BACKEND and _calls_backend_as_is(tokenizer, backend)):
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers before 0.21: with offsets
 
     def count(part: list[str]) -> list[int]:
