@@ -26,7 +26,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.corpora import TextMaker, log_uniform_lengths
-from benchmarks.throughput import CORE_SWITCHES, checkpoint_paths, core_switch, default_cache_dir, stock_rms_norm
+from benchmarks.throughput import (CORE_SWITCHES, cached_checkpoint, checkpoint_paths, core_switch, default_cache_dir,
+                                   stock_rms_norm)
 
 # Levers compared with their other value here: those that change which operations a pass runs.
 LEVERS = ("fused-projections", "text-rotary", "padding-mask", "pooled-last-layer")
@@ -158,7 +159,6 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
 
     from qwen3vl_integrations import Qwen3VLEmbedder
-    from qwen3vl_integrations.testing import build_random_checkpoint
 
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     dtype = getattr(torch, args.dtype)
@@ -171,10 +171,7 @@ def main(argv: Sequence[str] | None = None) -> str:
 
     host: dict[str, float] = {}
     if args.host_time:
-        deep = cache_dir / f"tiny-{args.host_layers}-layers-embedding-{args.dtype}"
-        if not (deep / "config.json").exists():
-            build_random_checkpoint(deep, size="tiny", kind="embedding", dtype=args.dtype,
-                                    text_layers=args.host_layers)
+        deep = cached_checkpoint(cache_dir, "tiny", "embedding", args.dtype, text_layers=args.host_layers)
         host = host_times(Qwen3VLEmbedder(model_name_or_path=str(deep), device="cpu", dtype=args.dtype),
                           maker.text(16), args.host_calls, args.host_rounds)
 

@@ -80,18 +80,23 @@ def checkpoint_paths(model: str, reranker_model: str | None, dtype: torch.dtype,
         build = "memory" if model == "2b" else "disk"
     if build == "memory":
         return (*build_in_memory(model, dtype, device, cache_dir), "random, built in memory")
+    paths = [str(cached_checkpoint(cache_dir, model, kind, dtype_name)) for kind in ("embedding", "reranker")]
+    return paths[0], paths[1], "random, cached on disk"
+
+
+def cached_checkpoint(cache_dir: Path, size: str, kind: str, dtype_name: str, text_layers: int | None = None) -> Path:
+    """The random checkpoint of `size` and `kind` (with `text_layers` language-model layers, default the size's) in
+    `cache_dir`, built the first time it is asked for."""
     from qwen3vl_integrations.testing import build_random_checkpoint
 
-    paths = []
-    for kind in ("embedding", "reranker"):
-        path = cache_dir / f"{model}-{kind}-{dtype_name}"
-        if not (path / "config.json").exists() or not list(path.glob("*.safetensors")):
-            log(f"building the {model} {kind} checkpoint in {path}")
-            start = time.perf_counter()
-            build_random_checkpoint(path, size=model, kind=kind, dtype=dtype_name, seed=0)
-            log(f"  built in {time.perf_counter() - start:.1f} s")
-        paths.append(str(path))
-    return paths[0], paths[1], "random, cached on disk"
+    layers = "" if text_layers is None else f"-{text_layers}-layers"
+    path = cache_dir / f"{size}{layers}-{kind}-{dtype_name}"
+    if not (path / "config.json").exists() or not list(path.glob("*.safetensors")):
+        log(f"building the {size}{layers} {kind} checkpoint in {path}")
+        start = time.perf_counter()
+        build_random_checkpoint(path, size=size, kind=kind, dtype=dtype_name, seed=0, text_layers=text_layers)
+        log(f"  built in {time.perf_counter() - start:.1f} s")
+    return path
 
 
 def build_in_memory(size: str, dtype: torch.dtype, device: torch.device, cache_dir: Path) -> tuple[str, str]:

@@ -112,8 +112,8 @@ def token_ids(tokenizer: Any, text: str) -> torch.Tensor:
     special-token splitting; where these already are as the call would set them and the call is transformers' own,
     the backend is called directly: the same ids without the call's keyword handling and output conversion (about
     0.07 ms, held under the GIL that the preprocessing threads share)."""
-    backend = getattr(tokenizer, "_tokenizer", None)
-    if TOKEN_IDS_FROM_BACKEND and _calls_backend_as_is(tokenizer, backend):
+    backend = _backend_as_is(tokenizer)
+    if backend is not None:
         return torch.tensor(backend.encode_batch([text], add_special_tokens=True)[0].ids, dtype=torch.long)
     return tokenizer([text], return_tensors="pt", padding=False, truncation=False,
                      return_token_type_ids=False)["input_ids"][0].long()
@@ -134,8 +134,8 @@ def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     texts = list(texts)
     if not texts:
         return []
-    backend = getattr(tokenizer, "_tokenizer", None)
-    if not (TOKEN_IDS_FROM_BACKEND and _calls_backend_as_is(tokenizer, backend)):
+    backend = _backend_as_is(tokenizer)
+    if backend is None:
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers before 0.21: with offsets
 
@@ -150,18 +150,24 @@ def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
         return [n for part in pool.map(count, [texts[i:i + step] for i in range(0, len(texts), step)]) for n in part]
 
 
-def _calls_backend_as_is(tokenizer: Any, backend: Any) -> bool:
+def _backend_as_is(tokenizer: Any) -> Any:
+    """The fast tokenizer's Rust backend where calling it directly gives what the tokenizer's call gives (and
+    TOKEN_IDS_FROM_BACKEND is on), else None."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not TOKEN_IDS_FROM_BACKEND or backend is None:
+        return None
     try:
         from transformers.tokenization_utils_base import PreTrainedTokenizerBase
         from transformers.tokenization_utils_tokenizers import TokenizersBackend
     except ImportError:
-        return False
-    return (backend is not None and isinstance(tokenizer, TokenizersBackend)
+        return None
+    as_is = (isinstance(tokenizer, TokenizersBackend)
             and type(tokenizer).__call__ is PreTrainedTokenizerBase.__call__
             and type(tokenizer)._encode_plus is TokenizersBackend._encode_plus
             and not getattr(tokenizer, "_in_target_context_manager", False)
             and backend.truncation is None and backend.padding is None
             and backend.encode_special_tokens == bool(tokenizer.split_special_tokens))
+    return backend if as_is else None
 
 
 def encode_images(processor: Any, text: str, images: Sequence[Any], raw_pixels: bool = False) -> EncodedItem:

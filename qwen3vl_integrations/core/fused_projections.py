@@ -49,7 +49,7 @@ def join_linears(owner: torch.nn.Module, name: str, children: Sequence[str]) -> 
         layer.weight = torch.nn.Parameter(joined_weight[rows], requires_grad=weight.requires_grad)
         if joined_bias is not None:
             layer.bias = torch.nn.Parameter(joined_bias[rows], requires_grad=layer.bias.requires_grad)
-        layout.append((child, rows.start, weight.shape[0]))
+        layout.append((child, weight.shape[0]))
         start = rows.stop
     # A plain attribute (read on every forward pass, where nn.Module's attribute lookup costs a microsecond a name).
     owner._joined_layouts = {**vars(owner).get("_joined_layouts", {}), name: tuple(layout)}
@@ -58,7 +58,7 @@ def join_linears(owner: torch.nn.Module, name: str, children: Sequence[str]) -> 
 
 def joined_rows(owner: Any, name: str) -> tuple[int, ...]:
     """How many rows of `owner`'s joined `{name}_weight` each of its linear layers has, in order."""
-    return tuple(rows for _, _, rows in owner._joined_layouts[name])
+    return tuple(rows for _, rows in owner._joined_layouts[name])
 
 
 def joined_weights(owner: Any, name: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -77,12 +77,13 @@ def joined_weights(owner: Any, name: str) -> tuple[torch.Tensor, torch.Tensor | 
     for joined, parameter in ((weight, "weight"), (bias, "bias")):
         if joined is None:
             continue
-        base, row_bytes = joined.data_ptr(), joined.stride(0) * joined.element_size()
-        for child, start, _ in layout:
+        address, row_bytes = joined.data_ptr(), joined.stride(0) * joined.element_size()
+        for child, rows in layout:
             linear = modules.get(child)
             tensor = None if linear is None else linear._parameters.get(parameter)
-            if tensor is None or tensor.data_ptr() != base + start * row_bytes:
+            if tensor is None or tensor.data_ptr() != address:
                 return None
+            address += rows * row_bytes
     return weight, bias
 
 

@@ -43,12 +43,13 @@ def _query_key_norm_weight(attention: Any) -> torch.Tensor | None:
             and q_weight is not None and k_weight is not None
             and q_weight.shape == k_weight.shape == (attention.head_dim,)):
         return None
-    query_heads, kv_heads = _heads(attention)
     if torch.compiler.is_compiling():  # addresses and versions cannot be traced: made in the graph, and fused there
+        query_heads, kv_heads = _heads(attention)
         return torch.cat([q_weight.expand(query_heads, -1), k_weight.expand(kv_heads, -1)])
     key = (q_weight.data_ptr(), q_weight._version, k_weight.data_ptr(), k_weight._version)
     made = vars(attention).get("_query_key_norm")
     if made is None or made[0] != key:
+        query_heads, kv_heads = _heads(attention)
         made = key, torch.cat([q_weight.detach().expand(query_heads, -1), k_weight.detach().expand(kv_heads, -1)])
         attention._query_key_norm = made
     return made[1]
@@ -91,9 +92,9 @@ def keys_values(attention: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: to
         key = attention.k_norm(attention.k_proj(hidden).view(shape))
         return rotate_text(key, cos, sin), attention.v_proj(hidden).view(shape).transpose(1, 2)
     weight, bias = joined
-    rows = fused_projections.joined_rows(attention, "qkv")[0]  # the key and value rows follow the query rows
+    query_heads, kv_heads = _heads(attention)
+    rows = query_heads * attention.head_dim  # the joined weight's key and value rows follow the query rows
     projected = torch.nn.functional.linear(hidden, weight[rows:], None if bias is None else bias[rows:]).view(shape)
-    kv_heads = _heads(attention)[1]
     key = rotate_text(attention.k_norm(projected[..., :kv_heads, :]), cos, sin)
     return key, projected[..., kv_heads:, :].transpose(1, 2)
 
