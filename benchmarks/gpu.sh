@@ -22,6 +22,8 @@
 # each lever, measured on the GPU. COMPILE=1 adds a last row with the decoder layers under torch.compile (compiled
 # during an untimed run first). AB_LEVER=name runs benchmarks.levers afterwards (that core switch on and off in
 # alternation, AB_RUNS runs each, on AB_CASES) into gpu_lever.txt; a+b+c switches several together.
+# CALL_SIZE=N adds rows of ours with the inputs handed to the core in calls of N items, as LlamaIndex's get_*_batch
+# methods chunk them (CALL_SIZE_CASES, default embed_text,embed_images_448).
 # HOST_PIXELS_CASES, UNQUEUED_CASES and PROFILE_CASES name the cases of those extra rows and of the profile (empty:
 # none). Each timed side runs REPEATS (default 3) times after a short warm-up; the table gives the median, the JSON every
 # run (a first run pays for what is new to the GPU libraries, such as per-shape kernel plans).
@@ -97,6 +99,7 @@ timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput --model 2b --dev
   --cases "${CASES:-embed_text,embed_images,embed_images_448,embed_mixed,embed_query,rerank_text,rerank_images,rerank_image_query}" \
   --repeats "${REPEATS:-3}" --case-timeout 75 \
   ${EXTRA_WORKERS:+--extra-workers "$EXTRA_WORKERS" --extra-cases "${EXTRA_CASES:-embed_images_448}"} \
+  ${CALL_SIZE:+--extra-call-size "$CALL_SIZE" --extra-call-cases "${CALL_SIZE_CASES:-embed_text,embed_images_448}"} \
   ${HOST_PIXELS_CASES:+--extra-host-pixels "$HOST_PIXELS_CASES"} ${UNQUEUED_CASES:+--extra-unqueued "$UNQUEUED_CASES"} \
   ${LEVER_ROWS[@]+"${LEVER_ROWS[@]}"} ${COMPILE:+--extra-compiled embed_text} \
   ${PROFILE_CASES:+--profile "$PROFILE_CASES" --profile-out "$OUT/gpu_profile.txt"} \

@@ -32,14 +32,16 @@ OFFICIAL_CHUNK = 8
 
 
 class Counter:
-    """Real (unpadded) tokens and vision patch rows seen by the model."""
+    """Real (unpadded) tokens, padded tokens, vision patch rows and forward passes seen by the model."""
 
     def __init__(self) -> None:
         self.tokens = 0
         self.patches = 0
         self.padded_tokens = 0
+        self.passes = 0
 
     def add(self, batch: dict[str, torch.Tensor]) -> None:
+        self.passes += 1
         self.tokens += int(batch["attention_mask"].sum())
         self.padded_tokens += int(batch["attention_mask"].numel())
         for key in ("pixel_values", "pixel_values_videos"):

@@ -285,6 +285,8 @@ class CaseResult:
     patches: int = 0
     padded_tokens_ours: int = 0
     padded_tokens_baseline: int = 0
+    passes_ours: int = 0  # forward passes (micro-batches) per run
+    passes_baseline: int = 0
     ours_seconds: float | None = None
     baseline_seconds: float | None = None
     ours_items_per_s: float | None = None
@@ -318,6 +320,7 @@ def count_ours(runner: Any) -> Counter:
     def wrapped(loaded: Any, inputs: Any) -> torch.Tensor:
         counter.tokens += inputs.tokens
         counter.padded_tokens += inputs.batch["input_ids"].numel()
+        counter.passes += 1
         return original(runner, loaded, inputs)
 
     runner._forward_last_hidden = wrapped
@@ -345,11 +348,12 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
         warmup()
     if args.full_warmup:
         ours_fn()  # e.g. compilation for every shape of the case happens here, not in the timed runs
-    ours_counter.tokens = ours_counter.padded_tokens = 0
+    ours_counter.tokens = ours_counter.padded_tokens = ours_counter.passes = 0
     ours_run, ours_out = measure(ours_fn, device, args.repeats, args.case_timeout)
     log(f"  ours:     {_fmt_times(ours_run)}")
     ours_calls = max(1, len(ours_run.seconds))
     ours_tokens, ours_padded = ours_counter.tokens // ours_calls, ours_counter.padded_tokens // ours_calls
+    ours_passes = ours_counter.passes // ours_calls
     base_counter = Counter()
     counting = [base_counter]
 
@@ -367,7 +371,7 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
                        [reuse.baseline_cpu_seconds] if reuse.baseline_cpu_seconds else [], reuse.baseline_peak_mib)
         base_out = args.baseline_outputs.get(name)
         base_counter.tokens, base_counter.patches = reuse.tokens, reuse.patches
-        base_counter.padded_tokens = reuse.padded_tokens_baseline
+        base_counter.padded_tokens, base_counter.passes = reuse.padded_tokens_baseline, reuse.passes_baseline
     # Main rows only: an extra row's profile would be an unlabelled copy, and each costs a GPU run many seconds.
     if args.profile and name in args.profile.split(",") and reuse is None:
         try:
@@ -382,6 +386,7 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
     result.patches = base_counter.patches
     result.padded_tokens_baseline = base_counter.padded_tokens
     result.padded_tokens_ours = ours_padded
+    result.passes_baseline, result.passes_ours = base_counter.passes, ours_passes
     if ours_run.time and base_counter.tokens and ours_tokens != base_counter.tokens and not ours_run.error:
         result.errors.append(f"token counts differ: ours {ours_tokens}, baseline {base_counter.tokens}")
     result.ours_seconds, result.baseline_seconds = ours_run.time, base_run.time
@@ -414,7 +419,8 @@ def run_case(name: str, description: str, unit: str, items: int, ours_fn: Callab
     log(f"  -> ours {_rate(result.ours_items_per_s)} {unit}/s, baseline {_rate(result.baseline_items_per_s)} "
         f"{unit}/s, x{result.ratio or float('nan'):.2f}, {_rate(result.ours_tokens_per_s)} tokens/s, "
         f"max|diff| {result.max_abs_diff if result.max_abs_diff is not None else float('nan'):.2e}"
-        + (f", MFU {result.ours_mfu:.1%}" if result.ours_mfu is not None else ""))
+        + (f", MFU {result.ours_mfu:.1%}" if result.ours_mfu is not None else "")
+        + f", forward passes {result.passes_ours} / {result.passes_baseline}")
     return result
 
 
@@ -504,6 +510,9 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
         overhead = args.extra_batch_overhead
         settings.append((args.extra_overhead_cases, f"batch overhead {overhead} tokens", lambda name: attributes(
             runner_module, BATCH_OVERHEAD_TOKENS={device.type: overhead}, DEFAULT_BATCH_OVERHEAD_TOKENS=overhead)))
+    if args.extra_call_size is not None:
+        size = args.extra_call_size
+        settings.append((args.extra_call_cases, f"calls of {size} items", lambda name: calls_of(embedder, size)))
     if args.extra_cudnn_attention:
         settings.append((args.extra_cudnn_attention, "torch's attention choice, cuDNN included",
                          lambda name: attributes(runner_module, CUDA_ATTENTION_BACKENDS=None)))
@@ -517,6 +526,23 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
     if args.extra_compiled:
         settings.append((args.extra_compiled, "torch.compile", lambda name: compiled(args, *backbones)))
     return settings
+
+
+@contextmanager
+def calls_of(embedder: Any, size: int) -> Iterator[None]:
+    """Within this block `embedder.embed` hands its inputs to the core in calls of `size` items, in order, as
+    LlamaIndex's `get_*_batch` methods do with `embed_batch_size`."""
+    embed = embedder.embed
+
+    def in_calls(items: Sequence[Any], **kwargs: Any) -> np.ndarray:
+        items = list(items)
+        return np.concatenate([embed(items[start:start + size], **kwargs) for start in range(0, len(items), size)])
+
+    embedder.embed = in_calls
+    try:
+        yield
+    finally:
+        del embedder.embed
 
 
 @contextmanager
@@ -748,6 +774,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                "in the batch planner instead of the core's", type=int)
     parser.add_argument("--extra-overhead-cases", default="embed_text,embed_images_448",
                         help="cases for --extra-batch-overhead")
+    extra_rows("--extra-call-size", "on --extra-call-cases with the inputs handed to the core in calls of this many "
+               "items, as LlamaIndex's get_*_batch methods do with embed_batch_size", type=int)
+    parser.add_argument("--extra-call-cases", default="embed_text,embed_images_448",
+                        help="embedding cases for --extra-call-size")
     extra_rows("--extra-cudnn-attention", "on these cases with torch's own choice of attention kernels, cuDNN's "
                "included (CUDA only)")
     extra_rows("--extra-whole-last-layer", "on these cases with the last decoder layer run at every position (the "

@@ -113,6 +113,30 @@ def test_throughput_extra_rows_with_the_stock_rms_norm(tmp_path):
     assert loaded and all("forward" in vars(m.backbone.language_model.norm) for m in loaded)
 
 
+def test_throughput_extra_rows_in_calls_of_a_few_items(tmp_path, monkeypatch):
+    """--extra-call-size times our embedder again with its inputs handed over in calls of that many items (as
+    LlamaIndex's embed_batch_size chunks them), with the same outputs."""
+    from benchmarks.throughput import main
+    from qwen3vl_integrations import Qwen3VLEmbedder
+
+    sizes: list[int] = []
+    embed = Qwen3VLEmbedder.embed
+
+    def recording(self, items, **kwargs):
+        sizes.append(len(items))
+        return embed(self, items, **kwargs)
+
+    monkeypatch.setattr(Qwen3VLEmbedder, "embed", recording)
+    result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
+                   "--cases", "embed_text", "--limit", "8", "--extra-call-size", "3", "--extra-call-cases", "embed_text"])
+    main_row, extra_row = result["cases"]
+    assert "[calls of 3 items]" in extra_row["description"] and extra_row["errors"] == []
+    assert extra_row["items"] == main_row["items"] == 8 and extra_row["max_abs_diff"] <= 1e-5
+    assert sizes[-3:] == [3, 3, 2]  # the extra row's last timed run
+    assert extra_row["passes_ours"] >= 3 and extra_row["passes_baseline"] == main_row["passes_baseline"] == 1
+    assert 8 in sizes  # the main row's calls took all inputs at once
+
+
 def test_throughput_extra_rows_of_the_core_switches(tmp_path):
     """--extra-padding-mask, --extra-whole-last-layer, --extra-tower-vision-layout, --extra-masked-cached-rows,
     --extra-unqueued and --extra-long-rows-bias (and --extra-host-pixels, the same on CPU) time ours again with the
