@@ -54,6 +54,7 @@ from qwen3vl_integrations.llama_index import (  # noqa: E402
     query_bundle_to_item,
     video_query_bundle,
 )
+from qwen3vl_integrations.llama_index.embedding import DEFAULT_EMBED_BATCH_SIZE  # noqa: E402
 
 TOL = 1e-5
 
@@ -204,9 +205,7 @@ def test_embedding_builds_core_lazily_with_options(monkeypatch):
     assert built == []
     vector = emb.get_text_embedding("hello")
     assert len(built) == 1
-    assert built[0] == dict(
-        model_name_or_path="some/model", batch_size=3, device="cpu", dtype="float32", max_pixels=4096, fps=2.0
-    )
+    assert built[0] == dict(model_name_or_path="some/model", device="cpu", dtype="float32", max_pixels=4096, fps=2.0)
     emb.get_query_embedding("again")
     assert len(built) == 1  # built once
     assert isinstance(vector, list) and all(type(x) is float for x in vector)
@@ -221,7 +220,7 @@ def test_embedding_with_existing_core():
     emb = Qwen3VLEmbedding(embedder=fake)
     assert emb.embedder is fake
     assert emb.model_name == "fake/embedder"
-    assert emb.embed_batch_size == 6
+    assert emb.embed_batch_size == DEFAULT_EMBED_BATCH_SIZE  # LlamaIndex's chunks; the core keeps its own cap
     assert emb.embedding_dim == 8
     assert Qwen3VLEmbedding(embedder=fake, dimensions=4).embedding_dim == 4
     clone = pickle.loads(pickle.dumps(emb))  # a user-given core object is kept
@@ -233,6 +232,28 @@ def test_embedding_with_existing_core():
     owned_rr._reranker = FakeReranker()
     assert pickle.loads(pickle.dumps(owned_rr))._reranker is None
     assert isinstance(pickle.loads(pickle.dumps(Qwen3VLRerank(reranker=FakeReranker())))._reranker, FakeReranker)
+
+
+def test_batch_methods_hand_the_core_calls_of_embed_batch_size(png_bytes):
+    """LlamaIndex's get_*_batch methods chunk by embed_batch_size: by default 256 items per core call (which the
+    core sorts and micro-batches itself); a forward pass holds at most embed_batch_size items and the core's own
+    batch_size."""
+    fake = FakeEmbedder(batch_size=32)
+    emb = Qwen3VLEmbedding(embedder=fake)
+    texts = [f"text {k}" for k in range(300)]
+    vectors = emb.get_text_embedding_batch(texts)
+    assert [len(call["items"]) for call in fake.calls] == [256, 44]
+    assert [call["batch_size"] for call in fake.calls] == [32, 32]
+    assert vectors == [fake.vector(text, None).tolist() for text in texts]  # order kept across the calls
+
+    fake.calls.clear()
+    emb.get_image_embedding_batch([io.BytesIO(png_bytes) for _ in range(300)])
+    assert [len(call["items"]) for call in fake.calls] == [256, 44]
+
+    small = Qwen3VLEmbedding(embedder=fake, embed_batch_size=8)  # a smaller chunk also caps the forward pass
+    fake.calls.clear()
+    small.get_text_embedding_batch(texts[:20])
+    assert [(len(call["items"]), call["batch_size"]) for call in fake.calls] == [(8, 8), (8, 8), (4, 8)]
 
 
 def test_embedding_instructions_and_floats(png_bytes):
@@ -260,7 +281,7 @@ def test_embedding_instructions_and_floats(png_bytes):
 
     emb.get_image_query_embedding("q.png")
     assert fake.calls[-1] == dict(items=[{"image": "q.png"}], instruction=DEFAULT_QUERY_INSTRUCTION, dimensions=4,
-                                  batch_size=emb.embed_batch_size)
+                                  batch_size=fake.batch_size)
     emb.get_video_query_embedding("q.mp4")
     assert fake.calls[-1]["items"] == [{"video": "q.mp4"}]
     assert fake.calls[-1]["instruction"] == DEFAULT_QUERY_INSTRUCTION
