@@ -68,6 +68,13 @@ class Sizes:
         # 64 images keep a GPU busy for about a quarter of a second: too short to time its images per second.
         return cls(images_448=512) if device_type == "cuda" else cls()
 
+    def with_texts(self, spec: str | None) -> "Sizes":
+        """These sizes with embed_text's texts given as "N,MIN,MAX" (N texts of MIN to MAX tokens)."""
+        if not spec:
+            return self
+        count, shortest, longest = (int(n) for n in spec.split(","))
+        return dataclasses.replace(self, texts=count, text_min=shortest, text_max=longest)
+
     def with_rerank_docs(self, spec: str | None) -> "Sizes":
         """These sizes with the reranked text documents given as "N,MIN,MAX" (N texts of MIN to MAX tokens)."""
         if not spec:

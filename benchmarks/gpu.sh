@@ -22,6 +22,8 @@
 # each lever, measured on the GPU. COMPILE=1 adds a last row with the decoder layers under torch.compile (compiled
 # during an untimed run first). AB_LEVER=name runs benchmarks.levers afterwards (that core switch on and off in
 # alternation, AB_RUNS runs each, on AB_CASES) into gpu_lever.txt; a+b+c switches several together.
+# SHORT_TEXTS=N,MIN,MAX runs embed_text once more on N texts of MIN-MAX tokens, with a row of ours at
+# batch_size=SHORT_BATCH_SIZE (default 256) items per forward pass, into gpu_short_texts.md (SHORT_TIMEOUT, 150 s).
 # CALL_SIZE=N adds rows of ours with the inputs handed to the core in calls of N items, as LlamaIndex's get_*_batch
 # methods chunk them (CALL_SIZE_CASES, default embed_text,embed_images_448).
 # HOST_PIXELS_CASES, UNQUEUED_CASES and PROFILE_CASES name the cases of those extra rows and of the profile (empty:
@@ -106,6 +108,14 @@ timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput --model 2b --dev
   --markdown "$OUT/gpu_table.md" --json "$OUT/gpu.json" 2>&1 | tee -a "$LOG" || status=$?
 if [ "$status" -ne 0 ]; then
   say "main run stopped with status $status (a partial table is in $OUT/gpu_table.md)"
+fi
+if [ -n "${SHORT_TEXTS:-}" ]; then
+  say "short texts ($SHORT_TEXTS), then with batch_size=${SHORT_BATCH_SIZE:-256}"
+  timeout "${SHORT_TIMEOUT:-150}" python3 -m benchmarks.throughput --model 2b --device cuda --dtype bfloat16 \
+    --cases embed_text --texts "$SHORT_TEXTS" --repeats "${REPEATS:-3}" --case-timeout 75 \
+    --extra-batch-size "${SHORT_BATCH_SIZE:-256}" --extra-batch-size-cases embed_text \
+    --markdown "$OUT/gpu_short_texts.md" --json "$OUT/gpu_short_texts.json" 2>&1 | tee -a "$LOG" \
+    || say "short texts stopped with status $?"
 fi
 if [ -n "${AB_LEVER:-}" ]; then
   say "interleaved A/B of $AB_LEVER on ${AB_CASES:-embed_text,rerank_text}, ${AB_RUNS:-3} runs each"

@@ -510,6 +510,10 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
         overhead = args.extra_batch_overhead
         settings.append((args.extra_overhead_cases, f"batch overhead {overhead} tokens", lambda name: attributes(
             runner_module, BATCH_OVERHEAD_TOKENS={device.type: overhead}, DEFAULT_BATCH_OVERHEAD_TOKENS=overhead)))
+    if args.extra_batch_size is not None:
+        size = args.extra_batch_size
+        settings.append((args.extra_batch_size_cases, f"batch_size={size}", lambda name: attributes(
+            embedder if name.startswith("embed") else reranker, batch_size=size)))
     if args.extra_call_size is not None:
         size = args.extra_call_size
         settings.append((args.extra_call_cases, f"calls of {size} items", lambda name: calls_of(embedder, size)))
@@ -598,6 +602,9 @@ def batch_case_inputs(corpora: Corpora) -> dict[str, tuple[str, Any, list[Any]]]
 
 
 def check_target(result: CaseResult, args: argparse.Namespace, device: torch.device) -> None:
+    """The issue's target for this row, where its inputs are the issue's (not under --texts or --rerank-docs)."""
+    if (args.texts and result.name == "embed_text") or (args.rerank_docs and result.name == "rerank_text"):
+        return
     if device.type == "cpu" and args.model == "small" and result.name in CPU_RATIO_TARGETS:
         goal = CPU_RATIO_TARGETS[result.name]
         result.target = f">= {goal:g}x"
@@ -774,6 +781,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                "in the batch planner instead of the core's", type=int)
     parser.add_argument("--extra-overhead-cases", default="embed_text,embed_images_448",
                         help="cases for --extra-batch-overhead")
+    extra_rows("--extra-batch-size", "on --extra-batch-size-cases with this many items at most per forward pass (the "
+               "core's batch_size; the token budget still applies)", type=int)
+    parser.add_argument("--extra-batch-size-cases", default="embed_text", help="cases for --extra-batch-size")
     extra_rows("--extra-call-size", "on --extra-call-cases with the inputs handed to the core in calls of this many "
                "items, as LlamaIndex's get_*_batch methods do with embed_batch_size", type=int)
     parser.add_argument("--extra-call-cases", default="embed_text,embed_images_448",
@@ -800,6 +810,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="comma-separated cases to run once more, ours only, under torch.profiler (main "
                         "rows only)")
     parser.add_argument("--profile-out", default="profile.txt", help="where --profile writes its tables")
+    parser.add_argument("--texts", default=None, metavar="N,MIN,MAX",
+                        help="embed_text's texts: N texts of MIN to MAX tokens, log-uniform (default 256,10,2000)")
     parser.add_argument("--rerank-docs", default=None, metavar="N,MIN,MAX",
                         help="the reranked text documents: N texts of MIN to MAX tokens (default 64,10,1000)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N inputs of each case (experiments)")
@@ -861,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ours_embed_counter = count_ours(embedder)
     ours_rerank_counter = count_ours(reranker)
 
-    sizes = Sizes.for_run(args.quick, device.type).with_rerank_docs(args.rerank_docs)
+    sizes = Sizes.for_run(args.quick, device.type).with_texts(args.texts).with_rerank_docs(args.rerank_docs)
     corpora: Corpora = build_corpora(embedder.load().tokenizer, sizes, cache_dir / "media")
     if args.limit:
         for name in ("texts", "images", "images_448", "mixed", "rerank_texts", "rerank_images", "queries"):

@@ -137,6 +137,37 @@ def test_throughput_extra_rows_in_calls_of_a_few_items(tmp_path, monkeypatch):
     assert 8 in sizes  # the main row's calls took all inputs at once
 
 
+def test_throughput_short_texts_and_a_batch_size_row(tmp_path):
+    """--texts sets embed_text's corpus (no issue target then) and --extra-batch-size times ours again with that many
+    items at most per forward pass."""
+    from benchmarks.throughput import main
+
+    result = main(["--model", "tiny", "--device", "cpu", "--quick", "--cache-dir", str(tmp_path / "cache"),
+                   "--cases", "embed_text", "--texts", "10,4,12", "--extra-batch-size", "2"])
+    main_row, extra_row = result["cases"]
+    assert main_row["items"] == extra_row["items"] == 10 and "4-12 tokens" in result["markdown"]
+    assert "[batch_size=2]" in extra_row["description"] and extra_row["max_abs_diff"] <= 1e-5
+    assert extra_row["passes_ours"] >= 5 > main_row["passes_ours"]
+
+
+def test_the_issue_targets_apply_to_the_issue_inputs_only():
+    import argparse
+
+    import torch
+
+    from benchmarks.throughput import CaseResult, check_target
+
+    def target(name: str, **options: str | None) -> str | None:
+        args = argparse.Namespace(**{"model": "small", "dtype_name": "float32", "texts": None, "rerank_docs": None,
+                                     **options})
+        row = CaseResult(name, "", 1, "items", ratio=5.0, max_abs_diff=0.0)
+        check_target(row, args, torch.device("cpu"))
+        return row.target
+
+    assert target("embed_text") and target("rerank_text") and target("rerank_text", texts="8,4,12")
+    assert target("embed_text", texts="8,4,12") is None and target("rerank_text", rerank_docs="4,10,20") is None
+
+
 def test_throughput_extra_rows_of_the_core_switches(tmp_path):
     """--extra-padding-mask, --extra-whole-last-layer, --extra-tower-vision-layout, --extra-masked-cached-rows,
     --extra-unqueued and --extra-long-rows-bias (and --extra-host-pixels, the same on CPU) time ours again with the
