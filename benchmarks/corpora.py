@@ -70,17 +70,17 @@ class Sizes:
 
     def with_texts(self, spec: str | None) -> "Sizes":
         """These sizes with embed_text's texts given as "N,MIN,MAX" (N texts of MIN to MAX tokens)."""
-        if not spec:
-            return self
-        count, shortest, longest = (int(n) for n in spec.split(","))
-        return dataclasses.replace(self, texts=count, text_min=shortest, text_max=longest)
+        return self._with_texts_of(spec, "texts", "text_min", "text_max")
 
     def with_rerank_docs(self, spec: str | None) -> "Sizes":
         """These sizes with the reranked text documents given as "N,MIN,MAX" (N texts of MIN to MAX tokens)."""
+        return self._with_texts_of(spec, "rerank_docs", "rerank_doc_min", "rerank_doc_max")
+
+    def _with_texts_of(self, spec: str | None, *fields: str) -> "Sizes":
+        """These sizes with the three `fields` (count, shortest, longest) set from "N,MIN,MAX"; unchanged without."""
         if not spec:
             return self
-        count, shortest, longest = (int(n) for n in spec.split(","))
-        return dataclasses.replace(self, rerank_docs=count, rerank_doc_min=shortest, rerank_doc_max=longest)
+        return dataclasses.replace(self, **dict(zip(fields, (int(n) for n in spec.split(",")), strict=True)))
 
 
 @dataclass

@@ -41,12 +41,16 @@ class Counter:
         self.passes = 0
 
     def add(self, batch: dict[str, torch.Tensor]) -> None:
-        self.passes += 1
-        self.tokens += int(batch["attention_mask"].sum())
-        self.padded_tokens += int(batch["attention_mask"].numel())
+        self.add_pass(int(batch["attention_mask"].sum()), int(batch["attention_mask"].numel()))
         for key in ("pixel_values", "pixel_values_videos"):
             if batch.get(key) is not None:
                 self.patches += int(batch[key].shape[0])
+
+    def add_pass(self, tokens: int, padded_tokens: int) -> None:
+        """One forward pass of `tokens` real tokens in `padded_tokens` positions."""
+        self.passes += 1
+        self.tokens += tokens
+        self.padded_tokens += padded_tokens
 
 
 def _media(runner: Any, item: Item) -> tuple[list[Any], list[Any]]:

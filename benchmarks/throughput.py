@@ -318,9 +318,7 @@ def count_ours(runner: Any) -> Counter:
     original = type(runner)._forward_last_hidden
 
     def wrapped(loaded: Any, inputs: Any) -> torch.Tensor:
-        counter.tokens += inputs.tokens
-        counter.padded_tokens += inputs.batch["input_ids"].numel()
-        counter.passes += 1
+        counter.add_pass(inputs.tokens, inputs.batch["input_ids"].numel())
         return original(runner, loaded, inputs)
 
     runner._forward_last_hidden = wrapped
@@ -601,9 +599,16 @@ def batch_case_inputs(corpora: Corpora) -> dict[str, tuple[str, Any, list[Any]]]
     }
 
 
+def on_issue_inputs(name: str, args: argparse.Namespace) -> bool:
+    """Whether case `name` runs on the issue's inputs: not cut down by --quick or --limit, nor replaced by --texts
+    (embed_text) or --rerank-docs (rerank_text)."""
+    replaced = {"embed_text": args.texts, "rerank_text": args.rerank_docs}.get(name)
+    return not (args.quick or args.limit or replaced)
+
+
 def check_target(result: CaseResult, args: argparse.Namespace, device: torch.device) -> None:
-    """The issue's target for this row, where its inputs are the issue's (not under --texts or --rerank-docs)."""
-    if (args.texts and result.name == "embed_text") or (args.rerank_docs and result.name == "rerank_text"):
+    """The issue's target for this row, where it ran on the issue's inputs."""
+    if not on_issue_inputs(result.name, args):
         return
     if device.type == "cpu" and args.model == "small" and result.name in CPU_RATIO_TARGETS:
         goal = CPU_RATIO_TARGETS[result.name]

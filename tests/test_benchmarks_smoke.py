@@ -159,13 +159,15 @@ def test_the_issue_targets_apply_to_the_issue_inputs_only():
 
     def target(name: str, **options: str | None) -> str | None:
         args = argparse.Namespace(**{"model": "small", "dtype_name": "float32", "texts": None, "rerank_docs": None,
-                                     **options})
+                                     "quick": False, "limit": None, **options})
         row = CaseResult(name, "", 1, "items", ratio=5.0, max_abs_diff=0.0)
         check_target(row, args, torch.device("cpu"))
         return row.target
 
     assert target("embed_text") and target("rerank_text") and target("rerank_text", texts="8,4,12")
     assert target("embed_text", texts="8,4,12") is None and target("rerank_text", rerank_docs="4,10,20") is None
+    assert target("embed_mixed") and target("embed_mixed", limit=8) is None
+    assert target("embed_mixed", quick=True) is None
 
 
 def test_throughput_extra_rows_of_the_core_switches(tmp_path):

@@ -92,9 +92,10 @@ def keys_values(attention: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: to
         key = attention.k_norm(attention.k_proj(hidden).view(shape))
         return rotate_text(key, cos, sin), attention.v_proj(hidden).view(shape).transpose(1, 2)
     weight, bias = joined
-    query_heads, kv_heads = _heads(attention)
-    rows = query_heads * attention.head_dim  # the joined weight's key and value rows follow the query rows
-    projected = torch.nn.functional.linear(hidden, weight[rows:], None if bias is None else bias[rows:]).view(shape)
+    query_rows, key_rows, _ = fused_projections.joined_rows(attention, "qkv")  # keys and values follow the queries
+    projected = torch.nn.functional.linear(hidden, weight[query_rows:],
+                                           None if bias is None else bias[query_rows:]).view(shape)
+    kv_heads = key_rows // attention.head_dim
     key = rotate_text(attention.k_norm(projected[..., :kv_heads, :]), cos, sin)
     return key, projected[..., kv_heads:, :].transpose(1, 2)
 
