@@ -307,3 +307,26 @@ def test_operations_benchmark_counts_each_setting(tmp_path):
     assert per_layer["ours, transformers' RMSNorm"] > ours
     assert all(int(row[1]) > 0 for row in rows.values())
     assert fused_projections.FUSED_PROJECTIONS is True and runner.SEND_PADDING_MASK is False
+
+
+def test_concurrent_queries_benchmark_times_the_three_ways(tmp_path):
+    """benchmarks.concurrent_queries serves the same queries from 1 and 3 client threads three ways, gives the
+    official procedure's vectors within 1e-5 each time, and leaves the core's switch as it was."""
+    from benchmarks.concurrent_queries import main
+    from qwen3vl_integrations.core import runner
+
+    out = tmp_path / "table.md"
+    text = main(["--model", "tiny", "--clients", "1,3", "--queries", "6", "--repeats", "1",
+                 "--cache-dir", str(tmp_path / "cache"), "--output", str(out)])
+    assert out.read_text().strip() == text.strip()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| clients")]
+    assert [(row[0], row[1]) for row in rows] == [
+        (clients, way) for clients in ("1", "3")
+        for way in ("ours", "ours, one pass per call", "official procedure, calls in turn")]
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[7]) <= 1e-5
+        passes = int(row[6])
+        assert 1 <= passes <= 6 and (passes == 6 or row[1] == "ours")
+    assert rows[0][6] == "6"  # one client: nothing to join
+    assert runner.JOIN_CONCURRENT_CALLS is True

@@ -18,6 +18,7 @@ import torch
 
 from . import rotary
 from .fused_projections import use_fused_gate_up
+from .joining import ForwardJoiner
 from .lower_right_attention import use_lower_right_attention
 from .pixels import normalizes_on_device
 from .pooled_layer import use_pooled_last_layer
@@ -86,6 +87,7 @@ class LoadedModel:
     dtype: torch.dtype
     score_weight: torch.Tensor | None = None  # reranker only: W_yes - W_no, float32, on device
     lock: threading.Lock = field(default_factory=threading.Lock)
+    joiner: ForwardJoiner = field(default_factory=ForwardJoiner)  # text rows of calls waiting for `lock`
     lock_pools: threading.Lock = field(default_factory=threading.Lock)
     _local: threading.local = field(default_factory=threading.local)
     _pools: dict[int, ThreadPoolExecutor] = field(default_factory=dict)

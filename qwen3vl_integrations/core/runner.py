@@ -18,6 +18,7 @@ from .caching import BoundedCache, owner_cache
 from .encoding import EncodedItem, collate, token_counts
 from .errors import Qwen3VLInputError
 from .inputs import Item
+from .joining import JoinLimits, can_join
 from .loading import LoadedModel, load_shared, resolve_attention, resolve_device, resolve_dtype
 from .media import MediaPolicy, _Invalid
 from .pixels import normalize_pixels
@@ -51,6 +52,12 @@ SEND_PADDING_MASK = False
 # The last decoder layer runs only at each row's last real token, the one hidden state we read (core/pooled_layer.py).
 # False runs it at every position (for comparison).
 POOL_IN_LAST_LAYER = True
+
+# Calls that wait for the model while another call's forward pass runs (a service embedding its users' queries from
+# several threads) run their text rows together in one pass when it frees up (core/joining.py): same outputs, one
+# pass instead of one per call. A call that finds the model free runs at once. False gives every call its own
+# passes (for comparison).
+JOIN_CONCURRENT_CALLS = True
 
 # The vision tower's layout of each batch's images and videos is computed on the CPU, in the worker thread that
 # prepares the batch (core/vision_layout.py). False leaves it to the model, on the model's device (for comparison).
@@ -250,7 +257,13 @@ class Qwen3VLRunner:
     # ------------------------------------------------------------------------------ forward loop
     def _forward_last_hidden(self, loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
         """Last-layer hidden state of each row's last real token, float32, [B, H] on the model device."""
-        return last_token_states(loaded, inputs)
+        return last_token_states(loaded, inputs, JoinLimits(self.batch_size, self._token_budget(loaded)))
+
+    def _token_budget(self, loaded: LoadedModel) -> int:
+        """Padded tokens per forward pass at most (an item longer than that runs alone)."""
+        if loaded.device.type == "cpu":
+            return min(self.max_batch_tokens, CPU_MAX_BATCH_TOKENS)
+        return self.max_batch_tokens
 
     def _run(
         self,
@@ -277,9 +290,7 @@ class Qwen3VLRunner:
         """
         loaded = self.load()
         overhead = BATCH_OVERHEAD_TOKENS.get(loaded.device.type, DEFAULT_BATCH_OVERHEAD_TOKENS)
-        budget = self.max_batch_tokens
-        if loaded.device.type == "cpu":
-            budget = min(budget, CPU_MAX_BATCH_TOKENS)
+        budget = self._token_budget(loaded)
         members: dict[int, list[int]] = {}
         for position, group in enumerate(groups if groups is not None else [0] * len(costs)):
             members.setdefault(group, []).append(position)
@@ -450,14 +461,24 @@ def attention_backends(device: torch.device) -> ContextManager[Any]:
     return sdpa_kernel([getattr(SDPBackend, name) for name in CUDA_ATTENTION_BACKENDS])
 
 
-def last_token_states(loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
+def last_token_states(loaded: LoadedModel, inputs: ModelInputs, limits: JoinLimits | None = None) -> torch.Tensor:
     """Run a micro-batch through the backbone and return the last-layer hidden state at each row's last real token,
-    float32 [B, H] on the model device."""
+    float32 [B, H] on the model device. With `limits`, text rows of other calls waiting for the model may run in the
+    same pass, within them (JOIN_CONCURRENT_CALLS)."""
+    if limits is not None and JOIN_CONCURRENT_CALLS and can_join(inputs):
+        return loaded.joiner.run(loaded.lock, inputs, limits, loaded.pad_token_id,
+                                 lambda joined: _last_token_states(loaded, joined, locked=True))
+    return _last_token_states(loaded, inputs, locked=False)
+
+
+def _last_token_states(loaded: LoadedModel, inputs: ModelInputs, locked: bool) -> torch.Tensor:
+    """`last_token_states` of one micro-batch; `locked`: the caller holds the model lock already."""
     batch = inputs.on_device(loaded.device)
     last = inputs.last.to(loaded.device, non_blocking=loaded.device.type == "cuda")
     has_vision = "pixel_values" in batch or "pixel_values_videos" in batch
     pooled = POOL_IN_LAST_LAYER and can_pool_last_layer(loaded.backbone, has_vision)
-    with loaded.lock, torch.inference_mode(), attention_backends(loaded.device):
+    with contextlib.nullcontext() if locked else loaded.lock, torch.inference_mode(), \
+            attention_backends(loaded.device):
         # (a query part's cache may run its own forward pass here, of all its tokens)
         extra = inputs.cache_inputs() if inputs.cache_inputs is not None else {"use_cache": False}
         with pooled_tokens(loaded.backbone, last) if pooled else contextlib.nullcontext():

@@ -1,0 +1,155 @@
+"""Short queries from concurrent clients: a search service embedding each user's query in its own call.
+
+    python -m benchmarks.concurrent_queries --model small --device cpu --clients 1,4,8,16
+
+Each client is a thread that embeds its share of the same short queries one call at a time, as LangChain's and
+LlamaIndex's async methods do (each call in a worker thread). Three ways, on the same queries and weights: ours,
+whose calls that wait for the model run their text rows together (core/joining.py); ours with every call running
+its own forward pass (`JOIN_CONCURRENT_CALLS = False`); and the official procedure, whose calls take turns (it is
+not safe to run from several threads at once, and running them at once would give a 2-core CPU nothing more to
+do). For each: queries/s, each call's latency (median and 95th percentile), forward passes, and the largest
+difference from the official procedure's vectors, run one call at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from benchmarks.corpora import TextMaker, log_uniform_lengths
+from benchmarks.throughput import attributes, checkpoint_paths, default_cache_dir, environment, log
+
+INSTRUCTION = "Retrieve images or text relevant to the user's query."
+
+
+def serve(clients: int, queries: Sequence[dict[str, str]], embed_one: Callable[[dict[str, str]], np.ndarray]
+          ) -> tuple[float, list[float], np.ndarray]:
+    """(seconds for all queries, each call's seconds, the vectors in query order): `clients` threads, client k
+    embedding queries k, k + clients, ... one call each."""
+    vectors: list[Any] = [None] * len(queries)
+    latencies: list[float] = []
+    failures: list[BaseException] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def client(k: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(k, len(queries), clients):
+                start = time.perf_counter()
+                vectors[i] = embed_one(queries[i])
+                latencies.append(time.perf_counter() - start)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(k,), name=f"client-{k}") for k in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    if failures:
+        raise failures[0]
+    return seconds, latencies, np.concatenate(vectors)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="small", help="tiny, small or 2b (random checkpoints) or a folder")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    parser.add_argument("--clients", default="1,4,8,16", help="comma-separated numbers of concurrent clients")
+    parser.add_argument("--queries", type=int, default=64, help="queries in all, of 8 to 32 tokens")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per way and client count (median)")
+    parser.add_argument("--cache-dir", default=None, help="where random checkpoints are kept")
+    parser.add_argument("--output", default=None, help="also write the table to this file")
+    args = parser.parse_args(argv)
+
+    from benchmarks.official import official_embed
+    from qwen3vl_integrations import Qwen3VLEmbedder
+    from qwen3vl_integrations.core import runner
+    from qwen3vl_integrations.core.loading import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    path, _, made = checkpoint_paths(args.model, None, dtype, device, cache_dir,
+                                     "memory" if args.model == "2b" else "disk")
+    embedder = Qwen3VLEmbedder(path, device=device, dtype=dtype)
+    loaded = embedder.load()
+    maker = TextMaker(loaded.tokenizer, seed=0)
+    queries = [{"text": maker.text(n), "instruction": INSTRUCTION}
+               for n in log_uniform_lengths(args.queries, 8, 32, seed=11)]
+    turns = threading.Lock()
+
+    def official_one(query: dict[str, str]) -> np.ndarray:
+        with turns:
+            return official_embed(embedder, [query])
+
+    reference = np.concatenate([official_one(q) for q in queries])
+    ways: list[tuple[str, Callable[[dict[str, str]], np.ndarray], Callable[[], Any]]] = [
+        ("ours", lambda q: embedder.embed([q]), lambda: attributes(runner, JOIN_CONCURRENT_CALLS=True)),
+        ("ours, one pass per call", lambda q: embedder.embed([q]),
+         lambda: attributes(runner, JOIN_CONCURRENT_CALLS=False)),
+        ("official procedure, calls in turn", official_one, lambda: attributes(runner)),
+    ]
+    for query in queries[:4]:  # warm-up
+        for _, embed_one, _ in ways:
+            embed_one(query)
+
+    counts = [int(c) for c in args.clients.split(",")]
+    log(f"device {device}, dtype {str(dtype).replace('torch.', '')}, model {args.model} ({made}), "
+        f"{len(queries)} queries, clients {counts}, {torch.get_num_threads()} torch threads")
+    rows = []
+    for clients in counts:
+        measured: dict[str, tuple[float, list[float], int, float]] = {}
+        for label, embed_one, setting in ways:
+            runs, latencies, passes, diff = [], [], 0, 0.0
+            for _ in range(args.repeats):
+                with setting():
+                    before = loaded.joiner.passes
+                    seconds, call_seconds, vectors = serve(clients, queries, embed_one)
+                    passes = loaded.joiner.passes - before if label == "ours" else len(queries)
+                runs.append(seconds)
+                latencies += call_seconds
+                diff = max(diff, float(np.abs(vectors - reference).max()))
+            measured[label] = (statistics.median(runs), latencies, passes, diff)
+            log(f"clients {clients}, {label}: {', '.join(f'{s:.2f} s' for s in runs)}, {passes} forward passes")
+        official_rate = len(queries) / measured["official procedure, calls in turn"][0]
+        for label, (seconds, latencies, passes, diff) in measured.items():
+            rate = len(queries) / seconds
+            rows.append(f"| {clients} | {label} | {rate:.1f} | {rate / official_rate:.2f}x | "
+                        f"{percentile(latencies, 0.5) * 1e3:.0f} | {percentile(latencies, 0.95) * 1e3:.0f} | "
+                        f"{passes} | {diff:.1e} |")
+    dtype_name = str(dtype).replace("torch.", "")
+    env = environment(device, argparse.Namespace(dtype_name=dtype_name, model=args.model))
+    machine = env["gpu"] or f"{env['cpu']}, {env['cpu_count']} cores"
+    table = "\n".join([
+        f"Short queries from concurrent clients, `{args.model}` model, {device.type} ({machine}), {dtype_name}, "
+        f"torch {env['torch']}, transformers {env['transformers']}: {len(queries)} queries of 8-32 tokens, each "
+        f"client embedding its share one call at a time; median of {args.repeats} runs",
+        "",
+        "| clients | way | queries/s | vs official | latency p50 ms | latency p95 ms | forward passes | max \\|diff\\| |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table + "\n")
+    return table
+
+
+if __name__ == "__main__":
+    main()

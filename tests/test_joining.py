@@ -1,0 +1,163 @@
+"""Calls that wait for the model while it is busy run their text rows in one forward pass (core/joining.py)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from qwen3vl_integrations import Qwen3VLEmbedder
+from qwen3vl_integrations.core import runner
+from qwen3vl_integrations.core.joining import join_text_rows
+from qwen3vl_integrations.core.runner import ModelInputs
+
+TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
+
+CALLS = [  # (inputs, options) of one call each: short texts, several instructions and output options
+    (["a red circle"], {}),
+    ([{"text": "find the slide about oceans", "instruction": "Find slides."}], {}),
+    (["two", "texts in one call"], {"precision": "ubinary"}),
+    (["a much longer query about a dog that plays on a beach at sunset with a ball"], {"normalize": False}),
+    (["q"], {"instruction": "Retrieve passages."}),
+]
+
+
+def close(got: np.ndarray, expected: np.ndarray) -> bool:
+    return got.shape == expected.shape and got.dtype == expected.dtype and bool(
+        np.abs(got.astype(np.float64) - expected.astype(np.float64)).max() <= 1e-5)
+
+
+class Passes:
+    """Counts the backbone's forward passes and the rows each ran."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        self.rows: list[int] = []
+        self._hook = backbone.register_forward_hook(lambda module, args, kwargs, out: self.rows.append(
+            kwargs["input_ids"].shape[0]), with_kwargs=True)
+
+    def close(self) -> None:
+        self._hook.remove()
+
+
+def while_busy(embedders: list[Qwen3VLEmbedder], calls: list[tuple[list, dict]]) -> tuple[list, Passes]:
+    """Run each call in its own thread while the test holds the model, let the model go once every call waits
+    for it, and return the calls' results and the forward passes they ran."""
+    loaded = embedders[0].load()
+    results: list = [None] * len(calls)
+    failures: list[BaseException] = []
+
+    def call(k: int) -> None:
+        try:
+            items, options = calls[k]
+            results[k] = embedders[k % len(embedders)].embed(items, **options)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            failures.append(exc)
+
+    passes = Passes(loaded.backbone)
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(calls))]
+    try:
+        with loaded.lock:  # the model is busy
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 60
+            while loaded.joiner.waiting < len(calls) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert loaded.joiner.waiting == len(calls), "the calls did not all wait for the model"
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        passes.close()
+    if failures:
+        raise failures[0]
+    return results, passes
+
+
+@pytest.fixture(scope="module")
+def alone(tiny_embedder):
+    return [tiny_embedder.embed(items, **options) for items, options in CALLS]
+
+
+def test_waiting_calls_run_in_one_pass(tiny_embedder, alone):
+    joined_before = tiny_embedder.load().joiner.joined
+    results, passes = while_busy([tiny_embedder], CALLS)
+    assert passes.rows == [6]  # one pass ran the six rows of the five calls
+    assert tiny_embedder.load().joiner.joined - joined_before == 4
+    assert all(close(got, expected) for got, expected in zip(results, alone))  # each call's own output options
+    assert not np.allclose(np.linalg.norm(results[3], axis=1), 1.0)  # normalize=False kept for its own call
+
+
+def test_joined_rows_keep_every_callers_limits(tiny_embedding_path, tiny_embedder, alone):
+    small_batches = Qwen3VLEmbedder(str(tiny_embedding_path), batch_size=2, **TINY)
+    one_text_calls = [call for call in CALLS if len(call[0]) == 1]
+    results, passes = while_busy([small_batches], one_text_calls)
+    assert passes.rows == [2, 2]  # 4 calls of one row, at most 2 rows per pass
+    expected = [e for e, call in zip(alone, CALLS) if len(call[0]) == 1]
+    assert all(close(r, e) for r, e in zip(results, expected))
+
+    # A caller with a budget of 30 padded tokens joins nobody (each prompt is longer than 15 tokens).
+    tight = Qwen3VLEmbedder(str(tiny_embedding_path), max_batch_tokens=30, **TINY)
+    _, passes = while_busy([tight, tiny_embedder], one_text_calls)
+    assert len(passes.rows) >= 3 and sum(passes.rows) == 4
+
+
+def test_a_failed_joined_pass_leaves_every_call_to_run_alone(tiny_embedder, alone, monkeypatch):
+    forward = runner._last_token_states
+
+    def no_joined_rows(loaded, inputs, locked):
+        if len(inputs.last) > 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return forward(loaded, inputs, locked)
+
+    monkeypatch.setattr(runner, "_last_token_states", no_joined_rows)
+    results, passes = while_busy([tiny_embedder], CALLS)
+    assert sum(passes.rows) == 6 and max(passes.rows) <= 2  # (the hook sees the passes that ran)
+    assert all(close(got, expected) for got, expected in zip(results, alone))
+
+
+def test_only_text_rows_from_their_first_token_join(tiny_embedder, tiny_reranker, media_dir, monkeypatch):
+    seen: list[bool] = []
+    can_join = runner.can_join
+    monkeypatch.setattr(runner, "can_join", lambda inputs: seen.append(can_join(inputs)) or seen[-1])
+    tiny_embedder.embed(["text"])
+    tiny_embedder.embed([{"image": media_dir / "red.png"}])
+    tiny_reranker.score("a query", ["one document", "another document"])  # rows after a cached query part
+    tiny_reranker.score("a query", ["one document"])  # one pair: it runs whole
+    assert seen == [True, False, False, True]
+
+
+def test_switched_off_every_call_runs_its_own_pass(tiny_embedder, alone, monkeypatch):
+    monkeypatch.setattr(runner, "JOIN_CONCURRENT_CALLS", False)
+    loaded = tiny_embedder.load()
+    passes = Passes(loaded.backbone)
+    results: list = [None] * len(CALLS)
+    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, tiny_embedder.embed(
+        CALLS[k][0], **CALLS[k][1]))) for k in range(len(CALLS))]
+    try:
+        with loaded.lock:
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)
+            assert loaded.joiner.waiting == 0
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        passes.close()
+    assert len(passes.rows) == len(CALLS)
+    assert all(close(r, e) for r, e in zip(results, alone))
+
+
+def test_join_text_rows_pads_to_the_widest_row():
+    def part(ids: list[list[int]]) -> ModelInputs:
+        width = max(map(len, ids))
+        input_ids = torch.tensor([row + [7] * (width - len(row)) for row in ids])
+        return ModelInputs({"input_ids": input_ids, "mm_token_type_ids": torch.zeros_like(input_ids),
+                            "position_ids": torch.arange(width).repeat(3, len(ids), 1)},
+                           torch.tensor([len(row) - 1 for row in ids]))
+
+    joined = join_text_rows([part([[1, 2, 3]]), part([[4, 5], [6]])], pad_token_id=9)
+    assert joined.batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 9], [6, 7, 9]]
+    assert joined.batch["position_ids"].shape == (3, 3, 3)
+    assert joined.batch["position_ids"][0].tolist() == [[0, 1, 2], [0, 1, 0], [0, 1, 0]]
+    assert joined.last.tolist() == [2, 1, 0]
