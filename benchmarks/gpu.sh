@@ -26,6 +26,8 @@
 # batch_size=SHORT_BATCH_SIZE (default 256) items per forward pass, into gpu_short_texts.md (SHORT_TIMEOUT, 150 s).
 # CALL_SIZE=N adds rows of ours with the inputs handed to the core in calls of N items, as LlamaIndex's get_*_batch
 # methods chunk them (CALL_SIZE_CASES, default embed_text,embed_images_448).
+# CONCURRENT_CLIENTS=1,8,32 runs benchmarks.concurrent_queries (CONCURRENT_QUERIES short queries, default 128, from
+# that many client threads, one call each) into gpu_concurrent_queries.md (CONCURRENT_TIMEOUT, 180 s).
 # HOST_PIXELS_CASES, UNQUEUED_CASES and PROFILE_CASES name the cases of those extra rows and of the profile (empty:
 # none). Each timed side runs REPEATS (default 3) times after a short warm-up; the table gives the median, the JSON every
 # run (a first run pays for what is new to the GPU libraries, such as per-shape kernel plans).
@@ -116,6 +118,12 @@ if [ -n "${SHORT_TEXTS:-}" ]; then
     --extra-batch-size "${SHORT_BATCH_SIZE:-256}" --extra-batch-size-cases embed_text \
     --markdown "$OUT/gpu_short_texts.md" --json "$OUT/gpu_short_texts.json" 2>&1 | tee -a "$LOG" \
     || say "short texts stopped with status $?"
+fi
+if [ -n "${CONCURRENT_CLIENTS:-}" ]; then
+  say "short queries from $CONCURRENT_CLIENTS concurrent clients"
+  timeout "${CONCURRENT_TIMEOUT:-180}" python3 -m benchmarks.concurrent_queries --model 2b --device cuda \
+    --clients "$CONCURRENT_CLIENTS" --queries "${CONCURRENT_QUERIES:-128}" --repeats "${REPEATS:-3}" \
+    --output "$OUT/gpu_concurrent_queries.md" 2>&1 | tee -a "$LOG" || say "concurrent queries stopped with status $?"
 fi
 if [ -n "${AB_LEVER:-}" ]; then
   say "interleaved A/B of $AB_LEVER on ${AB_CASES:-embed_text,rerank_text}, ${AB_RUNS:-3} runs each"

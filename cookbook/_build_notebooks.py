@@ -633,6 +633,24 @@ a = np.array(li_embed.get_text_embedding("a red circle"))
 b = np.array(lc_embed.embed_documents(["a red circle"])[0])
 print(np.allclose(a, b, atol=1e-5), np.allclose(a, emb.embed(["a red circle"])[0], atol=1e-5))
 """),
+    md("""
+### Serving queries: concurrent calls share forward passes
+
+A search service embeds each user's query in its own call, several at a time: the async methods run each call in a
+worker thread. Calls that wait for the model while another call runs go through it together, in one forward pass,
+with the same numbers as alone; a call that finds the model free runs at once. `joiner.passes` counts those passes.
+"""),
+    code("""
+import asyncio
+
+questions = [f"question {i} about oceans, slides and sunsets" for i in range(32)]
+joiner = emb.load().joiner
+passes_before = joiner.passes
+served = await asyncio.gather(*(lc_embed.aembed_query(q) for q in questions))
+print(f"{len(questions)} concurrent queries ran in {joiner.passes - passes_before} forward passes")
+alone = np.stack([lc_embed.embed_query(q) for q in questions])
+print("same vectors as one call at a time:", np.allclose(np.array(served), alone, atol=1e-5))
+"""),
 ]
 
 
