@@ -114,25 +114,26 @@ def main(argv: Sequence[str] | None = None) -> str:
         f"{len(queries)} queries, clients {counts}, {torch.get_num_threads()} torch threads")
     rows = []
     for clients in counts:
-        measured: dict[str, tuple[float, list[float], int, float]] = {}
+        measured: dict[str, tuple[float, list[float], float, float]] = {}
         for label, embed_one, setting in ways:
-            runs, latencies, passes, diff = [], [], 0, 0.0
+            runs, latencies, passes, diff = [], [], [], 0.0
             for _ in range(args.repeats):
                 with setting():
                     before = loaded.joiner.passes
                     seconds, call_seconds, vectors = serve(clients, queries, embed_one)
-                    passes = loaded.joiner.passes - before if label == "ours" else len(queries)
+                    passes.append(loaded.joiner.passes - before if label == "ours" else len(queries))
                 runs.append(seconds)
                 latencies += call_seconds
                 diff = max(diff, float(np.abs(vectors - reference).max()))
-            measured[label] = (statistics.median(runs), latencies, passes, diff)
-            log(f"clients {clients}, {label}: {', '.join(f'{s:.2f} s' for s in runs)}, {passes} forward passes")
+            measured[label] = (statistics.median(runs), latencies, statistics.median(passes), diff)
+            log(f"clients {clients}, {label}: {', '.join(f'{s:.2f} s' for s in runs)}; forward passes "
+                f"{', '.join(map(str, passes))}")
         official_rate = len(queries) / measured["official procedure, calls in turn"][0]
-        for label, (seconds, latencies, passes, diff) in measured.items():
+        for label, (seconds, latencies, passes_run, diff) in measured.items():
             rate = len(queries) / seconds
-            rows.append(f"| {clients} | {label} | {rate:.1f} | {rate / official_rate:.2f}x | "
+            rows.append(f"| {clients} | {label} | {rate:.3g} | {rate / official_rate:.2f}x | "
                         f"{percentile(latencies, 0.5) * 1e3:.0f} | {percentile(latencies, 0.95) * 1e3:.0f} | "
-                        f"{passes} | {diff:.1e} |")
+                        f"{passes_run:g} | {diff:.1e} |")
     dtype_name = str(dtype).replace("torch.", "")
     env = environment(device, argparse.Namespace(dtype_name=dtype_name, model=args.model))
     machine = env["gpu"] or f"{env['cpu']}, {env['cpu_count']} cores"
@@ -141,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> str:
         f"torch {env['torch']}, transformers {env['transformers']}: {len(queries)} queries of 8-32 tokens, each "
         f"client embedding its share one call at a time; median of {args.repeats} runs",
         "",
-        "| clients | way | queries/s | vs official | latency p50 ms | latency p95 ms | forward passes | max \\|diff\\| |",
+        "| clients | way | queries/s | vs official | latency p50 ms | latency p95 ms | forward passes (median) | "
+        "max \\|diff\\| |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
     ])

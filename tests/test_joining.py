@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -41,17 +42,15 @@ class Passes:
         self._hook.remove()
 
 
-def while_busy(embedders: list[Qwen3VLEmbedder], calls: list[tuple[list, dict]]) -> tuple[list, Passes]:
+def while_busy(loaded: Any, calls: list[Callable[[], Any]]) -> tuple[list, Passes]:
     """Run each call in its own thread while the test holds the model, let the model go once every call waits
     for it, and return the calls' results and the forward passes they ran."""
-    loaded = embedders[0].load()
     results: list = [None] * len(calls)
     failures: list[BaseException] = []
 
     def call(k: int) -> None:
         try:
-            items, options = calls[k]
-            results[k] = embedders[k % len(embedders)].embed(items, **options)
+            results[k] = calls[k]()
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             failures.append(exc)
 
@@ -74,6 +73,12 @@ def while_busy(embedders: list[Qwen3VLEmbedder], calls: list[tuple[list, dict]])
     return results, passes
 
 
+def embedding(embedders: list[Qwen3VLEmbedder], calls: list[tuple[list, dict]]) -> list[Callable[[], Any]]:
+    """The calls, each as a function, taken by the embedders in turn."""
+    return [lambda k=k, items=items, options=options: embedders[k % len(embedders)].embed(items, **options)
+            for k, (items, options) in enumerate(calls)]
+
+
 @pytest.fixture(scope="module")
 def alone(tiny_embedder):
     return [tiny_embedder.embed(items, **options) for items, options in CALLS]
@@ -81,7 +86,7 @@ def alone(tiny_embedder):
 
 def test_waiting_calls_run_in_one_pass(tiny_embedder, alone):
     joined_before = tiny_embedder.load().joiner.joined
-    results, passes = while_busy([tiny_embedder], CALLS)
+    results, passes = while_busy(tiny_embedder.load(), embedding([tiny_embedder], CALLS))
     assert passes.rows == [6]  # one pass ran the six rows of the five calls
     assert tiny_embedder.load().joiner.joined - joined_before == 4
     assert all(close(got, expected) for got, expected in zip(results, alone))  # each call's own output options
@@ -91,14 +96,14 @@ def test_waiting_calls_run_in_one_pass(tiny_embedder, alone):
 def test_joined_rows_keep_every_callers_limits(tiny_embedding_path, tiny_embedder, alone):
     small_batches = Qwen3VLEmbedder(str(tiny_embedding_path), batch_size=2, **TINY)
     one_text_calls = [call for call in CALLS if len(call[0]) == 1]
-    results, passes = while_busy([small_batches], one_text_calls)
+    results, passes = while_busy(tiny_embedder.load(), embedding([small_batches], one_text_calls))
     assert passes.rows == [2, 2]  # 4 calls of one row, at most 2 rows per pass
     expected = [e for e, call in zip(alone, CALLS) if len(call[0]) == 1]
     assert all(close(r, e) for r, e in zip(results, expected))
 
     # A caller with a budget of 30 padded tokens joins nobody (each prompt is longer than 15 tokens).
     tight = Qwen3VLEmbedder(str(tiny_embedding_path), max_batch_tokens=30, **TINY)
-    _, passes = while_busy([tight, tiny_embedder], one_text_calls)
+    _, passes = while_busy(tiny_embedder.load(), embedding([tight, tiny_embedder], one_text_calls))
     assert len(passes.rows) >= 3 and sum(passes.rows) == 4
 
 
@@ -111,7 +116,7 @@ def test_a_failed_joined_pass_leaves_every_call_to_run_alone(tiny_embedder, alon
         return forward(loaded, inputs, locked)
 
     monkeypatch.setattr(runner, "_last_token_states", no_joined_rows)
-    results, passes = while_busy([tiny_embedder], CALLS)
+    results, passes = while_busy(tiny_embedder.load(), embedding([tiny_embedder], CALLS))
     assert sum(passes.rows) == 6 and max(passes.rows) <= 2  # (the hook sees the passes that ran)
     assert all(close(got, expected) for got, expected in zip(results, alone))
 
@@ -125,6 +130,19 @@ def test_only_text_rows_from_their_first_token_join(tiny_embedder, tiny_reranker
     tiny_reranker.score("a query", ["one document", "another document"])  # rows after a cached query part
     tiny_reranker.score("a query", ["one document"])  # one pair: it runs whole
     assert seen == [True, False, False, True]
+
+
+def test_reranking_calls_of_whole_pairs_join(tiny_reranker_path):
+    """Pairs that run whole (GPUs' default for text queries) join like queries; the scores are each call's own."""
+    from qwen3vl_integrations import Qwen3VLReranker
+
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=False, **TINY)
+    calls = [("a red circle", ["a circle that is red", "a blue square"]), ("oceans", ["the sea", "a desert"]),
+             ("q", ["one document"])]
+    alone = [reranker.score(query, documents) for query, documents in calls]
+    results, passes = while_busy(reranker.load(), [lambda call=call: reranker.score(*call) for call in calls])
+    assert passes.rows == [5]
+    assert all(close(got, expected) for got, expected in zip(results, alone))
 
 
 def test_switched_off_every_call_runs_its_own_pass(tiny_embedder, alone, monkeypatch):
