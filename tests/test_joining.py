@@ -179,3 +179,34 @@ def test_join_text_rows_pads_to_the_widest_row():
     assert joined.batch["position_ids"].shape == (3, 3, 3)
     assert joined.batch["position_ids"][0].tolist() == [[0, 1, 2], [0, 1, 0], [0, 1, 0]]
     assert joined.last.tolist() == [2, 1, 0]
+
+
+def test_micro_batches_with_other_inputs_do_not_join():
+    """Micro-batches built under different switches (here one with its padding mask) run in their own passes."""
+    from qwen3vl_integrations.core.joining import ForwardJoiner, JoinLimits
+
+    def part(masked: bool) -> ModelInputs:
+        ids = torch.tensor([[1, 2, 3]])
+        batch = {"input_ids": ids, "position_ids": torch.arange(3).repeat(3, 1, 1)}
+        if masked:
+            batch["attention_mask"] = torch.ones_like(ids)
+        return ModelInputs(batch, torch.tensor([2]))
+
+    joiner, lock, ran = ForwardJoiner(), threading.Lock(), []
+
+    def forward(inputs: ModelInputs) -> torch.Tensor:
+        ran.append(sorted(inputs.batch))
+        return torch.zeros(len(inputs.last), 4)
+
+    parts = [part(False), part(True), part(False)]
+    threads = [threading.Thread(target=joiner.run, args=(lock, p, JoinLimits(8, 1024), 0, forward)) for p in parts]
+    with lock:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while joiner.waiting < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(map(tuple, ran)) == [("attention_mask", "input_ids", "position_ids"), ("input_ids", "position_ids")]
+    assert joiner.passes == 2 and joiner.joined == 1

@@ -114,6 +114,8 @@ class ForwardJoiner:
             group, rows, width = [me], me.rows, me.width
             limits = me.limits
             for waiting in list(self._waiting):
+                if waiting.inputs.batch.keys() != me.inputs.batch.keys():  # (a switch changed between the two)
+                    continue
                 joined_rows, joined_width = rows + waiting.rows, max(width, waiting.width)
                 joined_limits = JoinLimits(min(limits.rows, waiting.limits.rows),
                                            min(limits.tokens, waiting.limits.tokens))
