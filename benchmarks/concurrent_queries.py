@@ -5,7 +5,7 @@
 Each client is a thread that embeds its share of the same short queries one call at a time, as LangChain's and
 LlamaIndex's async methods do (each call in a worker thread). Three ways, on the same queries and weights: ours,
 whose calls that wait for the model run their text rows together (core/joining.py); ours with every call running
-its own forward pass (`JOIN_CONCURRENT_CALLS = False`); and the official procedure, whose calls take turns (it is
+its own forward pass (`join_concurrent_calls=False`); and the official procedure, whose calls take turns (it is
 not safe to run from several threads at once, and running them at once would give a 2-core CPU nothing more to
 do). For each: queries/s, each call's latency (median and 95th percentile), forward passes, and the largest
 difference from the official procedure's vectors, run one call at a time.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from benchmarks.corpora import TextMaker, log_uniform_lengths
-from benchmarks.throughput import attributes, checkpoint_paths, default_cache_dir, environment, log
+from benchmarks.throughput import checkpoint_paths, default_cache_dir, environment, log
 
 INSTRUCTION = "Retrieve images or text relevant to the user's query."
 
@@ -79,7 +79,6 @@ def main(argv: Sequence[str] | None = None) -> str:
 
     from benchmarks.official import official_embed
     from qwen3vl_integrations import Qwen3VLEmbedder
-    from qwen3vl_integrations.core import runner
     from qwen3vl_integrations.core.loading import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
@@ -99,14 +98,14 @@ def main(argv: Sequence[str] | None = None) -> str:
             return official_embed(embedder, [query])
 
     reference = np.concatenate([official_one(q) for q in queries])
-    ways: list[tuple[str, Callable[[dict[str, str]], np.ndarray], Callable[[], Any]]] = [
-        ("ours", lambda q: embedder.embed([q]), lambda: attributes(runner, JOIN_CONCURRENT_CALLS=True)),
-        ("ours, one pass per call", lambda q: embedder.embed([q]),
-         lambda: attributes(runner, JOIN_CONCURRENT_CALLS=False)),
-        ("official procedure, calls in turn", official_one, lambda: attributes(runner)),
+    alone = Qwen3VLEmbedder(path, device=device, dtype=dtype, join_concurrent_calls=False)  # the same model
+    ways: list[tuple[str, Callable[[dict[str, str]], np.ndarray]]] = [
+        ("ours", lambda q: embedder.embed([q])),
+        ("ours, one pass per call", lambda q: alone.embed([q])),
+        ("official procedure, calls in turn", official_one),
     ]
     for query in queries[:4]:  # warm-up
-        for _, embed_one, _ in ways:
+        for _, embed_one in ways:
             embed_one(query)
 
     counts = [int(c) for c in args.clients.split(",")]
@@ -115,13 +114,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     rows = []
     for clients in counts:
         measured: dict[str, tuple[float, list[float], float, float]] = {}
-        for label, embed_one, setting in ways:
+        for label, embed_one in ways:
             runs, latencies, passes, diff = [], [], [], 0.0
             for _ in range(args.repeats):
-                with setting():
-                    before = loaded.joiner.passes
-                    seconds, call_seconds, vectors = serve(clients, queries, embed_one)
-                    passes.append(loaded.joiner.passes - before if label == "ours" else len(queries))
+                before = loaded.joiner.passes
+                seconds, call_seconds, vectors = serve(clients, queries, embed_one)
+                passes.append(loaded.joiner.passes - before if label == "ours" else len(queries))
                 runs.append(seconds)
                 latencies += call_seconds
                 diff = max(diff, float(np.abs(vectors - reference).max()))

@@ -42,9 +42,11 @@ class Passes:
         self._hook.remove()
 
 
-def while_busy(loaded: Any, calls: list[Callable[[], Any]]) -> tuple[list, Passes]:
-    """Run each call in its own thread while the test holds the model, let the model go once every call waits
-    for it, and return the calls' results and the forward passes they ran."""
+def while_busy(loaded: Any, calls: list[Callable[[], Any]], joining: int | None = None,
+               settle: float = 0.0) -> tuple[list, Passes]:
+    """Run each call in its own thread while the test holds the model, let the model go once `joining` calls (all,
+    by default) wait to join and `settle` seconds more have passed, and return the calls' results and the forward
+    passes they ran."""
     results: list = [None] * len(calls)
     failures: list[BaseException] = []
 
@@ -61,9 +63,11 @@ def while_busy(loaded: Any, calls: list[Callable[[], Any]]) -> tuple[list, Passe
             for thread in threads:
                 thread.start()
             deadline = time.monotonic() + 60
-            while loaded.joiner.waiting < len(calls) and time.monotonic() < deadline:
+            expected = len(calls) if joining is None else joining
+            while loaded.joiner.waiting < expected and time.monotonic() < deadline:
                 time.sleep(0.005)
-            assert loaded.joiner.waiting == len(calls), "the calls did not all wait for the model"
+            assert loaded.joiner.waiting == expected, "the calls did not all wait for the model"
+            time.sleep(settle)
         for thread in threads:
             thread.join(timeout=120)
     finally:
@@ -145,24 +149,13 @@ def test_reranking_calls_of_whole_pairs_join(tiny_reranker_path):
     assert all(close(got, expected) for got, expected in zip(results, alone))
 
 
-def test_switched_off_every_call_runs_its_own_pass(tiny_embedder, alone, monkeypatch):
-    monkeypatch.setattr(runner, "JOIN_CONCURRENT_CALLS", False)
-    loaded = tiny_embedder.load()
-    passes = Passes(loaded.backbone)
-    results: list = [None] * len(CALLS)
-    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, tiny_embedder.embed(
-        CALLS[k][0], **CALLS[k][1]))) for k in range(len(CALLS))]
-    try:
-        with loaded.lock:
-            for thread in threads:
-                thread.start()
-            time.sleep(0.5)
-            assert loaded.joiner.waiting == 0
-        for thread in threads:
-            thread.join(timeout=120)
-    finally:
-        passes.close()
-    assert len(passes.rows) == len(CALLS)
+def test_an_object_with_joining_off_runs_its_own_passes(tiny_embedding_path, tiny_embedder, alone):
+    """`join_concurrent_calls=False`: that object's calls run alone, while other objects' calls still join."""
+    apart = Qwen3VLEmbedder(str(tiny_embedding_path), join_concurrent_calls=False, **TINY)
+    assert apart.load() is tiny_embedder.load()
+    calls = embedding([apart, tiny_embedder], CALLS)  # calls 0, 2, 4 by `apart`: 1, 2 and 1 rows
+    results, passes = while_busy(tiny_embedder.load(), calls, joining=2, settle=0.5)
+    assert sorted(passes.rows) == [1, 1, 2, 2]  # calls 1 and 3 joined; 0, 2 and 4 ran alone
     assert all(close(r, e) for r, e in zip(results, alone))
 
 
@@ -210,3 +203,15 @@ def test_micro_batches_with_other_inputs_do_not_join():
         thread.join(timeout=30)
     assert sorted(map(tuple, ran)) == [("attention_mask", "input_ids", "position_ids"), ("input_ids", "position_ids")]
     assert joiner.passes == 2 and joiner.joined == 1
+
+
+def test_the_adapters_pass_the_option_through_core_options(tiny_embedding_path):
+    from qwen3vl_integrations.langchain import Qwen3VLEmbeddings
+    from qwen3vl_integrations.llama_index import Qwen3VLEmbedding
+
+    options = {"join_concurrent_calls": False, **TINY}
+    lc = Qwen3VLEmbeddings(model_name=str(tiny_embedding_path), core_options=options)
+    li = Qwen3VLEmbedding(model_name=str(tiny_embedding_path), core_options=options)
+    assert lc.core_embedder.join_concurrent_calls is False
+    assert li.embedder.join_concurrent_calls is False
+    assert Qwen3VLEmbedder(str(tiny_embedding_path), **TINY).join_concurrent_calls is True

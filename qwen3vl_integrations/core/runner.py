@@ -53,12 +53,6 @@ SEND_PADDING_MASK = False
 # False runs it at every position (for comparison).
 POOL_IN_LAST_LAYER = True
 
-# Calls that wait for the model while another call's forward pass runs (a service embedding its users' queries from
-# several threads) run their text rows together in one pass when it frees up (core/joining.py): same outputs, one
-# pass instead of one per call. A call that finds the model free runs at once. False gives every call its own
-# passes (for comparison).
-JOIN_CONCURRENT_CALLS = True
-
 # The vision tower's layout of each batch's images and videos is computed on the CPU, in the worker thread that
 # prepares the batch (core/vision_layout.py). False leaves it to the model, on the model's device (for comparison).
 VISION_LAYOUT_ON_HOST = True
@@ -164,6 +158,7 @@ class Qwen3VLRunner:
         max_remote_bytes: int = 256 * 2**20,
         max_image_pixels: int = 100_000_000,
         preprocess_workers: int = 2,
+        join_concurrent_calls: bool = True,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
@@ -184,6 +179,10 @@ class Qwen3VLRunner:
         self.policy = MediaPolicy(bool(allow_remote), float(remote_timeout), int(max_remote_bytes),
                                   int(max_image_pixels))
         self.preprocess_workers = max(0, int(preprocess_workers))
+        # This object's calls that wait for the model while another call's pass runs (a service embedding its users'
+        # queries from several threads) run their text rows in one pass with the others' when it frees up
+        # (core/joining.py). False: its calls run their own passes (bit-for-bit repeatable in bf16 under load).
+        self.join_concurrent_calls = bool(join_concurrent_calls)
         self.model_kwargs = dict(model_kwargs or {})
         self._loaded: LoadedModel | None = None
         self._load_lock = threading.Lock()
@@ -257,7 +256,8 @@ class Qwen3VLRunner:
     # ------------------------------------------------------------------------------ forward loop
     def _forward_last_hidden(self, loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
         """Last-layer hidden state of each row's last real token, float32, [B, H] on the model device."""
-        return last_token_states(loaded, inputs, JoinLimits(self.batch_size, self._token_budget(loaded)))
+        limits = JoinLimits(self.batch_size, self._token_budget(loaded)) if self.join_concurrent_calls else None
+        return last_token_states(loaded, inputs, limits)
 
     def _token_budget(self, loaded: LoadedModel) -> int:
         """Padded tokens per forward pass at most (an item longer than that runs alone)."""
@@ -464,8 +464,8 @@ def attention_backends(device: torch.device) -> ContextManager[Any]:
 def last_token_states(loaded: LoadedModel, inputs: ModelInputs, limits: JoinLimits | None = None) -> torch.Tensor:
     """Run a micro-batch through the backbone and return the last-layer hidden state at each row's last real token,
     float32 [B, H] on the model device. With `limits`, text rows of other calls waiting for the model may run in the
-    same pass, within them (JOIN_CONCURRENT_CALLS)."""
-    if limits is not None and JOIN_CONCURRENT_CALLS and can_join(inputs):
+    same pass, within them (core/joining.py)."""
+    if limits is not None and can_join(inputs):
         return loaded.joiner.run(loaded.lock, inputs, limits, loaded.pad_token_id,
                                  lambda joined: _last_token_states(loaded, joined, locked=True))
     return _last_token_states(loaded, inputs, locked=False)
