@@ -5,10 +5,10 @@
 Each client is a thread that embeds its share of the same short queries one call at a time, as LangChain's and
 LlamaIndex's async methods do (each call in a worker thread). Three ways, on the same queries and weights: ours,
 whose calls that wait for the model run their text rows together (core/joining.py); ours with every call running
-its own forward pass (`join_concurrent_calls=False`); and the official procedure, whose calls take turns (it is
-not safe to run from several threads at once, and running them at once would give a 2-core CPU nothing more to
-do). For each: queries/s, each call's latency (median and 95th percentile), forward passes, and the largest
-difference from the official procedure's vectors, run one call at a time.
+its own forward pass (`join_concurrent_calls=False`); and the official procedure, whose calls take turns (its
+processor, and in this re-enactment the model's stock forwards, are shared state that is not safe to use from
+several threads at once). For each: queries/s, each call's latency (median and 95th percentile), forward passes,
+and the largest difference from the official procedure's vectors, run one call at a time.
 """
 from __future__ import annotations
 
