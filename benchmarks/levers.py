@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from benchmarks.corpora import Sizes, build_corpora
-from benchmarks.throughput import (BATCH_CASES, CORE_SWITCHES, batch_case_inputs, checkpoint_paths, core_switch,
-                                   default_cache_dir, log)
+from benchmarks.throughput import (BATCH_CASES, CORE_SWITCHES, batch_case_inputs, cache_folder, checkpoint_paths,
+                                   core_switch, log)
 
 
 def case_functions(embedder: Any, reranker: Any, sizes: Sizes, media_dir: Path) -> dict[str, Callable[[], np.ndarray]]:
@@ -75,9 +75,8 @@ def main(argv: Sequence[str] | None = None) -> str:
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    emb_path, rr_path, _ = checkpoint_paths(args.model, None, dtype, device, cache_dir,
-                                            "memory" if args.model == "2b" else "disk")
+    cache_dir = cache_folder(args.cache_dir)
+    emb_path, rr_path, _ = checkpoint_paths(args.model, None, dtype, device, cache_dir, "auto")
     embedder = Qwen3VLEmbedder(emb_path, device=device, dtype=dtype)
     reranker = Qwen3VLReranker(rr_path, device=device, dtype=dtype)
     sizes = Sizes.for_run(args.quick, device.type).with_rerank_docs(args.rerank_docs)

@@ -26,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.corpora import TextMaker, log_uniform_lengths
-from benchmarks.throughput import (CORE_SWITCHES, cached_checkpoint, checkpoint_paths, core_switch, default_cache_dir,
+from benchmarks.throughput import (CORE_SWITCHES, cache_folder, cached_checkpoint, checkpoint_paths, core_switch,
                                    stock_rms_norm)
 
 # Levers compared with their other value here: those that change which operations a pass runs.
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> str:
 
     from qwen3vl_integrations import Qwen3VLEmbedder
 
-    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    cache_dir = cache_folder(args.cache_dir)
     dtype = getattr(torch, args.dtype)
     path, _, _ = checkpoint_paths(args.model, None, dtype, torch.device("cpu"), cache_dir, "disk")
     embedder = Qwen3VLEmbedder(model_name_or_path=path, device="cpu", dtype=args.dtype)

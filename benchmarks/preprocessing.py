@@ -25,7 +25,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import torch
 
 from benchmarks.corpora import jpeg, synthetic_image
-from benchmarks.throughput import attributes, checkpoint_paths, default_cache_dir, log
+from benchmarks.throughput import attributes, cache_folder, checkpoint_paths, log
 
 
 def patches_as_on_cuda(raw: bool) -> ContextManager[None]:
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     from qwen3vl_integrations import Qwen3VLEmbedder
 
     torch.set_num_threads(args.threads)
-    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    cache_dir = cache_folder(args.cache_dir)
     path, _, _ = checkpoint_paths(args.model, None, torch.float32, torch.device("cpu"), cache_dir, "disk")
     items = [{"image": jpeg(synthetic_image(args.size, args.size, 7919 + k))} for k in range(args.images)]
     rows = []

@@ -59,7 +59,10 @@ GPU_TARGETS = {"embed_text": ("tokens/s", 100_000), "embed_images_448": ("items/
                "rerank_text": ("tokens/s", 50_000)}
 
 
-def default_cache_dir() -> Path:
+def cache_folder(given: str | None = None) -> Path:
+    """Where random checkpoints and media are kept: the folder given (`--cache-dir`), or the user's cache."""
+    if given:
+        return Path(given).expanduser()
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(root) / "qwen3vl-integrations" / "bench"
 
@@ -852,7 +855,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.dtype_name = str(dtype).replace("torch.", "")
     if args.repeats is None:
         args.repeats = 3 if device.type == "cuda" and not args.quick else 1
-    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    cache_dir = cache_folder(args.cache_dir)
     env = environment(device, args)
     log(f"device {device} ({env['gpu'] or env['cpu']}), dtype {args.dtype_name}, torch {env['torch']}, "
         f"transformers {env['transformers']}, {env['torch_threads']} threads")

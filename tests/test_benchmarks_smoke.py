@@ -310,7 +310,7 @@ def test_operations_benchmark_counts_each_setting(tmp_path):
 
 
 def test_concurrent_queries_benchmark_times_the_three_ways(tmp_path):
-    """benchmarks.concurrent_queries serves the same queries from 1 and 3 client threads three ways, gives the
+    """benchmarks.concurrent_queries serves the same queries from 1 and 3 client threads three ways, and gives the
     official procedure's vectors within 1e-5 each time."""
     from benchmarks.concurrent_queries import main
 

@@ -467,18 +467,18 @@ def last_token_states(loaded: LoadedModel, inputs: ModelInputs, limits: JoinLimi
     same pass, within them (core/joining.py)."""
     if limits is not None and can_join(inputs):
         return loaded.joiner.run(loaded.lock, inputs, limits, loaded.pad_token_id,
-                                 lambda joined: _last_token_states(loaded, joined, locked=True))
-    return _last_token_states(loaded, inputs, locked=False)
+                                 lambda joined: _last_token_states(loaded, joined))
+    with loaded.lock:
+        return _last_token_states(loaded, inputs)
 
 
-def _last_token_states(loaded: LoadedModel, inputs: ModelInputs, locked: bool) -> torch.Tensor:
-    """`last_token_states` of one micro-batch; `locked`: the caller holds the model lock already."""
+def _last_token_states(loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
+    """`last_token_states` of one micro-batch, run by a caller that holds the model lock."""
     batch = inputs.on_device(loaded.device)
     last = inputs.last.to(loaded.device, non_blocking=loaded.device.type == "cuda")
     has_vision = "pixel_values" in batch or "pixel_values_videos" in batch
     pooled = POOL_IN_LAST_LAYER and can_pool_last_layer(loaded.backbone, has_vision)
-    with contextlib.nullcontext() if locked else loaded.lock, torch.inference_mode(), \
-            attention_backends(loaded.device):
+    with torch.inference_mode(), attention_backends(loaded.device):
         # (a query part's cache may run its own forward pass here, of all its tokens)
         extra = inputs.cache_inputs() if inputs.cache_inputs is not None else {"use_cache": False}
         with pooled_tokens(loaded.backbone, last) if pooled else contextlib.nullcontext():
