@@ -32,6 +32,9 @@
 # none). Each timed side runs REPEATS (default 3) times after a short warm-up; the table gives the median, the JSON every
 # run (a first run pays for what is new to the GPU libraries, such as per-shape kernel plans).
 # Hard caps: 75 s per timed side of a case, MAIN_TIMEOUT (default 400) s for the main run.
+# Dry run: DEVICE=cpu MODEL=tiny DTYPE=float32 QUICK=1 [CACHE_DIR=dir] runs every step the same way on the CPU with
+# the tiny checkpoint and a few inputs (no CUDA checks), to try a command line before it spends GPU time
+# (tests/test_gpu_script.py runs the planned one so).
 set -euo pipefail
 START=$SECONDS
 OUT="${OUT:-benchmarks/results}"
@@ -39,8 +42,12 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu_log.txt"
 : > "$LOG"
 say() { echo "[gpu.sh $(date +%H:%M:%S) +$((SECONDS - START))s] $*" | tee -a "$LOG"; }
+DEVICE="${DEVICE:-cuda}"
+# The model, device and dtype of every step; the dry run's --quick (a few inputs) and cache folder.
+RUN_ARGS=(--model "${MODEL:-2b}" --device "$DEVICE" --dtype "${DTYPE:-bfloat16}" ${CACHE_DIR:+--cache-dir "$CACHE_DIR"})
+QUICK_ARGS=(${QUICK:+--quick})
 
-if compgen -G ".whl/*.whl" > /dev/null; then
+if [ "$DEVICE" = cuda ] && compgen -G ".whl/*.whl" > /dev/null; then
   say "installing the carried wheels: $(ls .whl | tr '\n' ' ')"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     2>&1 | tee -a "$LOG"
@@ -48,9 +55,14 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
   TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv,noheader 2>&1 | tee -a "$LOG" || true
-python3 - <<'EOF' 2>&1 | tee -a "$LOG"
-import importlib, os, platform, torch, transformers
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv,noheader 2>&1 | tee -a "$LOG" || true
+fi
+DEVICE="$DEVICE" python3 - <<'EOF' 2>&1 | tee -a "$LOG"
+import importlib, os, platform, sys, torch, transformers
+if os.environ["DEVICE"] != "cuda":
+    print(f"dry run on {os.environ['DEVICE']}: torch {torch.__version__}, transformers {transformers.__version__}")
+    sys.exit(0)
 assert torch.cuda.is_available(), "torch sees no GPU"
 assert int(transformers.__version__.split(".")[0]) >= 5, f"transformers {transformers.__version__} is too old"
 for name in ("qwen_vl_utils", "av", "PIL", "numpy"):
@@ -99,7 +111,7 @@ if [ "${ALL_LEVERS:-1}" != 0 ]; then
 fi
 say "main run: ours vs the official procedure, ${REPEATS:-3} timed runs each"
 status=0
-timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput --model 2b --device cuda --dtype bfloat16 \
+timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput "${RUN_ARGS[@]}" ${QUICK_ARGS[@]+"${QUICK_ARGS[@]}"} \
   --cases "${CASES:-embed_text,embed_images,embed_images_448,embed_mixed,embed_query,rerank_text,rerank_images,rerank_image_query}" \
   --repeats "${REPEATS:-3}" --case-timeout 75 \
   ${EXTRA_WORKERS:+--extra-workers "$EXTRA_WORKERS" --extra-cases "${EXTRA_CASES:-embed_images_448}"} \
@@ -113,7 +125,7 @@ if [ "$status" -ne 0 ]; then
 fi
 if [ -n "${SHORT_TEXTS:-}" ]; then
   say "short texts ($SHORT_TEXTS), then with batch_size=${SHORT_BATCH_SIZE:-256}"
-  timeout "${SHORT_TIMEOUT:-150}" python3 -m benchmarks.throughput --model 2b --device cuda --dtype bfloat16 \
+  timeout "${SHORT_TIMEOUT:-150}" python3 -m benchmarks.throughput "${RUN_ARGS[@]}" \
     --cases embed_text --texts "$SHORT_TEXTS" --repeats "${REPEATS:-3}" --case-timeout 75 \
     --extra-batch-size "${SHORT_BATCH_SIZE:-256}" --extra-batch-size-cases embed_text \
     --markdown "$OUT/gpu_short_texts.md" --json "$OUT/gpu_short_texts.json" 2>&1 | tee -a "$LOG" \
@@ -121,13 +133,13 @@ if [ -n "${SHORT_TEXTS:-}" ]; then
 fi
 if [ -n "${CONCURRENT_CLIENTS:-}" ]; then
   say "short queries from $CONCURRENT_CLIENTS concurrent clients"
-  timeout "${CONCURRENT_TIMEOUT:-180}" python3 -m benchmarks.concurrent_queries --model 2b --device cuda \
+  timeout "${CONCURRENT_TIMEOUT:-180}" python3 -m benchmarks.concurrent_queries "${RUN_ARGS[@]}" \
     --clients "$CONCURRENT_CLIENTS" --queries "${CONCURRENT_QUERIES:-128}" --repeats "${REPEATS:-3}" \
     --output "$OUT/gpu_concurrent_queries.md" 2>&1 | tee -a "$LOG" || say "concurrent queries stopped with status $?"
 fi
 if [ -n "${AB_LEVER:-}" ]; then
   say "interleaved A/B of $AB_LEVER on ${AB_CASES:-embed_text,rerank_text}, ${AB_RUNS:-3} runs each"
-  timeout "${AB_TIMEOUT:-150}" python3 -m benchmarks.levers --lever "$AB_LEVER" --model 2b --device cuda \
+  timeout "${AB_TIMEOUT:-150}" python3 -m benchmarks.levers --lever "$AB_LEVER" "${RUN_ARGS[@]}" ${QUICK_ARGS[@]+"${QUICK_ARGS[@]}"} \
     --cases "${AB_CASES:-embed_text,rerank_text}" --runs "${AB_RUNS:-3}" 2>&1 | tee -a "$LOG" "$OUT/gpu_lever.txt" \
     || say "A/B stopped with status $?"
 fi
