@@ -19,8 +19,9 @@
 # every position (embed_text, rerank_text), the vision layout computed by the tower (embed_images_448), the rows after
 # a shared query part attending through transformers' mask (rerank_image_query), and the reranker sharing the query
 # part where its default on GPUs does not (rerank_text, rerank_images) and not where it does (rerank_image_query):
-# each lever, measured on the GPU. COMPILE=1 adds a last row with the decoder layers under torch.compile (compiled
-# during an untimed run first). AB_LEVER=name runs benchmarks.levers afterwards (that core switch on and off in
+# each lever, measured on the GPU. COMPILE=1 adds last rows of COMPILE_CASES (default embed_text) with the core's
+# torch_compile option, the decoder layers compiled during an untimed run first (COMPILE_OPTIONS: torch.compile's
+# options as JSON, default torch's). AB_LEVER=name runs benchmarks.levers afterwards (that core switch on and off in
 # alternation, AB_RUNS runs each, on AB_CASES) into gpu_lever.txt; a+b+c switches several together.
 # SHORT_TEXTS=N,MIN,MAX runs embed_text once more on N texts of MIN-MAX tokens, with a row of ours at
 # batch_size=SHORT_BATCH_SIZE (default 256) items per forward pass, into gpu_short_texts.md (SHORT_TIMEOUT, 150 s).
@@ -109,6 +110,10 @@ if [ "${ALL_LEVERS:-1}" != 0 ]; then
     --extra-tower-vision-layout embed_images_448 --extra-masked-cached-rows rerank_image_query
     --extra-shared-query-part rerank_text,rerank_images --extra-whole-pairs rerank_image_query)
 fi
+COMPILE_ROWS=()
+if [ -n "${COMPILE:-}" ]; then
+  COMPILE_ROWS=(--extra-compiled "${COMPILE_CASES:-embed_text}" --compile-options "${COMPILE_OPTIONS:-true}")
+fi
 say "main run: ours vs the official procedure, ${REPEATS:-3} timed runs each"
 status=0
 timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput "${RUN_ARGS[@]}" ${QUICK_ARGS[@]+"${QUICK_ARGS[@]}"} \
@@ -117,7 +122,7 @@ timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput "${RUN_ARGS[@]}"
   ${EXTRA_WORKERS:+--extra-workers "$EXTRA_WORKERS" --extra-cases "${EXTRA_CASES:-embed_images_448}"} \
   ${CALL_SIZE:+--extra-call-size "$CALL_SIZE" --extra-call-cases "${CALL_SIZE_CASES:-embed_text,embed_images_448}"} \
   ${HOST_PIXELS_CASES:+--extra-host-pixels "$HOST_PIXELS_CASES"} ${UNQUEUED_CASES:+--extra-unqueued "$UNQUEUED_CASES"} \
-  ${LEVER_ROWS[@]+"${LEVER_ROWS[@]}"} ${COMPILE:+--extra-compiled embed_text} \
+  ${LEVER_ROWS[@]+"${LEVER_ROWS[@]}"} ${COMPILE_ROWS[@]+"${COMPILE_ROWS[@]}"} \
   ${PROFILE_CASES:+--profile "$PROFILE_CASES" --profile-out "$OUT/gpu_profile.txt"} \
   --markdown "$OUT/gpu_table.md" --json "$OUT/gpu.json" 2>&1 | tee -a "$LOG" || status=$?
 if [ "$status" -ne 0 ]; then

@@ -46,6 +46,7 @@ import torch  # noqa: E402
 
 from benchmarks.corpora import Corpora, Sizes, build_corpora  # noqa: E402
 from benchmarks.official import Counter, official_embed, official_score  # noqa: E402
+from qwen3vl_integrations.core.compiled_layers import compile_options  # noqa: E402
 
 SIZES = ("tiny", "small", "2b")
 CASES = ("embed_text", "embed_images", "embed_images_448", "embed_mixed", "embed_query", "rerank_text",
@@ -485,9 +486,12 @@ def core_switch(lever: str, on: bool) -> Any:
 
 
 @contextmanager
-def compiled(args: argparse.Namespace, *backbones: Any) -> Iterator[None]:
-    """Decoder layers under torch.compile, and one untimed full run per case first (it compiles every shape)."""
-    with attributes(args, full_warmup=True), compiled_decoder_layers(*backbones):
+def compiled(args: argparse.Namespace, embedder: Any, reranker: Any) -> Iterator[None]:
+    """Ours with the core's `torch_compile` option (--compile-options), and one untimed full run per case first (it
+    compiles the shapes)."""
+    options = json.loads(args.compile_options)
+    with attributes(args, full_warmup=True), attributes(embedder, torch_compile=compile_options(options)), \
+            attributes(reranker, torch_compile=compile_options(options)):
         yield
 
 
@@ -529,7 +533,7 @@ def extra_settings(args: argparse.Namespace, embedder: Any, reranker: Any, devic
         if cases:
             settings.append((cases, CORE_SWITCHES[lever][3], lambda name, lever=lever: core_switch(lever, on=False)))
     if args.extra_compiled:
-        settings.append((args.extra_compiled, "torch.compile", lambda name: compiled(args, *backbones)))
+        settings.append((args.extra_compiled, "torch.compile", lambda name: compiled(args, embedder, reranker)))
     return settings
 
 
@@ -564,22 +568,6 @@ def stock_rms_norm(*backbones: Any) -> Iterator[None]:
     finally:
         for backbone in backbones:
             use_fused_rms_norm(backbone)
-
-
-@contextmanager
-def compiled_decoder_layers(*backbones: Any) -> Iterator[None]:
-    """Within this block each decoder layer of the language models runs under torch.compile with dynamic shapes.
-
-    Regional compilation: the layers are alike, so they share the compiled code (their weights are its inputs).
-    """
-    layers = list({id(layer): layer for backbone in backbones for layer in backbone.language_model.layers}.values())
-    for layer in layers:
-        layer.compile(dynamic=True)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer._compiled_call_impl = None
 
 
 # The cases that make one call over a list of inputs (all but embed_query).
@@ -812,8 +800,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                "core queues the next one first)")
     extra_rows("--extra-host-pixels", "on these cases with image pixels rescaled and normalised by the processor on the "
                "host (the core does it on a CUDA device)")
-    extra_rows("--extra-compiled", "on these cases, last, with each decoder layer of the language model under "
-               "torch.compile (dynamic shapes; one untimed full run first compiles)")
+    extra_rows("--extra-compiled", "on these cases, last, with the core's torch_compile option (the language model's "
+               "decoder layers under torch.compile, dynamic shapes; one untimed full run first compiles)")
+    parser.add_argument("--compile-options", default="true", help="the torch_compile option of --extra-compiled, as "
+                        "JSON: true (torch's defaults) or torch.compile's options, e.g. "
+                        "'{\"mode\": \"max-autotune-no-cudagraphs\"}'")
     parser.add_argument("--profile", default=None,
                         help="comma-separated cases to run once more, ours only, under torch.profiler (main "
                         "rows only)")

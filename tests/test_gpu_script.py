@@ -37,7 +37,7 @@ def dry_run(tmp_path: Path, settings: dict[str, str]) -> subprocess.CompletedPro
 
 def test_planned_gpu_run_works_as_a_dry_run(tmp_path):
     settings = planned_settings()
-    assert set(SMALLER) - {"REPEATS"} <= set(settings), "the planned run no longer has these steps"
+    assert set(SMALLER) - {"REPEATS"} <= set(settings) and "COMPILE" in settings, "the planned run lost steps"
     run = dry_run(tmp_path, {**settings, **SMALLER})
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     out = tmp_path / "out"
@@ -47,7 +47,10 @@ def test_planned_gpu_run_works_as_a_dry_run(tmp_path):
     rows = [line for line in (out / "gpu_table.md").read_text().splitlines() if line.startswith("| embed")]
     calls = f"[calls of {settings['CALL_SIZE']} items]"
     for case in settings["CASES"].split(","):  # its main row, and its row in calls of CALL_SIZE
-        assert [calls in row for row in rows if row.startswith(f"| {case}: ")] == [False, True], rows
+        assert [calls in row for row in rows if row.startswith(f"| {case}: ") and "[torch.compile]" not in row] \
+            == [False, True], rows
+    compiled = [row for row in rows if row.startswith("| embed_text: ") and "[torch.compile]" in row]
+    assert len(compiled) == 1 and float(compiled[0].split("|")[-3]) <= 1e-5  # max |diff| against the official
     assert "embed_text" in (out / "gpu_profile.txt").read_text()
     assert "[batch_size=" in (out / "gpu_short_texts.md").read_text()
     concurrent = (out / "gpu_concurrent_queries.md").read_text()

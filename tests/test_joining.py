@@ -114,10 +114,10 @@ def test_joined_rows_keep_every_callers_limits(tiny_embedding_path, tiny_embedde
 def test_a_failed_joined_pass_leaves_every_call_to_run_alone(tiny_embedder, alone, monkeypatch):
     forward = runner._last_token_states
 
-    def no_joined_rows(loaded, inputs):
+    def no_joined_rows(loaded, inputs, *options):
         if len(inputs.last) > 2:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return forward(loaded, inputs)
+        return forward(loaded, inputs, *options)
 
     monkeypatch.setattr(runner, "_last_token_states", no_joined_rows)
     results, passes = while_busy(tiny_embedder.load(), embedding([tiny_embedder], CALLS))

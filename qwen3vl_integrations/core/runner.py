@@ -9,12 +9,13 @@ import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from concurrent.futures import Future
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import torch
 
 from .batching import plan_batches
 from .caching import BoundedCache, owner_cache
+from .compiled_layers import compile_options, compiled_decoder_layers
 from .encoding import EncodedItem, collate, token_counts
 from .errors import Qwen3VLInputError
 from .inputs import Item
@@ -159,6 +160,7 @@ class Qwen3VLRunner:
         max_image_pixels: int = 100_000_000,
         preprocess_workers: int = 2,
         join_concurrent_calls: bool = True,
+        torch_compile: bool | Mapping[str, Any] = False,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
@@ -183,6 +185,9 @@ class Qwen3VLRunner:
         # queries from several threads) run their text rows in one pass with the others' when it frees up
         # (core/joining.py). False: its calls run their own passes (bit-for-bit repeatable in bf16 under load).
         self.join_concurrent_calls = bool(join_concurrent_calls)
+        # This object's forward passes run the language model's decoder layers under torch.compile (opt-in: GPUs
+        # gain, after a compilation; core/compiled_layers.py). None: eager.
+        self.torch_compile = compile_options(torch_compile)
         self.model_kwargs = dict(model_kwargs or {})
         self._loaded: LoadedModel | None = None
         self._load_lock = threading.Lock()
@@ -257,7 +262,7 @@ class Qwen3VLRunner:
     def _forward_last_hidden(self, loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
         """Last-layer hidden state of each row's last real token, float32, [B, H] on the model device."""
         limits = JoinLimits(self.batch_size, self._token_budget(loaded)) if self.join_concurrent_calls else None
-        return last_token_states(loaded, inputs, limits)
+        return last_token_states(loaded, inputs, limits, self.torch_compile)
 
     def _token_budget(self, loaded: LoadedModel) -> int:
         """Padded tokens per forward pass at most (an item longer than that runs alone)."""
@@ -461,27 +466,32 @@ def attention_backends(device: torch.device) -> ContextManager[Any]:
     return sdpa_kernel([getattr(SDPBackend, name) for name in CUDA_ATTENTION_BACKENDS])
 
 
-def last_token_states(loaded: LoadedModel, inputs: ModelInputs, limits: JoinLimits | None = None) -> torch.Tensor:
+def last_token_states(loaded: LoadedModel, inputs: ModelInputs, limits: JoinLimits | None = None,
+                      compiled: dict[str, Any] | None = None) -> torch.Tensor:
     """Run a micro-batch through the backbone and return the last-layer hidden state at each row's last real token,
     float32 [B, H] on the model device. With `limits`, text rows of other calls waiting for the model may run in the
-    same pass, within them (core/joining.py)."""
+    same pass, within them (core/joining.py). With `compiled` (torch.compile options), the pass runs the decoder
+    layers compiled, unless its rows continue a cached query part (core/compiled_layers.py)."""
     if limits is not None and can_join(inputs):
         return loaded.joiner.run(loaded.lock, inputs, limits, loaded.pad_token_id,
-                                 lambda joined: _last_token_states(loaded, joined))
+                                 lambda joined: _last_token_states(loaded, joined, compiled))
     with loaded.lock:
-        return _last_token_states(loaded, inputs)
+        return _last_token_states(loaded, inputs, compiled)
 
 
-def _last_token_states(loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
+def _last_token_states(loaded: LoadedModel, inputs: ModelInputs, compiled: dict[str, Any] | None = None
+                       ) -> torch.Tensor:
     """`last_token_states` of one micro-batch, run by a caller that holds the model lock."""
     batch = inputs.on_device(loaded.device)
     last = inputs.last.to(loaded.device, non_blocking=loaded.device.type == "cuda")
     has_vision = "pixel_values" in batch or "pixel_values_videos" in batch
     pooled = POOL_IN_LAST_LAYER and can_pool_last_layer(loaded.backbone, has_vision)
+    compiled = compiled if inputs.cache_inputs is None else None
     with torch.inference_mode(), attention_backends(loaded.device):
         # (a query part's cache may run its own forward pass here, of all its tokens)
         extra = inputs.cache_inputs() if inputs.cache_inputs is not None else {"use_cache": False}
-        with pooled_tokens(loaded.backbone, last) if pooled else contextlib.nullcontext():
+        with (pooled_tokens(loaded.backbone, last) if pooled else contextlib.nullcontext(),
+              compiled_decoder_layers(loaded.backbone, compiled)):
             hidden = loaded.backbone(**batch, **extra).last_hidden_state
         if pooled:  # [B, 1, H]: the last layer ran at these tokens only
             return hidden[:, 0].float()
