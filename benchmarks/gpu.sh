@@ -27,8 +27,9 @@
 # batch_size=SHORT_BATCH_SIZE (default 256) items per forward pass, into gpu_short_texts.md (SHORT_TIMEOUT, 150 s).
 # CALL_SIZE=N adds rows of ours with the inputs handed to the core in calls of N items, as LlamaIndex's get_*_batch
 # methods chunk them (CALL_SIZE_CASES, default embed_text,embed_images_448).
-# CONCURRENT_CLIENTS=1,8,32 runs benchmarks.concurrent_queries (CONCURRENT_QUERIES short queries, default 128, from
-# that many client threads, one call each) into gpu_concurrent_queries.md (CONCURRENT_TIMEOUT, 180 s).
+# CONCURRENT_CLIENTS=1,8,32 runs benchmarks.concurrent_queries (CONCURRENT_QUERIES short queries, default 128, then
+# CONCURRENT_IMAGE_QUERIES 448x448 image queries, default none, from that many client threads, one call each) into
+# gpu_concurrent_queries.md (CONCURRENT_TIMEOUT, 240 s).
 # HOST_PIXELS_CASES, UNQUEUED_CASES and PROFILE_CASES name the cases of those extra rows and of the profile (empty:
 # none). Each timed side runs REPEATS (default 3) times after a short warm-up; the table gives the median, the JSON every
 # run (a first run pays for what is new to the GPU libraries, such as per-shape kernel plans).
@@ -138,8 +139,9 @@ if [ -n "${SHORT_TEXTS:-}" ]; then
 fi
 if [ -n "${CONCURRENT_CLIENTS:-}" ]; then
   say "short queries from $CONCURRENT_CLIENTS concurrent clients"
-  timeout "${CONCURRENT_TIMEOUT:-180}" python3 -m benchmarks.concurrent_queries "${RUN_ARGS[@]}" \
-    --clients "$CONCURRENT_CLIENTS" --queries "${CONCURRENT_QUERIES:-128}" --repeats "${REPEATS:-3}" \
+  timeout "${CONCURRENT_TIMEOUT:-240}" python3 -m benchmarks.concurrent_queries "${RUN_ARGS[@]}" \
+    --clients "$CONCURRENT_CLIENTS" --queries "${CONCURRENT_QUERIES:-128}" \
+    --image-queries "${CONCURRENT_IMAGE_QUERIES:-0}" --repeats "${REPEATS:-3}" \
     --output "$OUT/gpu_concurrent_queries.md" 2>&1 | tee -a "$LOG" || say "concurrent queries stopped with status $?"
 fi
 if [ -n "${AB_LEVER:-}" ]; then

@@ -3,6 +3,8 @@ throughput benchmark.
 
     python -m benchmarks.levers --lever padding-mask --cases embed_text,embed_mixed,rerank_text --runs 3
 
+A lever is a module switch of the core (`throughput.CORE_SWITCHES`) or an option of our objects (`OPTION_LEVERS`).
+
 A shared machine drifts by 10-15% over minutes; alternating the two settings run by run (on, off, then off, on, ...)
 keeps that drift out of the ratio, which separate whole-table runs (`throughput --extra-...`) cannot. Prints one
 markdown table: median seconds with the lever on and off, every run, and the largest difference between the outputs.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,8 +22,12 @@ import numpy as np
 import torch
 
 from benchmarks.corpora import Sizes, build_corpora
-from benchmarks.throughput import (BATCH_CASES, CORE_SWITCHES, batch_case_inputs, cache_folder, checkpoint_paths,
-                                   core_switch, log)
+from benchmarks.throughput import (BATCH_CASES, CORE_SWITCHES, attributes, batch_case_inputs, cache_folder,
+                                   checkpoint_paths, core_switch, log)
+
+# Options of our embedder and reranker measured as levers: name -> (attribute, value on, value off)
+OPTION_LEVERS: dict[str, tuple[str, Any, Any]] = {"torch-compile": ("torch_compile", {"dynamic": True}, None)}
+LEVERS = sorted({*CORE_SWITCHES, *OPTION_LEVERS})
 
 
 def case_functions(embedder: Any, reranker: Any, sizes: Sizes, media_dir: Path) -> dict[str, Callable[[], np.ndarray]]:
@@ -49,9 +56,31 @@ def alternate(fn: Callable[[], np.ndarray], setting: Callable[[bool], Any], runs
     return times, float(np.abs(outputs[True] - outputs[False]).max())
 
 
+def lever_setting(levers: list[str], on: bool, embedder: Any, reranker: Any) -> ExitStack:
+    """A context in which these levers are on (or off): module switches of the core, options of our objects."""
+    stack = ExitStack()
+    switches = [lever for lever in levers if lever in CORE_SWITCHES]
+    if switches:
+        stack.enter_context(core_switch("+".join(switches), on))
+    for lever in levers:
+        if lever in OPTION_LEVERS:
+            name, value_on, value_off = OPTION_LEVERS[lever]
+            for owner in (embedder, reranker):
+                stack.enter_context(attributes(owner, **{name: value_on if on else value_off}))
+    return stack
+
+
+def describe(lever: str) -> str:
+    if lever in OPTION_LEVERS:
+        name, value_on, value_off = OPTION_LEVERS[lever]
+        return f"option `{name}`: {value_on!r} on, {value_off!r} off"
+    path, value_on, value_off, _ = CORE_SWITCHES[lever]
+    return f"`core.{path}`: {value_on!r} on, {value_off!r} off"
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lever", required=True, help=f"one of {sorted(CORE_SWITCHES)}, or several joined by + "
+    parser.add_argument("--lever", required=True, help=f"one of {LEVERS}, or several joined by + "
                         "(switched on and off together)")
     parser.add_argument("--cases", default="embed_text,rerank_text", help=f"comma-separated subset of {BATCH_CASES}")
     parser.add_argument("--runs", type=int, default=3, help="runs per setting (median)")
@@ -67,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     if unknown:
         parser.error(f"unknown cases {sorted(unknown)}; choose from {BATCH_CASES}")
     levers = args.lever.split("+")
-    if set(levers) - set(CORE_SWITCHES):
-        parser.error(f"unknown levers {sorted(set(levers) - set(CORE_SWITCHES))}; choose from {sorted(CORE_SWITCHES)}")
+    if set(levers) - set(LEVERS):
+        parser.error(f"unknown levers {sorted(set(levers) - set(LEVERS))}; choose from {LEVERS}")
 
     from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
     from qwen3vl_integrations.core.loading import resolve_device, resolve_dtype
@@ -81,13 +110,14 @@ def main(argv: Sequence[str] | None = None) -> str:
     reranker = Qwen3VLReranker(rr_path, device=device, dtype=dtype)
     sizes = Sizes.for_run(args.quick, device.type).with_rerank_docs(args.rerank_docs)
     functions = case_functions(embedder, reranker, sizes, cache_dir / "media")
-    switches = ", ".join(f"`core.{CORE_SWITCHES[lever][0]}`: {CORE_SWITCHES[lever][1]!r} on, "
-                         f"{CORE_SWITCHES[lever][2]!r} off" for lever in levers)
+    switches = ", ".join(describe(lever) for lever in levers)
 
     rows = []
     for case in [c for c in BATCH_CASES if c in args.cases.split(",")]:
-        functions[case]()  # warm-up, with the core's setting
-        times, diff = alternate(functions[case], lambda on: core_switch(args.lever, on), args.runs)
+        for on in (True, False):  # warm-up of both settings (a compiled lever compiles here)
+            with lever_setting(levers, on, embedder, reranker):
+                functions[case]()
+        times, diff = alternate(functions[case], lambda on: lever_setting(levers, on, embedder, reranker), args.runs)
         on, off = statistics.median(times[True]), statistics.median(times[False])
         runs = " / ".join(f"{a:.2f}, {b:.2f}" for a, b in zip(times[True], times[False]))
         rows.append(f"| {case} | {on:.2f} | {off:.2f} | {off / on:.3f}x | {runs} | {diff:.1e} |")

@@ -656,8 +656,9 @@ print("same vectors as one call at a time:", np.allclose(np.array(served), alone
 
 `torch_compile=True` runs the language model's decoder layers under `torch.compile` for this object's calls (others
 sharing the model stay eager). On an H100 it embedded the benchmark's texts 1.16x faster after about 40 s of
-compilation; on CPUs it does not pay. A dict passes `torch.compile`'s own options. Off a GPU this cell uses torch's
-`"eager"` backend, which only captures the layers' graphs, to show that the vectors stay the same.
+compilation; on CPUs the gain varies by machine (1.10x on our Intel build machine, a loss on an AMD one). A dict
+passes `torch.compile`'s own options. Off a GPU this cell uses torch's `"eager"` backend, which only captures the
+layers' graphs (no speed gain), to show that the vectors stay the same.
 """),
     code("""
 import torch

@@ -241,6 +241,30 @@ def test_levers_alternate_the_switch_and_restore_it(tmp_path, lever, cases):
     assert all(f"`core.{CORE_SWITCHES[part][0]}`" in text for part in lever.split("+"))
 
 
+def test_levers_take_an_option_of_our_objects(tmp_path, monkeypatch):
+    """`--lever torch-compile` switches the objects' torch_compile option (here with torch's "eager" backend, which
+    captures the graphs without code generation), with one warm-up run per setting before the timed ones."""
+    from benchmarks import levers
+
+    monkeypatch.setitem(levers.OPTION_LEVERS, "torch-compile", ("torch_compile", {"backend": "eager"}, None))
+    calls: list[object] = []
+    real = levers.lever_setting
+
+    def recorded(chosen, on, embedder, reranker):
+        calls.append(on)
+        setting = real(chosen, on, embedder, reranker)
+        assert embedder.torch_compile == reranker.torch_compile == ({"backend": "eager"} if on else None)
+        return setting
+
+    monkeypatch.setattr(levers, "lever_setting", recorded)
+    text = levers.main(["--lever", "torch-compile", "--model", "tiny", "--quick", "--runs", "2", "--cache-dir",
+                        str(tmp_path / "cache"), "--cases", "embed_text"])
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| embed_")]
+    assert len(rows) == 1 and float(rows[0][5].rstrip(" |")) <= 1e-5
+    assert "option `torch_compile`: {'backend': 'eager'} on, None off" in text
+    assert calls == [True, False, True, False, False, True]  # warm-ups, then alternating runs
+
+
 def test_throughput_extra_rows_for_several_worker_counts(tmp_path):
     """--extra-workers takes a list: a row for each count, on --extra-cases."""
     from benchmarks.throughput import main
@@ -310,21 +334,22 @@ def test_operations_benchmark_counts_each_setting(tmp_path):
 
 
 def test_concurrent_queries_benchmark_times_the_three_ways(tmp_path):
-    """benchmarks.concurrent_queries serves the same queries from 1 and 3 client threads three ways, and gives the
-    official procedure's vectors within 1e-5 each time."""
+    """benchmarks.concurrent_queries serves the same text queries, then image queries, from 1 and 3 client threads
+    three ways, and gives the official procedure's vectors within 1e-5 each time."""
     from benchmarks.concurrent_queries import main
 
     out = tmp_path / "table.md"
-    text = main(["--model", "tiny", "--clients", "1,3", "--queries", "6", "--repeats", "1",
-                 "--cache-dir", str(tmp_path / "cache"), "--output", str(out)])
+    text = main(["--model", "tiny", "--clients", "1,3", "--queries", "6", "--image-queries", "6", "--image-size", "64",
+                 "--repeats", "1", "--cache-dir", str(tmp_path / "cache"), "--output", str(out)])
     assert out.read_text().strip() == text.strip()
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("| ") and not line.startswith("| clients")]
-    assert [(row[0], row[1]) for row in rows] == [
-        (clients, way) for clients in ("1", "3")
+            if line.startswith("| ") and not line.startswith("| queries")]
+    assert [tuple(row[:3]) for row in rows] == [
+        (kind, clients, way) for kind in ("text", "image 64px") for clients in ("1", "3")
         for way in ("ours", "ours, one pass per call", "official procedure, calls in turn")]
     for row in rows:
-        assert float(row[2]) > 0 and float(row[7]) <= 1e-5
-        passes = int(row[6])
-        assert 1 <= passes <= 6 and (passes == 6 or row[1] == "ours")
-    assert rows[0][6] == "6"  # one client: nothing to join
+        assert float(row[3]) > 0 and float(row[8]) <= 1e-5
+        passes = int(row[7])
+        assert 1 <= passes <= 6 and (passes == 6 or row[2] == "ours")
+    assert rows[0][7] == "6" and rows[6][7] == "6"  # one client: nothing to join
+    assert "6 image queries of 64x64 px" in text

@@ -11,7 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the dry run makes smaller (every other setting is the planned command's own).
-SMALLER = {"SHORT_TEXTS": "16,8,64", "CONCURRENT_QUERIES": "8", "AB_RUNS": "1", "REPEATS": "1"}
+SMALLER = {"SHORT_TEXTS": "16,8,64", "CONCURRENT_QUERIES": "8", "CONCURRENT_IMAGE_QUERIES": "4", "AB_RUNS": "1",
+           "REPEATS": "1"}
 DRY_RUN = {"DEVICE": "cpu", "MODEL": "tiny", "DTYPE": "float32", "QUICK": "1"}
 
 
@@ -55,7 +56,7 @@ def test_planned_gpu_run_works_as_a_dry_run(tmp_path):
     assert "[batch_size=" in (out / "gpu_short_texts.md").read_text()
     concurrent = (out / "gpu_concurrent_queries.md").read_text()
     for clients in settings["CONCURRENT_CLIENTS"].split(","):
-        assert f"| {clients} | ours |" in concurrent
+        assert f"| text | {clients} | ours |" in concurrent and f"| image 448px | {clients} | ours |" in concurrent
     lever = (out / "gpu_lever.txt").read_text()
     assert f"Lever `{settings['AB_LEVER']}`" in lever
     for case in settings["AB_CASES"].split(","):

@@ -1,4 +1,4 @@
-"""Calls that wait for the model while it is busy run their text rows in one forward pass (core/joining.py)."""
+"""Calls that wait for the model while it is busy run their rows in one forward pass (core/joining.py)."""
 from __future__ import annotations
 
 import threading
@@ -11,7 +11,8 @@ import torch
 
 from qwen3vl_integrations import Qwen3VLEmbedder
 from qwen3vl_integrations.core import runner
-from qwen3vl_integrations.core.joining import join_text_rows
+from qwen3vl_integrations.core import pixels
+from qwen3vl_integrations.core.joining import join_rows
 from qwen3vl_integrations.core.runner import ModelInputs
 
 TINY = dict(device="cpu", min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
@@ -125,7 +126,7 @@ def test_a_failed_joined_pass_leaves_every_call_to_run_alone(tiny_embedder, alon
     assert all(close(got, expected) for got, expected in zip(results, alone))
 
 
-def test_only_text_rows_from_their_first_token_join(tiny_embedder, tiny_reranker, media_dir, monkeypatch):
+def test_only_rows_from_their_first_token_join(tiny_embedder, tiny_reranker, media_dir, monkeypatch):
     seen: list[bool] = []
     can_join = runner.can_join
     monkeypatch.setattr(runner, "can_join", lambda inputs: seen.append(can_join(inputs)) or seen[-1])
@@ -133,7 +134,51 @@ def test_only_text_rows_from_their_first_token_join(tiny_embedder, tiny_reranker
     tiny_embedder.embed([{"image": media_dir / "red.png"}])
     tiny_reranker.score("a query", ["one document", "another document"])  # rows after a cached query part
     tiny_reranker.score("a query", ["one document"])  # one pair: it runs whole
-    assert seen == [True, False, False, True]
+    assert seen == [True, True, False, True]
+
+
+MEDIA_CALLS = [  # (items, options): images of three sizes, two videos of frames, and a text, in their own calls
+    ([{"image": "red.png"}], {}),
+    ([{"video": "frames:4"}], {}),
+    ([{"image": "gray.png", "text": "a gradient"}, {"image": "blue.jpg"}], {"instruction": "Find pictures."}),
+    (["only text"], {}),
+    ([{"video": "frames:6", "text": "a clip"}], {"dimensions": 64}),
+    ([{"image": "red.png", "text": "the same picture"}], {"precision": "ubinary"}),
+]
+
+
+def media_calls(media_dir) -> list[tuple[list, dict]]:
+    """MEDIA_CALLS with the files of `media_dir` and frames made up."""
+    def item(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: item(v) for key, v in value.items()}
+        if isinstance(value, str) and value.startswith("frames:"):
+            count = int(value.split(":")[1])
+            return [np.full((64, 96, 3), 40 * k, dtype=np.uint8) for k in range(count)]
+        if isinstance(value, str) and value.endswith((".png", ".jpg")):
+            return str(media_dir / value)
+        return value
+
+    return [([item(x) for x in items], options) for items, options in MEDIA_CALLS]
+
+
+@pytest.mark.parametrize("images_sent_as", ["float32", "uint8"])
+def test_waiting_calls_with_images_and_videos_join_their_kind(tiny_embedder, media_dir, monkeypatch, images_sent_as):
+    """Image calls run in one pass, video calls in another, the text call alone; each call's output as alone. Images
+    are sent as 8-bit patches on GPUs and normalised there: the same here, with the CPU taken for such a device."""
+    calls = media_calls(media_dir)
+    alone = [tiny_embedder.embed(items, **options) for items, options in calls]
+    sent: list[tuple[torch.dtype, int]] = []
+    if images_sent_as == "uint8":
+        monkeypatch.setattr(pixels, "DEVICE_TYPES", frozenset({"cuda", "cpu"}))
+        normalize = runner.normalize_pixels
+        monkeypatch.setattr(runner, "normalize_pixels", lambda processor, patches: sent.append(
+            (patches.dtype, len(patches))) or normalize(processor, patches))
+    results, passes = while_busy(tiny_embedder.load(), embedding([tiny_embedder], calls))
+    assert sorted(passes.rows) == [1, 2, 4]  # 4 image rows, 2 video rows, 1 text row
+    if images_sent_as == "uint8":  # one pass normalised the patches of all four images, sent as 8-bit values
+        assert len(sent) == 1 and sent[0][0] == torch.uint8
+    assert all(close(got, expected) for got, expected in zip(results, alone))
 
 
 def test_reranking_calls_of_whole_pairs_join(tiny_reranker_path):
@@ -159,7 +204,7 @@ def test_an_object_with_joining_off_runs_its_own_passes(tiny_embedding_path, tin
     assert all(close(r, e) for r, e in zip(results, alone))
 
 
-def test_join_text_rows_pads_to_the_widest_row():
+def test_join_rows_pads_text_to_the_widest_row():
     def part(ids: list[list[int]]) -> ModelInputs:
         width = max(map(len, ids))
         input_ids = torch.tensor([row + [7] * (width - len(row)) for row in ids])
@@ -167,7 +212,7 @@ def test_join_text_rows_pads_to_the_widest_row():
                             "position_ids": torch.arange(width).repeat(3, len(ids), 1)},
                            torch.tensor([len(row) - 1 for row in ids]))
 
-    joined = join_text_rows([part([[1, 2, 3]]), part([[4, 5], [6]])], pad_token_id=9)
+    joined = join_rows([part([[1, 2, 3]]), part([[4, 5], [6]])], pad_token_id=9)
     assert joined.batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 9], [6, 7, 9]]
     assert joined.batch["position_ids"].shape == (3, 3, 3)
     assert joined.batch["position_ids"][0].tolist() == [[0, 1, 2], [0, 1, 0], [0, 1, 0]]
@@ -192,7 +237,8 @@ def test_micro_batches_with_other_inputs_do_not_join():
         return torch.zeros(len(inputs.last), 4)
 
     parts = [part(False), part(True), part(False)]
-    threads = [threading.Thread(target=joiner.run, args=(lock, p, JoinLimits(8, 1024), 0, forward)) for p in parts]
+    join = lambda inputs: join_rows(inputs, pad_token_id=0)  # noqa: E731
+    threads = [threading.Thread(target=joiner.run, args=(lock, p, JoinLimits(8, 1024), join, forward)) for p in parts]
     with lock:
         for thread in threads:
             thread.start()
@@ -215,3 +261,26 @@ def test_the_adapters_pass_the_option_through_core_options(tiny_embedding_path):
     assert lc.core_embedder.join_concurrent_calls is False
     assert li.embedder.join_concurrent_calls is False
     assert Qwen3VLEmbedder(str(tiny_embedding_path), **TINY).join_concurrent_calls is True
+
+
+def test_joined_micro_batches_are_page_locked_on_cuda(monkeypatch):
+    """A joined micro-batch goes to a CUDA device by asynchronous copies, like any other: it is pinned."""
+    from types import SimpleNamespace
+
+    pinned: list[int] = []
+
+    def pin(tensor: torch.Tensor) -> torch.Tensor:
+        pinned.append(id(tensor))
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda tensor: False)
+
+    def part(ids: list[int]) -> ModelInputs:
+        input_ids = torch.tensor([ids])
+        return ModelInputs({"input_ids": input_ids, "position_ids": torch.arange(len(ids)).repeat(3, 1, 1)},
+                           torch.tensor([len(ids) - 1]))
+
+    loaded = SimpleNamespace(device=torch.device("cuda"), pad_token_id=0, backbone=None)
+    joined = runner.joined_inputs(loaded, [part([1, 2]), part([3])])
+    assert joined.batch["input_ids"].tolist() == [[1, 2], [3, 0]] and len(pinned) == 2

@@ -7,16 +7,18 @@ not by its few tokens. So the calls that wait while the model is busy run their 
 Nobody waits for company: a call that finds the model free runs at once, alone; rows join only while the model is
 busy, and then each call waits less than it would for its turn.
 
-Only text rows join (no media, no cached query part): their inputs are token ids, token types and positions, and
-right-padding them to a common width changes no row's result (attention is causal, so a row never sees its padding,
-and each row's output is read at its own last token) beyond the rounding of another batch shape (about 1e-7 in
-float32).
+Rows join from their first token on (not rows after a cached query part), with or without images and videos: their
+token ids, token types and positions are right-padded to a common width, which changes no row's result (attention
+is causal, so a row never sees its padding, and each row's output is read at its own last token) beyond the
+rounding of another batch shape (about 1e-7 in float32). Images and videos join in the order of the rows, the order
+in which the model puts their features into the vision tokens, and the vision tower's layout is made for them anew.
+Only micro-batches with the same inputs join (text with text, images with images).
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 
 # The tensors of a micro-batch of text rows, each [..., rows, width]: what joining knows how to pad.
 TEXT_KEYS = frozenset({"input_ids", "mm_token_type_ids", "position_ids", "attention_mask"})
+# Each image's (video's) patches and grid, [patches or items, ...]: joined by concatenation in row order.
+MEDIA_KEYS = frozenset({"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"})
+# Makes the vision tower's layout of a batch's media (core.vision_layout for one model): (tensors, host values).
+Layout = Callable[[dict[str, torch.Tensor]], tuple[dict[str, torch.Tensor], dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -55,23 +61,24 @@ class _Waiting:
 
 @dataclass
 class ForwardJoiner:
-    """Joins the text micro-batches of calls that wait for one model's forward passes (one per loaded model)."""
+    """Joins the micro-batches of calls that wait for one model's forward passes (one per loaded model)."""
 
     _waiting: list[_Waiting] = field(default_factory=list)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     passes: int = 0  # forward passes it ran (for tests and benchmarks)
     joined: int = 0  # micro-batches that ran in another call's pass
 
-    def run(self, lock: threading.Lock, inputs: ModelInputs, limits: JoinLimits, pad_token_id: int,
-            forward: Callable[[ModelInputs], torch.Tensor]) -> torch.Tensor:
-        """`forward(inputs)` [B, H] under `lock`, with the rows of other calls waiting for `lock` then; returns this
-        call's rows. If a joined pass fails, every call runs its rows alone, as if none had joined (a pass too big
-        for the device's memory, say, fails no call that would have run)."""
+    def run(self, lock: threading.Lock, inputs: ModelInputs, limits: JoinLimits,
+            join: Callable[[list[ModelInputs]], ModelInputs], forward: Callable[[ModelInputs], torch.Tensor]
+            ) -> torch.Tensor:
+        """`forward(inputs)` [B, H] under `lock`, with the rows of other calls waiting for `lock` then (`join` puts
+        micro-batches in one); returns this call's rows. If a joined pass fails, every call runs its rows alone, as
+        if none had joined (a pass too big for the device's memory, say, fails no call that would have run)."""
         me = _Waiting(inputs, limits)
         with self._guard:
             self._waiting.append(me)
         try:
-            return self._run_in_turn(lock, me, pad_token_id, forward)
+            return self._run_in_turn(lock, me, join, forward)
         finally:
             with self._guard:  # a call that ends without its rows run (interrupted) leaves nothing queued
                 if me.output is None and me in self._waiting:
@@ -82,7 +89,7 @@ class ForwardJoiner:
         """Micro-batches waiting for the model now."""
         return len(self._waiting)
 
-    def _run_in_turn(self, lock: threading.Lock, me: _Waiting, pad_token_id: int,
+    def _run_in_turn(self, lock: threading.Lock, me: _Waiting, join: Callable[[list[ModelInputs]], ModelInputs],
                      forward: Callable[[ModelInputs], torch.Tensor]) -> torch.Tensor:
         inputs = me.inputs
         with lock:
@@ -91,7 +98,7 @@ class ForwardJoiner:
             group = self._claim(me)
             if len(group) > 1:
                 try:
-                    hidden = forward(join_text_rows([w.inputs for w in group], pad_token_id))
+                    hidden = forward(join([w.inputs for w in group]))
                 except Exception:
                     with self._guard:  # the others get their turn back
                         self._waiting.extend(group[1:])
@@ -114,7 +121,7 @@ class ForwardJoiner:
             group, rows, width = [me], me.rows, me.width
             limits = me.limits
             for waiting in list(self._waiting):
-                if waiting.inputs.batch.keys() != me.inputs.batch.keys():  # (a switch changed between the two)
+                if not joins_with(me.inputs, waiting.inputs):
                     continue
                 joined_rows, joined_width = rows + waiting.rows, max(width, waiting.width)
                 joined_limits = JoinLimits(min(limits.rows, waiting.limits.rows),
@@ -127,22 +134,42 @@ class ForwardJoiner:
 
 
 def can_join(inputs: ModelInputs) -> bool:
-    """Whether a micro-batch holds text rows only, from their first token on (no media, no cached part)."""
-    return (inputs.shared == 0 and inputs.cache_inputs is None and not inputs.host
-            and inputs.normalize_pixels is None and set(inputs.batch) <= TEXT_KEYS and "input_ids" in inputs.batch)
+    """Whether a micro-batch's rows may join others: they run from their first token (no cached part), with inputs
+    that joining knows."""
+    from .vision_layout import HOST_LAYOUT_KEYS, LAYOUT_KEYS
+
+    return (inputs.shared == 0 and inputs.cache_inputs is None and "input_ids" in inputs.batch
+            and set(inputs.batch) <= TEXT_KEYS | MEDIA_KEYS | LAYOUT_KEYS and set(inputs.host) <= HOST_LAYOUT_KEYS)
 
 
-def join_text_rows(parts: list[ModelInputs], pad_token_id: int) -> ModelInputs:
-    """The rows of several text micro-batches in one, right-padded to the widest (page-locked if they were)."""
+def joins_with(a: ModelInputs, b: ModelInputs) -> bool:
+    """Whether two micro-batches can run in one pass: the same inputs of the same types (text with text, images sent
+    the same way with images; a switch changed between two calls keeps them apart)."""
+    return (a.batch.keys() == b.batch.keys() and all(a.batch[key].dtype == b.batch[key].dtype for key in a.batch)
+            and a.host.keys() == b.host.keys() and (a.normalize_pixels is None) == (b.normalize_pixels is None))
+
+
+def join_rows(parts: list[ModelInputs], pad_token_id: int, layout: Layout | None = None) -> ModelInputs:
+    """The rows of several micro-batches in one: text inputs right-padded to the widest row, images and videos
+    concatenated in row order with their vision layout made anew by `layout`. Not page-locked."""
     from .runner import ModelInputs
+    from .vision_layout import LAYOUT_KEYS
 
     width = max(part.batch["input_ids"].shape[-1] for part in parts)
-    pinned = parts[0].batch["input_ids"].is_pinned()
     batch: dict[str, torch.Tensor] = {}
     for key in parts[0].batch:
-        fill = pad_token_id if key == "input_ids" else 0
-        # [rows, width] or, for the positions, [3, rows, width]: rows are the second-to-last dimension.
-        joined = torch.cat([F.pad(part.batch[key], (0, width - part.batch[key].shape[-1]), value=fill)
-                            for part in parts], dim=-2)
-        batch[key] = joined.pin_memory() if pinned else joined
-    return ModelInputs(batch, torch.cat([part.last for part in parts]))
+        if key in TEXT_KEYS:
+            fill = pad_token_id if key == "input_ids" else 0
+            # [rows, width] or, for the positions, [3, rows, width]: rows are the second-to-last dimension.
+            batch[key] = torch.cat([F.pad(part.batch[key], (0, width - part.batch[key].shape[-1]), value=fill)
+                                    for part in parts], dim=-2)
+        elif key in MEDIA_KEYS:
+            batch[key] = torch.cat([part.batch[key] for part in parts])
+    host: dict[str, Any] = {}
+    if LAYOUT_KEYS & parts[0].batch.keys():
+        if layout is None:
+            raise ValueError("joining micro-batches with a vision layout needs `layout`")
+        on_device, host = layout(batch)
+        batch.update(on_device)
+    return ModelInputs(batch, torch.cat([part.last for part in parts]), host=host,
+                       normalize_pixels=parts[0].normalize_pixels)

@@ -87,7 +87,7 @@ class LoadedModel:
     dtype: torch.dtype
     score_weight: torch.Tensor | None = None  # reranker only: W_yes - W_no, float32, on device
     lock: threading.Lock = field(default_factory=threading.Lock)
-    joiner: ForwardJoiner = field(default_factory=ForwardJoiner)  # text rows of calls waiting for `lock`
+    joiner: ForwardJoiner = field(default_factory=ForwardJoiner)  # rows of calls waiting for `lock`
     lock_pools: threading.Lock = field(default_factory=threading.Lock)
     _local: threading.local = field(default_factory=threading.local)
     _pools: dict[int, ThreadPoolExecutor] = field(default_factory=dict)

@@ -19,7 +19,7 @@ from .compiled_layers import compile_options, compiled_decoder_layers
 from .encoding import EncodedItem, collate, token_counts
 from .errors import Qwen3VLInputError
 from .inputs import Item
-from .joining import JoinLimits, can_join
+from .joining import JoinLimits, can_join, join_rows
 from .loading import LoadedModel, load_shared, resolve_attention, resolve_device, resolve_dtype
 from .media import MediaPolicy, _Invalid
 from .pixels import normalize_pixels
@@ -182,7 +182,7 @@ class Qwen3VLRunner:
                                   int(max_image_pixels))
         self.preprocess_workers = max(0, int(preprocess_workers))
         # This object's calls that wait for the model while another call's pass runs (a service embedding its users'
-        # queries from several threads) run their text rows in one pass with the others' when it frees up
+        # queries from several threads) run their rows in one pass with the others' when it frees up
         # (core/joining.py). False: its calls run their own passes (bit-for-bit repeatable in bf16 under load).
         self.join_concurrent_calls = bool(join_concurrent_calls)
         # This object's forward passes run the language model's decoder layers under torch.compile (opt-in: GPUs
@@ -469,14 +469,22 @@ def attention_backends(device: torch.device) -> ContextManager[Any]:
 def last_token_states(loaded: LoadedModel, inputs: ModelInputs, limits: JoinLimits | None = None,
                       compiled: dict[str, Any] | None = None) -> torch.Tensor:
     """Run a micro-batch through the backbone and return the last-layer hidden state at each row's last real token,
-    float32 [B, H] on the model device. With `limits`, text rows of other calls waiting for the model may run in the
+    float32 [B, H] on the model device. With `limits`, rows of other calls waiting for the model may run in the
     same pass, within them (core/joining.py). With `compiled` (torch.compile options), the pass runs the decoder
     layers compiled, unless its rows continue a cached query part (core/compiled_layers.py)."""
     if limits is not None and can_join(inputs):
-        return loaded.joiner.run(loaded.lock, inputs, limits, loaded.pad_token_id,
+        return loaded.joiner.run(loaded.lock, inputs, limits, functools.partial(joined_inputs, loaded),
                                  lambda joined: _last_token_states(loaded, joined, compiled))
     with loaded.lock:
         return _last_token_states(loaded, inputs, compiled)
+
+
+def joined_inputs(loaded: LoadedModel, parts: list[ModelInputs]) -> ModelInputs:
+    """The rows of several calls' micro-batches as one micro-batch for `loaded` (core/joining.py), page-locked on
+    CUDA like every micro-batch."""
+    joined = join_rows(parts, loaded.pad_token_id, functools.partial(vision_layout, loaded.backbone))
+    joined.batch = page_locked(loaded, joined.batch)
+    return joined
 
 
 def _last_token_states(loaded: LoadedModel, inputs: ModelInputs, compiled: dict[str, Any] | None = None

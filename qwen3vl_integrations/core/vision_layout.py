@@ -28,6 +28,10 @@ from .loading import chunk_runs
 
 # (modality prefix of the precomputed inputs, the batch's grid key)
 MODALITIES = (("image", "image_grid_thw"), ("video", "video_grid_thw"))
+# What `vision_layout` adds: tensors to the batch, Python values to its host inputs (per modality present).
+LAYOUT_KEYS = frozenset(f"{modality}_{part}" for modality, _ in MODALITIES
+                        for part in ("interp_indices", "interp_weights", "position_ids", "cu_seqlens"))
+HOST_LAYOUT_KEYS = frozenset(f"{modality}_{part}" for modality, _ in MODALITIES for part in ("chunk_runs", "max_seqlen"))
 # transformers' layout helpers, called by name in the vision tower's forward
 HELPERS = ("get_vision_interpolation_indices_and_weights", "get_vision_position_ids", "get_vision_attention_seqlens")
 TOWER_SETTINGS = ("num_grid_per_side", "interpolation_mode", "interpolation_align_corners", "spatial_merge_size")
