@@ -143,3 +143,36 @@ def test_constructors_and_adapters_take_the_option(tiny_embedding_path, tiny_cor
         == {"dynamic": True}
     assert Qwen3VLEmbedding(model_name=str(tiny_embedding_path), core_options=options).embedder.torch_compile \
         == {"dynamic": True}
+
+
+def test_compiled_calls_from_several_threads(tiny_embedding_path, tiny_reranker_path, tiny_core_kwargs):
+    """An embedder and a reranker compiling and running their layers from four threads at once (torch compiles
+    one frame at a time; each model's passes take turns under its lock) give the sequential numbers."""
+    import threading
+
+    texts = ["a red car", "the sky is blue and the sun is out " * 3, "x", "a dog on a beach"]
+    embedder = Qwen3VLEmbedder(str(tiny_embedding_path), torch_compile=COUNTED, **tiny_core_kwargs)
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), torch_compile=COUNTED, share_query_prefix=False,
+                               **tiny_core_kwargs)
+    expected = (Qwen3VLEmbedder(str(tiny_embedding_path), **tiny_core_kwargs).embed(texts),
+                Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=False, **tiny_core_kwargs)
+                .score("which car is red?", texts))
+    results: list[tuple[int, np.ndarray]] = []
+    failures: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for _ in range(3):
+                results.append((k % 2, embedder.embed(texts) if k % 2 == 0
+                                else reranker.score("which car is red?", texts)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures
+    assert len(results) == 12 and all(close(got, expected[kind]) for kind, got in results)
+    assert RUNS["runs"] > 0

@@ -2,7 +2,8 @@
 
 Opt-in (`torch_compile=True`, or a dict of `torch.compile` options). On an H100 the 2B model's 256 benchmark texts
 ran 1.16x faster with the decoder layers compiled (fused elementwise kernels, fewer launches) after about 40 s of
-compilation; on CPUs bulk work ran slower. The layers are alike, so they share the compiled code (their weights are
+compilation; on CPUs the gain depends on the machine (1.075-1.10x on an Intel build machine, a loss on an AMD
+one, `benchmarks/README.md`). The layers are alike, so they share the compiled code (their weights are
 its inputs), and shapes are dynamic: a corpus of varied lengths compiles a few graphs, not one per batch shape.
 
 Per forward pass, not per model: a loaded model is shared by every object that asks for the same checkpoint, so a

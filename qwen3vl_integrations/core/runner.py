@@ -185,8 +185,8 @@ class Qwen3VLRunner:
         # queries from several threads) run their rows in one pass with the others' when it frees up
         # (core/joining.py). False: its calls run their own passes (bit-for-bit repeatable in bf16 under load).
         self.join_concurrent_calls = bool(join_concurrent_calls)
-        # This object's forward passes run the language model's decoder layers under torch.compile (opt-in: GPUs
-        # gain, after a compilation; core/compiled_layers.py). None: eager.
+        # This object's forward passes run the language model's decoder layers under torch.compile (opt-in: a
+        # compilation first, then faster passes on GPUs; core/compiled_layers.py). None: eager.
         self.torch_compile = compile_options(torch_compile)
         self.model_kwargs = dict(model_kwargs or {})
         self._loaded: LoadedModel | None = None
