@@ -27,9 +27,11 @@ from benchmarks.corpora import TextMaker, jpeg, log_uniform_lengths, synthetic_i
 from benchmarks.throughput import cache_folder, checkpoint_paths, environment, log
 
 INSTRUCTION = "Retrieve images or text relevant to the user's query."
+Query = dict[str, Any]
+Way = tuple[str, Callable[[Query], np.ndarray]]  # (label, one call embedding one query)
 
 
-def serve(clients: int, queries: Sequence[dict[str, str]], embed_one: Callable[[dict[str, str]], np.ndarray]
+def serve(clients: int, queries: Sequence[Query], embed_one: Callable[[Query], np.ndarray]
           ) -> tuple[float, list[float], np.ndarray]:
     """(seconds for all queries, each call's seconds, the vectors in query order): `clients` threads, client k
     embedding queries k, k + clients, ... one call each."""
@@ -64,10 +66,6 @@ def serve(clients: int, queries: Sequence[dict[str, str]], embed_one: Callable[[
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-Query = dict[str, Any]
-Way = tuple[str, Callable[[Query], np.ndarray]]  # (label, one call embedding one query)
 
 
 def serve_all(kind: str, queries: Sequence[Query], counts: Sequence[int], ways: Sequence[Way], repeats: int,

@@ -24,9 +24,10 @@ import torch
 from benchmarks.corpora import Sizes, build_corpora
 from benchmarks.throughput import (BATCH_CASES, CORE_SWITCHES, attributes, batch_case_inputs, cache_folder,
                                    checkpoint_paths, core_switch, log)
+from qwen3vl_integrations.core.compiled_layers import compile_options
 
 # Options of our embedder and reranker measured as levers: name -> (attribute, value on, value off)
-OPTION_LEVERS: dict[str, tuple[str, Any, Any]] = {"torch-compile": ("torch_compile", {"dynamic": True}, None)}
+OPTION_LEVERS: dict[str, tuple[str, Any, Any]] = {"torch-compile": ("torch_compile", compile_options(True), None)}
 LEVERS = sorted({*CORE_SWITCHES, *OPTION_LEVERS})
 
 

@@ -489,9 +489,9 @@ def core_switch(lever: str, on: bool) -> Any:
 def compiled(args: argparse.Namespace, embedder: Any, reranker: Any) -> Iterator[None]:
     """Ours with the core's `torch_compile` option (--compile-options), and one untimed full run per case first (it
     compiles the shapes)."""
-    options = json.loads(args.compile_options)
-    with attributes(args, full_warmup=True), attributes(embedder, torch_compile=compile_options(options)), \
-            attributes(reranker, torch_compile=compile_options(options)):
+    options = compile_options(json.loads(args.compile_options))
+    with attributes(args, full_warmup=True), attributes(embedder, torch_compile=options), \
+            attributes(reranker, torch_compile=options):
         yield
 
 

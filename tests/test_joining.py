@@ -212,7 +212,7 @@ def test_join_rows_pads_text_to_the_widest_row():
                             "position_ids": torch.arange(width).repeat(3, len(ids), 1)},
                            torch.tensor([len(row) - 1 for row in ids]))
 
-    joined = join_rows([part([[1, 2, 3]]), part([[4, 5], [6]])], pad_token_id=9)
+    joined = ModelInputs(*join_rows([part([[1, 2, 3]]), part([[4, 5], [6]])], pad_token_id=9))
     assert joined.batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 9], [6, 7, 9]]
     assert joined.batch["position_ids"].shape == (3, 3, 3)
     assert joined.batch["position_ids"][0].tolist() == [[0, 1, 2], [0, 1, 0], [0, 1, 0]]
@@ -237,7 +237,7 @@ def test_micro_batches_with_other_inputs_do_not_join():
         return torch.zeros(len(inputs.last), 4)
 
     parts = [part(False), part(True), part(False)]
-    join = lambda inputs: join_rows(inputs, pad_token_id=0)  # noqa: E731
+    join = lambda inputs: ModelInputs(*join_rows(inputs, pad_token_id=0))  # noqa: E731
     threads = [threading.Thread(target=joiner.run, args=(lock, p, JoinLimits(8, 1024), join, forward)) for p in parts]
     with lock:
         for thread in threads:

@@ -11,14 +11,15 @@ Rows join from their first token on (not rows after a cached query part), with o
 token ids, token types and positions are right-padded to a common width, which changes no row's result (attention
 is causal, so a row never sees its padding, and each row's output is read at its own last token) beyond the
 rounding of another batch shape (about 1e-7 in float32). Images and videos join in the order of the rows, the order
-in which the model puts their features into the vision tokens, and the vision tower's layout is made for them anew.
-Only micro-batches with the same inputs join (text with text, images with images).
+in which the model puts their features into the vision tokens; the joined batch is then made ready as any micro-batch
+is (the vision tower's layout made for it anew). Only micro-batches with the same inputs join (text with text,
+images with images).
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 TEXT_KEYS = frozenset({"input_ids", "mm_token_type_ids", "position_ids", "attention_mask"})
 # Each image's (video's) patches and grid, [patches or items, ...]: joined by concatenation in row order.
 MEDIA_KEYS = frozenset({"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"})
-# Makes the vision tower's layout of a batch's media (core.vision_layout for one model): (tensors, host values).
-Layout = Callable[[dict[str, torch.Tensor]], tuple[dict[str, torch.Tensor], dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ class ForwardJoiner:
 
 def can_join(inputs: ModelInputs) -> bool:
     """Whether a micro-batch's rows may join others: they run from their first token (no cached part), with inputs
-    that joining knows."""
+    that joining knows (text and media, which it joins, and the vision layout, which is made anew)."""
     from .vision_layout import HOST_LAYOUT_KEYS, LAYOUT_KEYS
 
     return (inputs.shared == 0 and inputs.cache_inputs is None and "input_ids" in inputs.batch
@@ -144,17 +143,13 @@ def can_join(inputs: ModelInputs) -> bool:
 
 def joins_with(a: ModelInputs, b: ModelInputs) -> bool:
     """Whether two micro-batches can run in one pass: the same inputs of the same types (text with text, images sent
-    the same way with images; a switch changed between two calls keeps them apart)."""
-    return (a.batch.keys() == b.batch.keys() and all(a.batch[key].dtype == b.batch[key].dtype for key in a.batch)
-            and a.host.keys() == b.host.keys() and (a.normalize_pixels is None) == (b.normalize_pixels is None))
+    the same way, 8-bit or not, with images; a switch changed between two calls keeps them apart)."""
+    return a.batch.keys() == b.batch.keys() and all(a.batch[key].dtype == b.batch[key].dtype for key in a.batch)
 
 
-def join_rows(parts: list[ModelInputs], pad_token_id: int, layout: Layout | None = None) -> ModelInputs:
-    """The rows of several micro-batches in one: text inputs right-padded to the widest row, images and videos
-    concatenated in row order with their vision layout made anew by `layout`. Not page-locked."""
-    from .runner import ModelInputs
-    from .vision_layout import LAYOUT_KEYS
-
+def join_rows(parts: list[ModelInputs], pad_token_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The batch and last-token indices of several micro-batches' rows in one: text inputs right-padded to the
+    widest row, images and videos concatenated in row order (the vision layout is left to be made anew)."""
     width = max(part.batch["input_ids"].shape[-1] for part in parts)
     batch: dict[str, torch.Tensor] = {}
     for key in parts[0].batch:
@@ -165,11 +160,4 @@ def join_rows(parts: list[ModelInputs], pad_token_id: int, layout: Layout | None
                                     for part in parts], dim=-2)
         elif key in MEDIA_KEYS:
             batch[key] = torch.cat([part.batch[key] for part in parts])
-    host: dict[str, Any] = {}
-    if LAYOUT_KEYS & parts[0].batch.keys():
-        if layout is None:
-            raise ValueError("joining micro-batches with a vision layout needs `layout`")
-        on_device, host = layout(batch)
-        batch.update(on_device)
-    return ModelInputs(batch, torch.cat([part.last for part in parts]), host=host,
-                       normalize_pixels=parts[0].normalize_pixels)
+    return batch, torch.cat([part.last for part in parts])

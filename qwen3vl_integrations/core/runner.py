@@ -428,6 +428,13 @@ def model_inputs(loaded: LoadedModel, sequences: Sequence[EncodedItem], shared: 
         count, width = batch["input_ids"].shape
         # Materialised, not an expanded view: every row is copied to the device anyway.
         batch["position_ids"] = torch.arange(shared, shared + width).repeat(3, count, 1)
+    return prepared_inputs(loaded, batch, last, shared)
+
+
+def prepared_inputs(loaded: LoadedModel, batch: dict[str, torch.Tensor], last: torch.Tensor, shared: int = 0
+                    ) -> ModelInputs:
+    """A padded micro-batch (token ids, positions, media) ready for the backbone: with the vision tower's layout
+    (VISION_LAYOUT_ON_HOST), its 8-bit image patches to be normalised on the device, page-locked on CUDA."""
     host: dict[str, Any] = {}
     if VISION_LAYOUT_ON_HOST:
         on_device, host = vision_layout(loaded.backbone, batch)
@@ -480,11 +487,9 @@ def last_token_states(loaded: LoadedModel, inputs: ModelInputs, limits: JoinLimi
 
 
 def joined_inputs(loaded: LoadedModel, parts: list[ModelInputs]) -> ModelInputs:
-    """The rows of several calls' micro-batches as one micro-batch for `loaded` (core/joining.py), page-locked on
-    CUDA like every micro-batch."""
-    joined = join_rows(parts, loaded.pad_token_id, functools.partial(vision_layout, loaded.backbone))
-    joined.batch = page_locked(loaded, joined.batch)
-    return joined
+    """The rows of several calls' micro-batches as one micro-batch for `loaded` (core/joining.py), made ready as
+    every micro-batch is."""
+    return prepared_inputs(loaded, *join_rows(parts, loaded.pad_token_id))
 
 
 def _last_token_states(loaded: LoadedModel, inputs: ModelInputs, compiled: dict[str, Any] | None = None

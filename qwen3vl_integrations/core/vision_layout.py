@@ -28,10 +28,12 @@ from .loading import chunk_runs
 
 # (modality prefix of the precomputed inputs, the batch's grid key)
 MODALITIES = (("image", "image_grid_thw"), ("video", "video_grid_thw"))
-# What `vision_layout` adds: tensors to the batch, Python values to its host inputs (per modality present).
-LAYOUT_KEYS = frozenset(f"{modality}_{part}" for modality, _ in MODALITIES
-                        for part in ("interp_indices", "interp_weights", "position_ids", "cu_seqlens"))
-HOST_LAYOUT_KEYS = frozenset(f"{modality}_{part}" for modality, _ in MODALITIES for part in ("chunk_runs", "max_seqlen"))
+# What `vision_layout` adds per modality present, after its prefix: tensors to the batch, Python values to its
+# host inputs.
+LAYOUT_PARTS = ("interp_indices", "interp_weights", "position_ids", "cu_seqlens")
+HOST_LAYOUT_PARTS = ("chunk_runs", "max_seqlen")
+LAYOUT_KEYS = frozenset(f"{modality}_{part}" for modality, _ in MODALITIES for part in LAYOUT_PARTS)
+HOST_LAYOUT_KEYS = frozenset(f"{modality}_{part}" for modality, _ in MODALITIES for part in HOST_LAYOUT_PARTS)
 # transformers' layout helpers, called by name in the vision tower's forward
 HELPERS = ("get_vision_interpolation_indices_and_weights", "get_vision_position_ids", "get_vision_attention_seqlens")
 TOWER_SETTINGS = ("num_grid_per_side", "interpolation_mode", "interpolation_align_corners", "spatial_merge_size")
@@ -101,9 +103,10 @@ def vision_layout(backbone: Any, batch: dict[str, torch.Tensor]) -> tuple[dict[s
         else:
             indices, weights, positions = layout_of(module, visual, grid)
         cu_seqlens, max_seqlen = module.get_vision_attention_seqlens(grid, visual.config)
-        on_device.update({f"{modality}_interp_indices": indices, f"{modality}_interp_weights": weights,
-                          f"{modality}_position_ids": positions, f"{modality}_cu_seqlens": cu_seqlens})
-        on_host[f"{modality}_chunk_runs"] = chunk_runs(cu_seqlens)
+        layout = (indices, weights, positions, cu_seqlens)
+        on_device.update(zip((f"{modality}_{part}" for part in LAYOUT_PARTS), layout))
+        runs, longest = (f"{modality}_{part}" for part in HOST_LAYOUT_PARTS)
+        on_host[runs] = chunk_runs(cu_seqlens)
         if max_seqlen is not None:  # FlashAttention's longest chunk, a Python int
-            on_host[f"{modality}_max_seqlen"] = max_seqlen
+            on_host[longest] = max_seqlen
     return on_device, on_host
