@@ -655,8 +655,9 @@ print("same vectors as one call at a time:", np.allclose(np.array(served), alone
 ### Long GPU jobs: `torch_compile`
 
 `torch_compile=True` runs the language model's decoder layers under `torch.compile` for this object's calls (others
-sharing the model stay eager). On an H100 it embedded the benchmark's texts 1.16x faster after about 40 s of
-compilation; on CPUs the gain varies by machine (1.10x on our Intel build machine, a loss on an AMD one). A dict
+sharing the model stay eager); a reranker's calls compile too. On an H100 it embedded the benchmark's texts 1.16x
+faster after about 40 s of compilation; on CPUs the gain varies by machine (1.10x on texts and 1.12x reranking
+texts on our Intel build machine, a loss on an AMD one). A dict
 passes `torch.compile`'s own options. Off a GPU this cell uses torch's `"eager"` backend, which only captures the
 layers' graphs (no speed gain), to show that the vectors stay the same.
 """),

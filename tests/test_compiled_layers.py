@@ -80,17 +80,36 @@ def test_compiled_passes_give_the_eager_numbers(tiny_embedding_path, tiny_core_k
     assert close(compiled.embed(items[:1]), expected[:1])
 
 
-def test_reranker_compiles_whole_pairs_but_not_rows_after_a_cached_query_part(tiny_reranker_path, tiny_core_kwargs):
+@pytest.fixture(scope="module")
+def deep_reranker_path(tmp_path_factory):
+    """A tiny reranker with 4 language layers: 3 that run the same code, then the pooled last one."""
+    from qwen3vl_integrations.testing import build_random_checkpoint
+
+    return build_random_checkpoint(tmp_path_factory.mktemp("deep-reranker"), "tiny", "reranker", "float32",
+                                   text_layers=4)
+
+
+@pytest.mark.parametrize("share_query_prefix", [True, False])
+def test_reranker_passes_compile_once_for_all_layers(deep_reranker_path, tiny_core_kwargs, share_query_prefix):
+    """Whole pairs, and rows after a cached query part (the cache's update and their attention run outside the
+    graph), compile code that every layer shares: a second layer compiling anew would pass torch's recompile limit,
+    set here to the two specialisations dynamic shapes make (batches of one row, and of more)."""
     documents = ["a red car", "the sky is blue and the sun is out " * 4, "x", "a dog on a beach"]
-    expected = Qwen3VLReranker(str(tiny_reranker_path), **tiny_core_kwargs).score("which car is red?", documents)
-    shared = Qwen3VLReranker(str(tiny_reranker_path), torch_compile=COUNTED, share_query_prefix=True,
-                             **tiny_core_kwargs)
-    assert close(shared.score("which car is red?", documents), expected)
-    assert RUNS["runs"] == 0  # the cache's per-layer state would recompile every layer
-    whole = Qwen3VLReranker(str(tiny_reranker_path), torch_compile=COUNTED, share_query_prefix=False,
-                            **tiny_core_kwargs)
-    assert close(whole.score("which car is red?", documents), expected)
-    assert RUNS["runs"] > 0
+    eager = Qwen3VLReranker(str(deep_reranker_path), share_query_prefix=share_query_prefix, **tiny_core_kwargs)
+    compiled = Qwen3VLReranker(str(deep_reranker_path), torch_compile=COUNTED,
+                               share_query_prefix=share_query_prefix, **tiny_core_kwargs)
+    backbone = compiled.load().backbone
+    layers = len(backbone.language_model.layers)
+    assert layers == 4
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        with forward_passes(backbone) as passes:
+            got = compiled.score("which car is red?", documents)
+        assert close(np.asarray(got), np.asarray(eager.score("which car is red?", documents)))
+        assert RUNS["runs"] >= layers * len(passes) > 0  # every layer of every pass ran compiled
+        graphs = RUNS["graphs"]
+        other = ["a blue bicycle " * 3, "y", "red, the car is red", "a car"]
+        assert close(np.asarray(compiled.score("what is red?", other)), np.asarray(eager.score("what is red?", other)))
+        assert RUNS["graphs"] == graphs  # new lengths and a new query part: the same compiled code
 
 
 class _Backbone(torch.nn.Module):

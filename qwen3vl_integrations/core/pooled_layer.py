@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .text_attention import is_known_text_attention, keys_values, queries
+from .text_attention import cached_keys_values, is_known_text_attention, keys_values, queries
 
 # Decoder layer classes whose forward is exactly: x + attn(norm(x)), then h + mlp(norm(h)), with an attention that
 # `text_attention.is_known_text_attention` knows.
@@ -38,7 +38,7 @@ def _pooled_forward(self: Any, hidden_states: torch.Tensor, position_embeddings:
     keys, values = keys_values(attn, normed, cos, sin)
     query = queries(attn, normed[row, rows][:, None], cos[row, rows][:, None], sin[row, rows][:, None])
     if cache is not None:  # the rows continue a cached query part: its keys and values come first
-        keys, values = cache.update(keys, values, attn.layer_idx)
+        keys, values = cached_keys_values(cache, attn, keys, values)
     cached = keys.shape[2] - length
     groups = query.shape[1] // keys.shape[1]
     # Causal: the pooled token sees every key up to its own position (the pads after it are never seen).

@@ -478,7 +478,7 @@ def last_token_states(loaded: LoadedModel, inputs: ModelInputs, limits: JoinLimi
     """Run a micro-batch through the backbone and return the last-layer hidden state at each row's last real token,
     float32 [B, H] on the model device. With `limits`, rows of other calls waiting for the model may run in the
     same pass, within them (core/joining.py). With `compiled` (torch.compile options), the pass runs the decoder
-    layers compiled, unless its rows continue a cached query part (core/compiled_layers.py)."""
+    layers compiled (core/compiled_layers.py)."""
     if limits is not None and can_join(inputs):
         return loaded.joiner.run(loaded.lock, inputs, limits, functools.partial(joined_inputs, loaded),
                                  lambda joined: _last_token_states(loaded, joined, compiled))
@@ -499,7 +499,6 @@ def _last_token_states(loaded: LoadedModel, inputs: ModelInputs, compiled: dict[
     last = inputs.last.to(loaded.device, non_blocking=loaded.device.type == "cuda")
     has_vision = "pixel_values" in batch or "pixel_values_videos" in batch
     pooled = POOL_IN_LAST_LAYER and can_pool_last_layer(loaded.backbone, has_vision)
-    compiled = compiled if inputs.cache_inputs is None else None
     with torch.inference_mode(), attention_backends(loaded.device):
         # (a query part's cache may run its own forward pass here, of all its tokens)
         extra = inputs.cache_inputs() if inputs.cache_inputs is not None else {"use_cache": False}

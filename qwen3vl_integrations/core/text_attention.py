@@ -110,18 +110,47 @@ def _forward(self: Any, hidden_states: torch.Tensor, position_embeddings: tuple[
              attention_mask: torch.Tensor | None, cache: Any = None, **kwargs: Any
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Qwen3-VL text attention (transformers' forward) with queries, keys and values from `queries_keys_values`."""
-    module = sys.modules[type(self).__module__]
     if cache is None:  # transformers releases before the rename call it past_key_values
         cache = kwargs.pop("past_key_values", None)
     query, key, value = queries_keys_values(self, hidden_states, *position_embeddings)
     if cache is not None:
-        key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
-    attention = module.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                             module.eager_attention_forward)
-    output, weights = attention(self, query, key, value, attention_mask,
-                                dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling,
-                                **kwargs)
+        output, weights = _attend_after_cache(self, query, key, value, attention_mask, cache, kwargs)
+    else:
+        output, weights = _attend(self, query, key, value, attention_mask, kwargs)
     return self.o_proj(output.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
+
+
+def _attend(attention: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+            attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The attention function the model's config names, as transformers' forward calls it."""
+    module = sys.modules[type(attention).__module__]
+    function = module.ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation,
+                                                            module.eager_attention_forward)
+    return function(attention, query, key, value, attention_mask,
+                    dropout=0.0 if not attention.training else attention.attention_dropout,
+                    scaling=attention.scaling, **kwargs)
+
+
+@torch.compiler.disable
+def cached_keys_values(cache: Any, attention: Any, key: torch.Tensor, value: torch.Tensor, **cache_kwargs: Any
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cache's keys and values of this layer followed by `key` and `value`.
+
+    Kept out of `torch.compile`d layers (`core/compiled_layers.py`): traced, the cache's per-layer state and the
+    layer's index become guards, and each layer would compile anew up to torch's recompile limit. Outside the graph
+    the layers share their compiled code with or without a cache. (Eager, the wrapper costs about a microsecond a
+    call.)"""
+    return cache.update(key, value, attention.layer_idx, **cache_kwargs)
+
+
+@torch.compiler.disable
+def _attend_after_cache(attention: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, cache: Any, kwargs: dict[str, Any]
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`_attend` over the cached keys and values and these (out of compiled graphs, as `cached_keys_values`; the
+    attention of rows after a cache picks its kernel by their lengths, `core/lower_right_attention.py`)."""
+    key, value = cached_keys_values(cache, attention, key, value, kwargs=kwargs)
+    return _attend(attention, query, key, value, attention_mask, kwargs)
 
 
 def use_text_attention(backbone: Any) -> int:
