@@ -164,17 +164,19 @@ def test_constructors_and_adapters_take_the_option(tiny_embedding_path, tiny_cor
         == {"dynamic": True}
 
 
-def test_compiled_calls_from_several_threads(tiny_embedding_path, tiny_reranker_path, tiny_core_kwargs):
+@pytest.mark.parametrize("share_query_prefix", [True, False])
+def test_compiled_calls_from_several_threads(tiny_embedding_path, tiny_reranker_path, tiny_core_kwargs,
+                                             share_query_prefix):
     """An embedder and a reranker compiling and running their layers from four threads at once (torch compiles
     one frame at a time; each model's passes take turns under its lock) give the sequential numbers."""
     import threading
 
     texts = ["a red car", "the sky is blue and the sun is out " * 3, "x", "a dog on a beach"]
     embedder = Qwen3VLEmbedder(str(tiny_embedding_path), torch_compile=COUNTED, **tiny_core_kwargs)
-    reranker = Qwen3VLReranker(str(tiny_reranker_path), torch_compile=COUNTED, share_query_prefix=False,
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), torch_compile=COUNTED, share_query_prefix=share_query_prefix,
                                **tiny_core_kwargs)
     expected = (Qwen3VLEmbedder(str(tiny_embedding_path), **tiny_core_kwargs).embed(texts),
-                Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=False, **tiny_core_kwargs)
+                Qwen3VLReranker(str(tiny_reranker_path), share_query_prefix=share_query_prefix, **tiny_core_kwargs)
                 .score("which car is red?", texts))
     results: list[tuple[int, np.ndarray]] = []
     failures: list[BaseException] = []
