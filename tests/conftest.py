@@ -146,3 +146,15 @@ def lever_outputs(media_dir):
         return [embedder.embed(items), *scores]
 
     return outputs
+
+
+@pytest.fixture(scope="session")
+def deep_paths(tmp_path_factory) -> dict[str, Path]:
+    """Tiny checkpoints ("embedding", "reranker") with 4 language layers. The tiny size adds vision features after
+    layers 0 and 1, so only a deeper model may run its last layer pooled for image and video prompts; and layers 0
+    to 2 run the same code, which compiled layers must share."""
+    from qwen3vl_integrations.testing import build_random_checkpoint
+
+    return {kind: build_random_checkpoint(tmp_path_factory.mktemp(f"deep-{kind}"), "tiny", kind, "float32",
+                                          text_layers=4)
+            for kind in ("embedding", "reranker")}

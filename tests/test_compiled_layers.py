@@ -80,23 +80,14 @@ def test_compiled_passes_give_the_eager_numbers(tiny_embedding_path, tiny_core_k
     assert close(compiled.embed(items[:1]), expected[:1])
 
 
-@pytest.fixture(scope="module")
-def deep_reranker_path(tmp_path_factory):
-    """A tiny reranker with 4 language layers: 3 that run the same code, then the pooled last one."""
-    from qwen3vl_integrations.testing import build_random_checkpoint
-
-    return build_random_checkpoint(tmp_path_factory.mktemp("deep-reranker"), "tiny", "reranker", "float32",
-                                   text_layers=4)
-
-
 @pytest.mark.parametrize("share_query_prefix", [True, False])
-def test_reranker_passes_compile_once_for_all_layers(deep_reranker_path, tiny_core_kwargs, share_query_prefix):
+def test_reranker_passes_compile_once_for_all_layers(deep_paths, tiny_core_kwargs, share_query_prefix):
     """Whole pairs, and rows after a cached query part (the cache's update and their attention run outside the
     graph), compile code that every layer shares: a second layer compiling anew would pass torch's recompile limit,
     set here to the two specialisations dynamic shapes make (batches of one row, and of more)."""
     documents = ["a red car", "the sky is blue and the sun is out " * 4, "x", "a dog on a beach"]
-    eager = Qwen3VLReranker(str(deep_reranker_path), share_query_prefix=share_query_prefix, **tiny_core_kwargs)
-    compiled = Qwen3VLReranker(str(deep_reranker_path), torch_compile=COUNTED,
+    eager = Qwen3VLReranker(str(deep_paths["reranker"]), share_query_prefix=share_query_prefix, **tiny_core_kwargs)
+    compiled = Qwen3VLReranker(str(deep_paths["reranker"]), torch_compile=COUNTED,
                                share_query_prefix=share_query_prefix, **tiny_core_kwargs)
     backbone = compiled.load().backbone
     layers = len(backbone.language_model.layers)

@@ -10,17 +10,6 @@ from PIL import Image
 from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
 from qwen3vl_integrations.core import runner as runner_module
 from qwen3vl_integrations.core.pooled_layer import can_pool_last_layer, use_pooled_last_layer
-from qwen3vl_integrations.testing import build_random_checkpoint
-
-
-
-@pytest.fixture(scope="module")
-def deep_paths(tmp_path_factory):
-    """Tiny checkpoints with 3 language layers: the tiny size adds vision features after layers 0 and 1, so only a
-    model with more layers than that may run its last layer pooled for image and video prompts."""
-    return {kind: build_random_checkpoint(tmp_path_factory.mktemp(f"deep-{kind}"), "tiny", kind, "float32",
-                                          text_layers=3)
-            for kind in ("embedding", "reranker")}
 
 
 @pytest.fixture(scope="module")

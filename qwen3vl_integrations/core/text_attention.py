@@ -131,25 +131,25 @@ def _attend(attention: Any, query: torch.Tensor, key: torch.Tensor, value: torch
                     scaling=attention.scaling, **kwargs)
 
 
-@torch.compiler.disable
-def cached_keys_values(cache: Any, attention: Any, key: torch.Tensor, value: torch.Tensor, **cache_kwargs: Any
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cache's keys and values of this layer followed by `key` and `value`.
-
-    Kept out of `torch.compile`d layers (`core/compiled_layers.py`): traced, the cache's per-layer state and the
-    layer's index become guards, and each layer would compile anew up to torch's recompile limit. Outside the graph
-    the layers share their compiled code with or without a cache. (Eager, the wrapper costs about a microsecond a
-    call.)"""
+def _cache_update(cache: Any, attention: Any, key: torch.Tensor, value: torch.Tensor, **cache_kwargs: Any
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     return cache.update(key, value, attention.layer_idx, **cache_kwargs)
+
+
+# The cache's keys and values of this layer followed by `key` and `value`. Out of `torch.compile`d layers
+# (`core/compiled_layers.py`): traced, the cache's per-layer state and the layer's index become guards, and each layer
+# would compile anew up to torch's recompile limit. Outside the graph the layers share their compiled code with or
+# without a cache. (Eager, the wrapper costs about a microsecond a call.)
+cached_keys_values = torch.compiler.disable(_cache_update)
 
 
 @torch.compiler.disable
 def _attend_after_cache(attention: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                         attention_mask: torch.Tensor | None, cache: Any, kwargs: dict[str, Any]
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`_attend` over the cached keys and values and these (out of compiled graphs, as `cached_keys_values`; the
-    attention of rows after a cache picks its kernel by their lengths, `core/lower_right_attention.py`)."""
-    key, value = cached_keys_values(cache, attention, key, value, kwargs=kwargs)
+    """`_attend` over the cached keys and values and these, out of compiled graphs as `cached_keys_values` (the
+    attention of rows after a cache also picks its kernel by their lengths, `core/lower_right_attention.py`)."""
+    key, value = _cache_update(cache, attention, key, value, kwargs=kwargs)
     return _attend(attention, query, key, value, attention_mask, kwargs)
 
 
