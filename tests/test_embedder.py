@@ -496,6 +496,8 @@ def _bad_items(media_dir) -> dict[str, tuple[Any, str]]:
         "bad frame": ({"video": [Image.new("RGB", (32, 32)), "/no/such/frame.png"]}, "frame 1"),
         "vision placeholder in text": ("see <|image_pad|> here", "reserved vision placeholder '<|image_pad|>'"),
         "vision placeholder in instruction": ({"text": "x", "instruction": "<|video_pad|>"}, "reserved vision"),
+        "lone surrogate (broken JSON escape)": ("caf\udce9", "text is not valid Unicode"),
+        "None image alone": ({"image": None}, "image is None and the item has no other content"),
         "frames of different sizes": ({"video": [Image.new("RGB", (64, 48)), Image.new("RGB", (300, 60))]},
                                       "must have one size"),
     }
@@ -513,6 +515,22 @@ def test_bad_item_raises_before_any_model_work(tiny_embedding_path, media_dir, c
     assert str(error).startswith("item 2: ")
     assert cause in str(error) and cause in error.cause
     assert not e.is_loaded  # raised before the model was even loaded
+
+
+@pytest.mark.parametrize("instruction, error, cause", [
+    ("Find\ud83d", ValueError, "instruction is not valid Unicode"),
+    ("<|image_pad|> find", ValueError, "instruction contains the reserved vision placeholder"),
+    (3, TypeError, "instruction must be a str or None, got int"),
+])
+def test_bad_call_instruction_is_refused_before_any_model_work(tiny_embedding_path, instruction, error, cause):
+    """A call's instruction is no item's: its error names the instruction, not item 0 (it was "could not encode")."""
+    e = fresh(tiny_embedding_path)
+    with pytest.raises(error, match=cause) as info:
+        e.embed(["fine"], instruction=instruction)
+    assert not isinstance(info.value, Qwen3VLInputError)
+    with pytest.raises(error, match="default_" + cause):
+        fresh(tiny_embedding_path, default_instruction=instruction)
+    assert not e.is_loaded
 
 
 def test_decompression_bomb_cap(tiny_embedding_path, media_dir):

@@ -562,6 +562,34 @@ def test_tiny_input_errors_reach_the_user(lc_embeddings, lc_rerank, media_dir):
         lc_rerank.compress_documents(docs, "q")
     assert info.value.index == 1 and info.value.role == "document"
 
+    # an image that is None is refused, not embedded as the word NULL
+    with pytest.raises(Qwen3VLInputError, match=r"^item 1: image is None"):
+        lc_embeddings.embed_image(uris=[_images(media_dir)[0], None])
+
+
+def test_tiny_cross_encoder_error_names_the_pair(tiny_reranker):
+    """Pairs are scored per query; an error names the position in text_pairs, not in the query's group."""
+    from qwen3vl_integrations import Qwen3VLInputError
+
+    ce = Qwen3VLCrossEncoder(reranker=tiny_reranker)
+    with pytest.raises(Qwen3VLInputError, match=r"^document 2: unsupported input type NoneType") as info:
+        ce.score([("q", "a"), ("q2", "b"), ("q2", None)])
+    assert info.value.index == 2
+    with pytest.raises(Qwen3VLInputError, match=r"^query 1: text is not valid Unicode"):
+        ce.score([("q", "a"), ("\ud83d", "b"), ("\ud83d", "c")])
+
+
+@pytest.mark.parametrize("call", [
+    lambda e: e.embed_documents("abc"),
+    lambda e: e.embed_image(uris="/data/cat.png"),
+    lambda e: e.embed_video(uris=Path("/data/clip.mp4")),
+    lambda e: e.embed_multimodal({"text": "a"}),
+])
+def test_a_single_input_where_a_list_belongs_is_refused(call):
+    """A bare string is iterable: unchecked, embed_documents("abc") returned three vectors, one per character."""
+    with pytest.raises(TypeError, match=r"takes a list; wrap a single input in a list"):
+        call(Qwen3VLEmbeddings(embedder=FakeEmbedder()))
+
 
 def test_tiny_rerank_image_query(lc_rerank, tiny_reranker, media_dir):
     """Our extension: a core item dict as the query (image -> documents)."""

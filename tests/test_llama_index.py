@@ -7,6 +7,7 @@ Two layers:
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -439,6 +440,21 @@ def test_transformation_error_names_the_node(png_bytes):
     assert any("'bad'" in note for note in getattr(info.value, "__notes__", []))
 
 
+def test_transformation_error_leaves_no_node_half_embedded(png_bytes):
+    """The text group embeds fine, then an image fails: no node is written until every group has its vectors."""
+    fake = FakeEmbedder()
+    fake.fail_at = 1
+    emb = Qwen3VLEmbedding(embedder=fake)
+    nodes = [TextNode(text="t", id_="text"), ImageNode(image_path="/a.png"), ImageNode(image_path="/b.png")]
+    with pytest.raises(Qwen3VLInputError):
+        emb(nodes)
+    assert [node.embedding for node in nodes] == [None, None, None]
+    fake.fail_at = 0  # now the text group fails: its error names the text node too
+    with pytest.raises(Qwen3VLInputError) as info:
+        emb(nodes)
+    assert any("'text'" in note for note in getattr(info.value, "__notes__", []))
+
+
 def test_query_bundle_helpers():
     fake = FakeEmbedder()
     emb = Qwen3VLEmbedding(embedder=fake)
@@ -579,6 +595,22 @@ def test_embedding_from_path_shares_the_core_model(tiny_embedding_path, tiny_emb
     assert np.allclose(got, want, atol=TOL)
     assert emb.get_image_embedding_batch([]) == []
     assert emb.embedder is not tiny_embedder and emb.embedder.load() is tiny_embedder.load()  # one shared model
+
+
+def test_batch_errors_name_the_position_in_the_callers_list(tiny_embedder, media_dir):
+    """LlamaIndex hands the core chunks of embed_batch_size: the error still counts in the list the caller gave."""
+    emb = Qwen3VLEmbedding(embedder=tiny_embedder, embed_batch_size=2)
+    texts = ["a", "b", "c", "d\ud800", "e"]
+    for call in (lambda: emb.get_text_embedding_batch(texts), lambda: asyncio.run(emb.aget_text_embedding_batch(texts))):
+        with pytest.raises(Qwen3VLInputError, match=r"^item 3: text is not valid Unicode") as info:
+            call()
+        assert info.value.index == 3
+    image = str(media_dir / "red.png")
+    images = [image, image, str(media_dir / "blue.jpg"), "/no/such/file.png"]
+    with pytest.raises(Qwen3VLInputError, match=r"^item 3: .*file not found") as info:
+        emb.get_image_embedding_batch(images)
+    with pytest.raises(Qwen3VLInputError, match=r"^item 3: .*file not found"):
+        asyncio.run(emb.aget_image_embedding_batch(images))
 
 
 def test_multimodal_vector_store_index_on_a_folder(tiny_emb, tiny_embedder, library):

@@ -546,11 +546,27 @@ def test_parse_item_forms(media_dir):
         ({"video": {"a": 1}}, "unsupported video type dict"),
         ("a <|video_pad|>", "text contains the reserved vision placeholder"),
         ({"text": ["a", "<|image_pad|>"]}, "text 1 contains the reserved"),
+        ("a\ud83d", "text is not valid Unicode: surrogates not allowed at character 1"),
+        ({"text": ["a", "\udc00b"]}, "text 1 is not valid Unicode"),
+        ({"text": "a", "instruction": "Find\ud800"}, "instruction is not valid Unicode"),
+        ({"image": None}, "image is None and the item has no other content"),
+        ({"image": np.full((8, 8, 3), np.nan, np.float32)}, r"image 0: image array \(float32\) holds NaN"),
+        ({"image": []}, r"image is \[\] and the item has no other content"),
+        ({"video": None}, "video is None and the item has no other content"),
+        ({"text": None, "image": None, "video": None}, "image is None"),
     ],
 )
 def test_parse_item_errors(raw, cause):
     with pytest.raises(_Invalid, match=cause):
         parse_item(raw, POLICY)
+
+
+def test_absent_media_beside_other_content_is_no_media(media_dir):
+    """A None (or empty) image or video next to text is "no image": the item is that text, as upstream."""
+    assert parse_item({"text": "a", "image": None, "video": None}, POLICY).texts == ["a"]
+    assert parse_item({"text": "a", "image": []}, POLICY).images == []
+    assert parse_item({"image": media_dir / "red.png", "video": None}, POLICY).videos == []
+    assert parse_item({}, POLICY).is_empty and parse_item({"text": None}, POLICY).is_empty  # NULL, as upstream
 
 
 def test_parse_items_reports_every_bad_position(media_dir):

@@ -731,3 +731,19 @@ def test_query_video_decoded_once_per_call(rr, media_dir, monkeypatch):
     clip = str(media_dir / "clip.mp4")
     rr.score({"video": clip}, ["a", "b", "c", {"text": "d"}, "e"], batch_size=2)
     assert calls == [clip]
+
+
+def test_bad_call_instruction_is_refused_before_any_model_work(fresh):
+    with pytest.raises(ValueError, match="instruction is not valid Unicode") as info:
+        fresh.score("q", ["a"], instruction="Judge\udc00")
+    assert not isinstance(info.value, Qwen3VLInputError)
+    with pytest.raises(ValueError, match="instruction contains the reserved vision placeholder"):
+        fresh.score_pairs([("q", "a")], instruction="<|video_pad|>")
+    assert not fresh.is_loaded
+
+
+def test_lone_surrogate_in_a_document_names_it(rr):
+    """Text the tokenizer cannot take (a broken JSON escape) is one bad document, not a crash of the call."""
+    with pytest.raises(Qwen3VLInputError, match=r"^document 1: text is not valid Unicode"):
+        rr.score("q", ["a", "caf\udce9", "b"])
+

@@ -9,7 +9,7 @@ import torch
 
 from .encoding import EncodedItem, append_token, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError
-from .inputs import Item, parse_items, raise_first
+from .inputs import Item, check_instruction, parse_items, raise_first
 from .media import _Invalid
 from .prompts import EMBEDDING_DEFAULT_INSTRUCTION, embedding_conversation, render
 from .runner import Qwen3VLRunner
@@ -122,6 +122,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
                show_progress: bool, strict: bool, finish: Callable[[np.ndarray], np.ndarray]) -> EmbeddingResult:
         if isinstance(items, (str, dict)):
             raise TypeError("embed() takes a list of inputs; wrap a single input in a list")
+        check_instruction(instruction)
         row = finish(np.zeros((1, self.embedding_dim), np.float32))  # checks the options; the output's width, dtype
         items = list(items)
         parsed, errors = parse_items(items, self.policy)

@@ -101,16 +101,34 @@ def is_single_video(value: Any) -> bool:
     return False
 
 
-def _check_reserved(text: str, what: str) -> None:
+def _check_text(text: str, what: str) -> None:
+    """Refuse text the tokenizer cannot take: lone UTF-16 surrogates (e.g. from `json.loads('"\\ud83d"')`) and
+    the reserved vision placeholders."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _Invalid(f"{what} is not valid Unicode: {exc.reason} at character {exc.start}") from None
     for token in RESERVED_TOKENS:
         if token in text:
             raise _Invalid(f"{what} contains the reserved vision placeholder {token!r}")
 
 
+def check_instruction(instruction: Any, what: str = "instruction") -> None:
+    """Refuse an instruction given for a whole call or model (not one item's) before any work: ValueError/TypeError."""
+    if instruction is None:
+        return
+    if not isinstance(instruction, str):
+        raise TypeError(f"{what} must be a str or None, got {type(instruction).__name__}")
+    try:
+        _check_text(instruction, what)
+    except _Invalid as exc:
+        raise ValueError(str(exc)) from None
+
+
 def parse_item(raw: Any, policy: MediaPolicy) -> Item:
     """Validate one input and resolve its media. Raises _Invalid with the cause."""
     if isinstance(raw, str):
-        _check_reserved(raw, "text")
+        _check_text(raw, "text")
         return Item(texts=[raw])
     if isinstance(raw, Image.Image):
         return Item(images=[resolve_image(raw, policy)])
@@ -124,7 +142,7 @@ def parse_item(raw: Any, policy: MediaPolicy) -> Item:
     for position, text in enumerate(texts):
         if not isinstance(text, str):
             raise _Invalid(f"text {position} is {type(text).__name__}, not str")
-        _check_reserved(text, f"text {position}")
+        _check_text(text, f"text {position}")
 
     images = []
     for position, value in enumerate(_as_list(raw.get("image"))):
@@ -157,13 +175,19 @@ def parse_item(raw: Any, policy: MediaPolicy) -> Item:
     if instruction is not None and not isinstance(instruction, str):
         raise _Invalid(f"instruction is {type(instruction).__name__}, not str")
     if instruction:
-        _check_reserved(instruction, "instruction")
+        _check_text(instruction, "instruction")
     fps = raw.get("fps")
     if fps is not None and (not isinstance(fps, numbers.Real) or isinstance(fps, bool) or fps <= 0):
         raise _Invalid(f"fps must be a positive number, got {fps!r}")
     max_frames = raw.get("max_frames")
     if max_frames is not None and (not isinstance(max_frames, numbers.Integral) or max_frames < 2):
         raise _Invalid(f"max_frames must be an integer >= 2, got {max_frames!r}")
+    if not (texts or images or videos) and ("image" in raw or "video" in raw):
+        # Upstream embeds such an item as NULL; an image or video that is None here (a path column with a gap, a
+        # `uris=[None]`) would come back as a vector of the word NULL, so it is refused rather than replaced.
+        given = next(key for key in ("image", "video") if key in raw)
+        raise _Invalid(f"{given} is {raw[given]!r} and the item has no other content; leave the key out for an "
+                       "empty (NULL) item")
     return Item(texts, images, videos, instruction or None,
                 float(fps) if fps is not None else None, int(max_frames) if max_frames is not None else None)
 

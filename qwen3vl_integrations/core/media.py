@@ -160,6 +160,8 @@ def _open_pil(fp: Any, policy: MediaPolicy, load: bool) -> Image.Image:
 def _image_from_array(array: np.ndarray) -> Image.Image:
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
         if array.dtype != np.uint8:
+            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+                raise _Invalid(f"image array ({array.dtype}) holds NaN or infinite values")
             if np.issubdtype(array.dtype, np.floating) and array.size and 0.0 <= array.min() and array.max() <= 1.0:
                 array = (array * 255.0).round().astype(np.uint8)
             else:

@@ -8,7 +8,7 @@ import torch
 
 from .encoding import EncodedItem, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError
-from .inputs import Item, parse_items, raise_first
+from .inputs import Item, check_instruction, parse_items, raise_first
 from .media import _Invalid
 from .prefix import VISION_END, QueryPrefix, inputs_after_prefix
 from .prompts import RERANKER_DEFAULT_INSTRUCTION, render, rerank_conversation
@@ -86,6 +86,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
                     _one_query: bool = False) -> np.ndarray:
         """Scores of arbitrary (query, document) pairs. Each query object (by identity) is validated and decoded once."""
         pairs = list(pairs)
+        check_instruction(instruction)
         if not pairs:
             return np.zeros(0, np.float32)
         query_keys: dict[int, int] = {}

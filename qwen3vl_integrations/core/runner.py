@@ -18,7 +18,7 @@ from .caching import BoundedCache, owner_cache
 from .compiled_layers import compile_options, compiled_decoder_layers
 from .encoding import EncodedItem, collate, token_counts
 from .errors import Qwen3VLInputError
-from .inputs import Item
+from .inputs import Item, check_instruction
 from .joining import JoinLimits, can_join, join_rows
 from .loading import LoadedModel, load_shared, resolve_attention, resolve_device, resolve_dtype
 from .media import MediaPolicy, _Invalid
@@ -175,6 +175,7 @@ class Qwen3VLRunner:
         self.attn_implementation = resolve_attention(attn_implementation, self.device)
         self.max_length = int(max_length)
         self.limits = VisionLimits(int(min_pixels), int(max_pixels), int(total_pixels), float(fps), int(max_frames))
+        check_instruction(default_instruction, "default_instruction")
         self.default_instruction = default_instruction
         self.batch_size = int(batch_size)
         self.max_batch_tokens = int(max_batch_tokens)

@@ -5,6 +5,8 @@ from typing import Any
 
 from langchain_core.cross_encoders import BaseCrossEncoder
 
+from qwen3vl_integrations.core.errors import Qwen3VLInputError
+
 from ._core import RerankerOptions, to_floats
 
 __all__ = ["Qwen3VLCrossEncoder"]
@@ -42,7 +44,11 @@ class Qwen3VLCrossEncoder(RerankerOptions, BaseCrossEncoder):
         scores = [0.0] * len(pairs)
         reranker = self.core_reranker
         for query, indices in groups.items():
-            group_scores = to_floats(reranker.score(query, [pairs[i][1] for i in indices], **kwargs))
+            try:
+                group_scores = to_floats(reranker.score(query, [pairs[i][1] for i in indices], **kwargs))
+            except Qwen3VLInputError as error:  # name the pair in text_pairs, not the position within its group
+                where = indices[0] if error.index is None else indices[error.index]
+                raise error.located(where, error.role) from None
             for i, s in zip(indices, group_scores, strict=True):
                 scores[i] = s
         return scores

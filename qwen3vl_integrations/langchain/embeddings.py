@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
@@ -22,7 +23,7 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
 
     Constructing it loads nothing and touches no network: the core embedder is created on first use and its
     weights are loaded through the core's process-wide registry, so this object, a LlamaIndex
-    `Qwen3VLMultiModalEmbedding` and a core `Qwen3VLEmbedder` with the same model, device and dtype share one
+    `Qwen3VLEmbedding` and a core `Qwen3VLEmbedder` with the same model, device and dtype share one
     copy of the model.
 
     Example:
@@ -80,6 +81,14 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
         )
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _listed(values: Any, method: str) -> list[Any]:
+        # A bare string is iterable: embed_documents("abc") would embed "a", "b", "c" and embed_image(uris=path)
+        # each character of the path. Refuse the single input instead of guessing.
+        if isinstance(values, (str, bytes, dict, PurePath)):
+            raise TypeError(f"{method}() takes a list; wrap a single input in a list")
+        return list(values)
+
     def _embed(self, items: Sequence[Any], instruction: str | None) -> list[list[float]]:
         items = list(items)
         if not items:
@@ -94,7 +103,7 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
     # ------------------------------------------------------------------ Embeddings API
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed document texts (with `document_instruction`)."""
-        return self._embed(texts, self.document_instruction)
+        return self._embed(self._listed(texts, "embed_documents"), self.document_instruction)
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a query text (with `query_instruction`); use it to search texts, images and videos alike."""
@@ -113,7 +122,7 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
         Image-aware vector stores (``Chroma.add_images``, ``similarity_search_by_image``, LanceDB) call this as
         ``embed_image(uris=[...])``.
         """
-        return self._embed([{"image": uri} for uri in uris], self.document_instruction)
+        return self._embed([{"image": uri} for uri in self._listed(uris, "embed_image")], self.document_instruction)
 
     def embed_images(self, uris: list[str]) -> list[list[float]]:
         """Alias of `embed_image`."""
@@ -121,7 +130,7 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
 
     def embed_video(self, uris: list[str]) -> list[list[float]]:
         """Embed videos given as file paths or URLs (or lists of frames)."""
-        return self._embed([{"video": uri} for uri in uris], self.document_instruction)
+        return self._embed([{"video": uri} for uri in self._listed(uris, "embed_video")], self.document_instruction)
 
     def embed_multimodal(self, items: list[Any], *, instruction: str | None = None) -> list[list[float]]:
         """Embed mixed items: plain strings (text) or dicts with ``text`` / ``image`` / ``video``.
@@ -129,7 +138,8 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
         ``instruction`` defaults to `document_instruction`; a dict's own ``"instruction"`` key wins. To embed a
         multimodal *query*, pass ``instruction=emb.query_instruction``.
         """
-        return self._embed(items, instruction if instruction is not None else self.document_instruction)
+        return self._embed(self._listed(items, "embed_multimodal"),
+                           instruction if instruction is not None else self.document_instruction)
 
     async def aembed_image(self, uris: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed_image, uris)

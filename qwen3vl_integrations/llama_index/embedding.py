@@ -16,6 +16,7 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index.core.schema import BaseNode, ImageType, QueryBundle
 
+from ..core.errors import Qwen3VLInputError
 from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
 from ._core import CoreObjectPickling, dtype_name
 from .nodes import node_to_item
@@ -29,11 +30,23 @@ DEFAULT_EMBED_BATCH_SIZE = 256
 __all__ = ["Qwen3VLEmbedding", "image_query_bundle", "video_query_bundle", "DEFAULT_EMBEDDING_MODEL"]
 
 
-def _add_note(error: BaseException, items_owner: Sequence[Any], describe) -> None:
-    """Attach "while embedding node <id>" to a core input error whose index points into `items_owner`."""
-    index = getattr(error, "index", None)
-    if isinstance(index, int) and 0 <= index < len(items_owner):
-        error.add_note(describe(items_owner[index]))
+_FAILED_INPUT = "_qwen3vl_failed_input"  # set on a chunk call's input error: the input object it names
+
+
+def _mark_failed_input(error: Qwen3VLInputError, chunk: Sequence[Any]) -> None:
+    if isinstance(error.index, int) and 0 <= error.index < len(chunk):
+        setattr(error, _FAILED_INPUT, chunk[error.index])
+
+
+def _located_in(error: Qwen3VLInputError, inputs: Sequence[Any]) -> Qwen3VLInputError:
+    """LlamaIndex's ``get_*_batch`` methods call us per chunk of ``embed_batch_size`` (or per cache miss list): the
+    error's index counts within that chunk. Found by identity, the input it names gets its position in the caller's
+    list (the first, if the same object is there twice: the same input, the same cause)."""
+    failed = getattr(error, _FAILED_INPUT, _FAILED_INPUT)
+    for position, value in enumerate(inputs):
+        if value is failed:
+            return error.located(position, error.role)
+    return error
 
 
 class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
@@ -170,7 +183,26 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
         return await asyncio.to_thread(self._get_text_embedding, text)
 
     def _get_text_embeddings(self, texts: List[str]) -> List[Embedding]:
-        return self._embed(texts, self.text_instruction)
+        try:
+            return self._embed(texts, self.text_instruction)
+        except Qwen3VLInputError as error:
+            _mark_failed_input(error, texts)
+            raise
+
+    def get_text_embedding_batch(self, texts: List[str], show_progress: bool = False,
+                                 **kwargs: Any) -> List[Embedding]:
+        """LlamaIndex's chunked batch call; an input error names the text's position in ``texts``."""
+        try:
+            return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+        except Qwen3VLInputError as error:
+            raise _located_in(error, texts) from None
+
+    async def aget_text_embedding_batch(self, texts: List[str], show_progress: bool = False,
+                                        **kwargs: Any) -> List[Embedding]:
+        try:
+            return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+        except Qwen3VLInputError as error:
+            raise _located_in(error, texts) from None
 
     async def _aget_text_embeddings(self, texts: List[str]) -> List[Embedding]:
         return await asyncio.to_thread(self._get_text_embeddings, texts)
@@ -185,7 +217,26 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
 
     def _get_image_embeddings(self, img_file_paths: List[ImageType]) -> List[Embedding]:
         """Images as str path / URL, ``pathlib.Path``, ``BytesIO``, bytes or ``PIL.Image``: one batched call."""
-        return self._embed([{"image": image} for image in img_file_paths], self.text_instruction)
+        try:
+            return self._embed([{"image": image} for image in img_file_paths], self.text_instruction)
+        except Qwen3VLInputError as error:
+            _mark_failed_input(error, img_file_paths)
+            raise
+
+    def get_image_embedding_batch(self, img_file_paths: List[ImageType],
+                                  show_progress: bool = False) -> List[Embedding]:
+        """LlamaIndex's chunked batch call; an input error names the image's position in ``img_file_paths``."""
+        try:
+            return super().get_image_embedding_batch(img_file_paths, show_progress=show_progress)
+        except Qwen3VLInputError as error:
+            raise _located_in(error, img_file_paths) from None
+
+    async def aget_image_embedding_batch(self, img_file_paths: List[ImageType],
+                                         show_progress: bool = False) -> List[Embedding]:
+        try:
+            return await super().aget_image_embedding_batch(img_file_paths, show_progress=show_progress)
+        except Qwen3VLInputError as error:
+            raise _located_in(error, img_file_paths) from None
 
     async def _aget_image_embeddings(self, img_file_paths: List[ImageType]) -> List[Embedding]:
         return await asyncio.to_thread(self._get_image_embeddings, img_file_paths)
@@ -269,39 +320,58 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
         items = [item for _, item in group]
         try:
             return self._embed_with_event(items, items, self.text_instruction, show_progress=show_progress)
-        except ValueError as error:  # Qwen3VLInputError: say which node it was
-            _add_note(error, group, lambda entry: f"while embedding node {nodes[entry[0]].node_id!r}")
+        except ValueError as error:
+            self._node_note(nodes, group, error)
             raise
+
+    @staticmethod
+    def _node_note(nodes: Sequence[BaseNode], group: List[tuple], error: BaseException) -> None:
+        """Attach "while embedding node <id>" to a core input error whose index points into `group`."""
+        index = getattr(error, "index", None)
+        if isinstance(index, int) and 0 <= index < len(group):
+            error.add_note(f"while embedding node {nodes[group[index][0]].node_id!r}")
+
+    @staticmethod
+    def _write(nodes: Sequence[BaseNode], groups: Dict[str, List[tuple]],
+               embeddings: Dict[str, List[Embedding]]) -> Sequence[BaseNode]:
+        # Only once every group has its vectors: a bad node leaves no node half-embedded.
+        for kind, group in groups.items():
+            for (position, _), embedding in zip(group, embeddings.get(kind, []), strict=True):
+                nodes[position].embedding = embedding
+        return nodes
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """Embed nodes in place by modality (text, image, video), one batch per modality."""
         groups = self._route(nodes)
         show_progress = bool(kwargs.get("show_progress", False))
+        embeddings: Dict[str, List[Embedding]] = {}
         if groups["text"]:
-            embeddings = self.get_text_embedding_batch([text for _, text in groups["text"]], **kwargs)
-            for (position, _), embedding in zip(groups["text"], embeddings):
-                nodes[position].embedding = embedding
+            try:
+                embeddings["text"] = self.get_text_embedding_batch([text for _, text in groups["text"]], **kwargs)
+            except ValueError as error:
+                self._node_note(nodes, groups["text"], error)
+                raise
         for kind in ("image", "video"):
             if groups[kind]:
-                embeddings = self._embed_media_group(nodes, groups[kind], show_progress)
-                for (position, _), embedding in zip(groups[kind], embeddings):
-                    nodes[position].embedding = embedding
-        return nodes
+                embeddings[kind] = self._embed_media_group(nodes, groups[kind], show_progress)
+        return self._write(nodes, groups, embeddings)
 
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """Async :meth:`__call__`: the model runs in a worker thread; modalities are embedded one after another."""
         groups = self._route(nodes)
         show_progress = bool(kwargs.get("show_progress", False))
+        embeddings: Dict[str, List[Embedding]] = {}
         if groups["text"]:
-            embeddings = await self.aget_text_embedding_batch([text for _, text in groups["text"]], **kwargs)
-            for (position, _), embedding in zip(groups["text"], embeddings):
-                nodes[position].embedding = embedding
+            try:
+                embeddings["text"] = await self.aget_text_embedding_batch(
+                    [text for _, text in groups["text"]], **kwargs)
+            except ValueError as error:
+                self._node_note(nodes, groups["text"], error)
+                raise
         for kind in ("image", "video"):
             if groups[kind]:
-                embeddings = await asyncio.to_thread(self._embed_media_group, nodes, groups[kind], show_progress)
-                for (position, _), embedding in zip(groups[kind], embeddings):
-                    nodes[position].embedding = embedding
-        return nodes
+                embeddings[kind] = await asyncio.to_thread(self._embed_media_group, nodes, groups[kind], show_progress)
+        return self._write(nodes, groups, embeddings)
 
 
 def _media_bundle(embed_model: Qwen3VLEmbedding, kind: str, media: Any, query_str: str) -> QueryBundle:

@@ -151,7 +151,8 @@ def query_bundle_to_item(query_bundle: QueryBundle) -> Item:
     media = query_bundle.image_path
     if media is None or (isinstance(media, str) and not media):
         if not text.strip():
-            raise ValueError("The query bundle has neither query_str nor image_path: nothing to rerank against.")
+            raise ValueError("The query bundle has neither query_str nor image_path: nothing to rerank against "
+                             "(image_query_bundle sets image_path for a path or URL, not for an in-memory image).")
         return text
     item: dict = {"video" if is_video_source(media) else "image": media}
     if text.strip():
