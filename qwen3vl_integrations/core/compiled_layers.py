@@ -9,8 +9,9 @@ its inputs), and shapes are dynamic: a corpus of varied lengths compiles a few g
 Per forward pass, not per model: a loaded model is shared by every object that asks for the same checkpoint, so a
 pass runs the compiled layers when the call that runs it asked for them, and the eager layers otherwise. Passes
 that continue a cached query part (the reranker's shared prompt part) compile too: the cache's update and the
-attention over it run outside the graph (`text_attention.cached_keys_values`), since dynamo would guard on the
-cache's per-layer state and compile each layer anew, up to torch's recompile limit.
+attention over it run outside the graph (`text_attention._attend_after_cache`; the pooled last layer's update:
+`cached_keys_values`), since dynamo would guard on the cache's per-layer state and compile each layer anew, up to
+torch's recompile limit.
 """
 from __future__ import annotations
 
