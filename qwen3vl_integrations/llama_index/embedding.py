@@ -31,6 +31,7 @@ __all__ = ["Qwen3VLEmbedding", "image_query_bundle", "video_query_bundle", "DEFA
 
 
 _FAILED_INPUT = "_qwen3vl_failed_input"  # set on a chunk call's input error: the input object it names
+_UNMARKED = object()
 
 
 def _mark_failed_input(error: Qwen3VLInputError, chunk: Sequence[Any]) -> None:
@@ -42,7 +43,7 @@ def _located_in(error: Qwen3VLInputError, inputs: Sequence[Any]) -> Qwen3VLInput
     """LlamaIndex's ``get_*_batch`` methods call us per chunk of ``embed_batch_size`` (or per cache miss list): the
     error's index counts within that chunk. Found by identity, the input it names gets its position in the caller's
     list (the first, if the same object is there twice: the same input, the same cause)."""
-    failed = getattr(error, _FAILED_INPUT, _FAILED_INPUT)
+    failed = getattr(error, _FAILED_INPUT, _UNMARKED)
     for position, value in enumerate(inputs):
         if value is failed:
             return error.located(position, error.role)
