@@ -147,6 +147,8 @@ def test_ranges_save_load_json_and_npy(tmp_path):
     arr = np.load(n)
     assert arr.shape == (2, 70) and arr.dtype == np.float32
     assert Ranges.load(n) == r
+    upper = r.save(tmp_path / "RANGES.NPY")  # np.save(path) would have written RANGES.NPY.npy
+    assert upper.exists() and Ranges.load(upper) == r and not (tmp_path / "RANGES.NPY.npy").exists()
     assert Ranges.from_dict(r.to_dict()) == r
     assert Ranges.from_dict({"min": [0, 1], "max": [1, 2]}) == Ranges(low=[0, 1], high=[1, 2])
     assert Ranges.from_array(r.to_array()) == r

@@ -11,6 +11,7 @@ from .encoding import EncodedItem, append_token, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError
 from .inputs import Item, check_instruction, parse_items, raise_first
 from .media import _Invalid
+from .options import whole_number
 from .prompts import EMBEDDING_DEFAULT_INSTRUCTION, embedding_conversation, render
 from .runner import Qwen3VLRunner
 
@@ -98,7 +99,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
 
     def process(self, inputs: Sequence[dict[str, Any]], normalize: bool = True) -> torch.Tensor:
         """The official API: a list of dicts in, a float32 tensor [N, D] out."""
-        return torch.from_numpy(self.embed(list(inputs), normalize=normalize))
+        return torch.from_numpy(self.embed(inputs, normalize=normalize))
 
     # ----------------------------------------------------------------------------- internals
     @staticmethod
@@ -123,6 +124,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         if isinstance(items, (str, dict)):
             raise TypeError("embed() takes a list of inputs; wrap a single input in a list")
         check_instruction(instruction)
+        batch_size = None if batch_size is None else whole_number("batch_size", batch_size, 1)
         row = finish(np.zeros((1, self.embedding_dim), np.float32))  # checks the options; the output's width, dtype
         items = list(items)
         parsed, errors = parse_items(items, self.policy)

@@ -36,7 +36,24 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    return torch.device("cpu") if resolved.type == "cpu" else resolved  # "cpu:0" is the CPU: one registry entry
+
+
+def _device_to_load_on(device: torch.device) -> torch.device:
+    """The device a model is loaded on, checked (an unavailable one is named) and with its index (so that "cuda"
+    and "cuda:0" share one loaded model)."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {str(device)!r}: CUDA is not available to this torch ({torch.__version__})")
+        if device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise RuntimeError(f"device {str(device)!r}: MPS is not available to this torch ({torch.__version__})")
+    return device
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -59,7 +76,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def resolve_attention(attn_implementation: str | None, device: torch.device) -> str:
     """`None`/"auto": flash_attention_2 when installed on CUDA, else sdpa."""
     if attn_implementation not in (None, "auto"):
-        return attn_implementation
+        if not isinstance(attn_implementation, str):
+            raise TypeError(f"attn_implementation must be a str or None, got {attn_implementation!r}")
+        flash_installed = importlib.util.find_spec("flash_attn") is not None
+        if attn_implementation == "flash_attention_2" and (device.type != "cuda" or not flash_installed):
+            raise ValueError("attn_implementation='flash_attention_2' needs a CUDA device and the flash-attn package "
+                             f"(device {str(device)!r}, flash-attn {'' if flash_installed else 'not '}installed); "
+                             "leave it None for the best available one")
+        return attn_implementation  # other names are transformers' to check, when the model loads
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
@@ -153,6 +177,7 @@ def load_shared(path: str, role: str, device: torch.device, dtype: torch.dtype, 
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
     model_kwargs = dict(model_kwargs or {})
+    device = _device_to_load_on(device)
     key = ModelKey(_normalise_path(path), role, str(device), str(dtype).replace("torch.", ""), attn_implementation,
                    tuple(sorted((k, repr(v)) for k, v in model_kwargs.items())))
     with _REGISTRY_LOCK:

@@ -247,7 +247,8 @@ class Ranges:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         if path.suffix.lower() == ".npy":
-            np.save(path, self.to_array())
+            with path.open("wb") as file:  # np.save(path) would append ".npy" to a ".NPY" name
+                np.save(file, self.to_array())
         else:
             path.write_text(json.dumps(self.to_dict()) + "\n", encoding="utf-8")
         return path

@@ -10,6 +10,7 @@ from .encoding import EncodedItem, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError
 from .inputs import Item, check_instruction, parse_items, raise_first
 from .media import _Invalid
+from .options import flag, whole_number
 from .prefix import VISION_END, QueryPrefix, inputs_after_prefix
 from .prompts import RERANKER_DEFAULT_INSTRUCTION, render, rerank_conversation
 from .runner import ModelInputs, Qwen3VLRunner, model_inputs
@@ -45,7 +46,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
     ) -> None:
         super().__init__(model_name_or_path, max_length=max_length, default_instruction=default_instruction,
                          batch_size=batch_size, **options)
-        self.share_query_prefix = None if share_query_prefix is None else bool(share_query_prefix)
+        self.share_query_prefix = None if share_query_prefix is None else flag("share_query_prefix", share_query_prefix)
 
     # ------------------------------------------------------------------------------- public API
     def score(self, query: Any, documents: Sequence[Any], *, instruction: str | None = None,
@@ -60,15 +61,21 @@ class Qwen3VLReranker(Qwen3VLRunner):
     def rank(self, query: Any, documents: Sequence[Any], *, top_n: int | None = None,
              instruction: str | None = None, batch_size: int | None = None) -> list[tuple[int, float]]:
         """(document index, score) pairs, best first, cut to `top_n`. Ties keep the input order."""
+        top_n = None if top_n is None else whole_number("top_n", top_n, 0)
         scores = self.score(query, documents, instruction=instruction, batch_size=batch_size)
         order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
         if top_n is not None:
-            order = order[: max(0, int(top_n))]
+            order = order[:top_n]
         return [(i, float(scores[i])) for i in order]
 
     def process(self, inputs: dict[str, Any]) -> list[float]:
         """The official API: {"instruction", "query", "documents", "fps", "max_frames"} -> list of scores."""
-        query, documents = inputs.get("query"), list(inputs.get("documents") or [])
+        if not isinstance(inputs, dict):
+            raise TypeError('process() takes a dict: {"query": ..., "documents": [...], "instruction": ...}')
+        query, documents = inputs.get("query"), inputs.get("documents") or []
+        if isinstance(documents, (str, dict)):
+            raise TypeError('process(): "documents" must be a list; wrap a single document in a list')
+        documents = list(documents)
         if not query or not documents:
             return []
         fps, max_frames = inputs.get("fps"), inputs.get("max_frames")
@@ -87,6 +94,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
         """Scores of arbitrary (query, document) pairs. Each query object (by identity) is validated and decoded once."""
         pairs = list(pairs)
         check_instruction(instruction)
+        batch_size = None if batch_size is None else whole_number("batch_size", batch_size, 1)
         if not pairs:
             return np.zeros(0, np.float32)
         query_keys: dict[int, int] = {}

@@ -22,6 +22,7 @@ from .inputs import Item, check_instruction
 from .joining import JoinLimits, can_join, join_rows
 from .loading import LoadedModel, load_shared, resolve_attention, resolve_device, resolve_dtype
 from .media import MediaPolicy, _Invalid
+from .options import flag, positive_number, whole_number
 from .pixels import normalize_pixels
 from .pooled_layer import can_pool_last_layer, pooled_tokens
 from .vision import VisionLimits, image_tokens, prepare_image, prepare_video, video_tokens
@@ -165,27 +166,27 @@ class Qwen3VLRunner:
     ) -> None:
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise TypeError("pass dtype or torch_dtype, not both")
-        if min_pixels > max_pixels:
+        if whole_number("min_pixels", min_pixels, 1) > whole_number("max_pixels", max_pixels, 1):
             raise ValueError("min_pixels must not exceed max_pixels")
-        if batch_size < 1 or max_batch_tokens < 1 or max_length < 16:
-            raise ValueError("batch_size and max_batch_tokens must be positive, max_length at least 16")
         self.model_name_or_path = str(model_name_or_path)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, self.device)
         self.attn_implementation = resolve_attention(attn_implementation, self.device)
-        self.max_length = int(max_length)
-        self.limits = VisionLimits(int(min_pixels), int(max_pixels), int(total_pixels), float(fps), int(max_frames))
+        self.max_length = whole_number("max_length", max_length, 16)
+        self.limits = VisionLimits(int(min_pixels), int(max_pixels), whole_number("total_pixels", total_pixels, 1),
+                                   positive_number("fps", fps), whole_number("max_frames", max_frames, 2))
         check_instruction(default_instruction, "default_instruction")
         self.default_instruction = default_instruction
-        self.batch_size = int(batch_size)
-        self.max_batch_tokens = int(max_batch_tokens)
-        self.policy = MediaPolicy(bool(allow_remote), float(remote_timeout), int(max_remote_bytes),
-                                  int(max_image_pixels))
-        self.preprocess_workers = max(0, int(preprocess_workers))
+        self.batch_size = whole_number("batch_size", batch_size, 1)
+        self.max_batch_tokens = whole_number("max_batch_tokens", max_batch_tokens, 1)
+        self.policy = MediaPolicy(flag("allow_remote", allow_remote), positive_number("remote_timeout", remote_timeout),
+                                  whole_number("max_remote_bytes", max_remote_bytes, 1),
+                                  whole_number("max_image_pixels", max_image_pixels, 1))
+        self.preprocess_workers = whole_number("preprocess_workers", preprocess_workers, 0)
         # This object's calls that wait for the model while another call's pass runs (a service embedding its users'
         # queries from several threads) run their rows in one pass with the others' when it frees up
         # (core/joining.py). False: its calls run their own passes (bit-for-bit repeatable in bf16 under load).
-        self.join_concurrent_calls = bool(join_concurrent_calls)
+        self.join_concurrent_calls = flag("join_concurrent_calls", join_concurrent_calls)
         # This object's forward passes run the language model's decoder layers under torch.compile (opt-in: a
         # compilation first, then faster passes on GPUs; core/compiled_layers.py). None: eager.
         self.torch_compile = compile_options(torch_compile)

@@ -1,0 +1,34 @@
+"""Checks of constructor and call options: a bad value fails at once, naming the option, not later as some item's
+error or as a silent coercion (``"false"`` read as True, ``2.5`` cut to 2)."""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+
+def flag(name: str, value: Any) -> bool:
+    """A real bool (numpy's too). Strings are refused: ``allow_remote="false"`` must not mean True."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def whole_number(name: str, value: Any, minimum: int) -> int:
+    """An integer (not a bool, not a float) of at least `minimum`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def positive_number(name: str, value: Any) -> float:
+    """A finite number above zero."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
