@@ -365,6 +365,7 @@ def build_index(
     if not folder.is_dir():
         raise CLIError(f"not a folder: {folder}", code=2)
     index_dir = Path(index_dir).expanduser() if index_dir else Path(DEFAULT_INDEX_DIR)
+    _check_index_dir(index_dir, folder)
     if dimensions is not None and dimensions <= 0:
         raise CLIError(f"--dimensions must be a positive integer, got {dimensions}", code=2)
     scan = scan_folder(folder, exclude=[index_dir])
@@ -460,11 +461,9 @@ def build_index(
         nodes.append(node)
         files_out.append({"file": rel, "modality": kind, "node_id": node.node_id})
 
-    index_dir.mkdir(parents=True, exist_ok=True)
     storage_context = li["StorageContext"].from_defaults()
     index = li["VectorStoreIndex"](nodes, storage_context=storage_context,
                                    embed_model=_embed_model(embedder, dimensions), show_progress=False)
-    index.storage_context.persist(persist_dir=str(index_dir))
 
     counts = {m: sum(1 for f in files_out if f["modality"] == m) for m in ("image", "text", "video")}
     manifest = {
@@ -483,7 +482,12 @@ def build_index(
         "skipped": errors,
         "ignored": [_rel(p, folder) for p in scan.ignored],
     }
-    (index_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+    def write(staging: Path) -> None:
+        index.storage_context.persist(persist_dir=str(staging))
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+    _replace_index(index_dir, write)
     summary = ", ".join(f"{counts[m]} {m}{'s' if counts[m] != 1 else ''}" for m in ("image", "text", "video"))
     log(f"Indexed {len(files_out)} file(s) ({summary}) with {model} "
         f"(dimension {manifest['dimension']}) into {index_dir}")
@@ -494,6 +498,66 @@ def build_index(
     return manifest
 
 
+def _check_index_dir(index_dir: Path, folder: Path) -> None:
+    """Before any model work: the index folder must be a folder we can create or write, and not the indexed folder
+    (its results pictures would be indexed by the next run)."""
+    if index_dir.exists() and not index_dir.is_dir():
+        raise CLIError(f"--index-dir is a file, not a folder: {index_dir}", code=2)
+    if index_dir.resolve() == folder.resolve():
+        raise CLIError(f"--index-dir must not be the folder being indexed ({folder}): the index and its results "
+                       "pictures would be read as files next time; use a subfolder or another folder", code=2)
+    existing = next(p for p in (index_dir, *index_dir.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot create or write the index folder {index_dir} ({existing} is not a writable "
+                       "folder)", code=2)
+
+
+# What LlamaIndex's StorageContext.persist writes (docstore.json, index_store.json, default__vector_store.json, ...).
+_STORE_FILES = "*store.json"
+
+
+def _replace_index(index_dir: Path, write: Callable[[Path], None]) -> None:
+    """Write a new index into a staging folder inside `index_dir`, then move its files over the old ones.
+
+    Writing the JSON stores is the slow part: an interrupt there leaves the previous index whole. The moves (each one
+    atomic) run with Ctrl-C deferred, so the folder never mixes files of two indexes. Other files (results pictures)
+    stay."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    staging = index_dir / ".staging"  # hidden: a folder scan skips it
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        write(staging)
+        with _interrupts_deferred():
+            new = {path.name for path in staging.iterdir()}
+            for stale in index_dir.glob(_STORE_FILES):
+                if stale.name not in new:
+                    stale.unlink()
+            for name in sorted(new - {MANIFEST_NAME}) + [MANIFEST_NAME]:  # the manifest last
+                os.replace(staging / name, index_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C (SIGINT) waits for the block to finish, then raises KeyboardInterrupt as usual."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def _cause(err: BaseException) -> str:
     """The reason an input was rejected, without the core's position prefix (e.g. "image 0: ")."""
     cause = str(getattr(err, "cause", None) or err)
@@ -501,8 +565,10 @@ def _cause(err: BaseException) -> str:
 
 
 def _rel(path: Path, folder: Path) -> str:
+    # Not resolved: a symlink keeps its own name (an alias is not its target's duplicate) and a link that leaves
+    # the folder stays under it; os.walk gives every path under `folder` as it was given.
     try:
-        return str(path.resolve().relative_to(folder.resolve()))
+        return str(path.relative_to(folder))
     except ValueError:
         return str(path)
 
@@ -647,7 +713,11 @@ def search(
     total = int(manifest["counts"]["indexed"])
     n_candidates = min(total, max(top_k, candidates or max(20, 4 * top_k))) if rerank else min(top_k, total)
     retriever = index.as_retriever(similarity_top_k=n_candidates)
-    results = retriever.retrieve(li["QueryBundle"](query_str=text or "", embedding=[float(v) for v in qvec]))
+    try:
+        results = retriever.retrieve(li["QueryBundle"](query_str=text or "", embedding=[float(v) for v in qvec]))
+    except KeyError as exc:  # a store names a node the docstore lacks: files of two different indexes
+        raise CLIError(f"the index in {index_dir} is inconsistent ({_one_line(exc)}); rebuild it with "
+                       f"`{PROG} index FOLDER --index-dir {index_dir}`", code=2) from None
 
     hits = []
     for r in results:
@@ -853,7 +923,7 @@ def picture_subtitle(info: dict) -> str:
 
 
 def _slug(text: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    slug = re.sub(r"[\W_]+", "-", text).strip("-").lower()  # \W: letters of every script stay
     return slug[:60] or "query"
 
 
@@ -896,10 +966,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true",
                         help="show Python tracebacks instead of one-line error messages")
+    # --debug also after the subcommand, where the error message's hint leads users to put it
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show Python tracebacks instead of one-line error messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{index,query}")
 
     p = sub.add_parser(
-        "index", help="embed every image, text file and video of a folder and save a searchable index",
+        "index", parents=[debug],
+        help="embed every image, text file and video of a folder and save a searchable index",
         description="Embed every image (png, jpg, gif, bmp, webp, tiff), text file (txt, md) and video (mp4, mov, "
         "avi, mkv, webm, m4v) under FOLDER, recursively, into one LlamaIndex VectorStoreIndex saved on disk with a "
         f"manifest ({MANIFEST_NAME}). Files that cannot be read are reported, skipped and counted.",
@@ -922,7 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     q = sub.add_parser(
-        "query", help="search an index with a text, an image and/or a video",
+        "query", parents=[debug], help="search an index with a text, an image and/or a video",
         description="Embed the query (text, --image, --video, or a combination) with the query instruction, "
         "retrieve the nearest files of the index, optionally rerank them, print a ranked table (rank, score, rerank "
         "score, modality, file) and write a picture of the results (thumbnails with scores).",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,6 +251,81 @@ def test_nothing_readable(tmp_path, tiny_embedding_path, capsys):
                         "--no-progress")
     _assert_one_line_error(code, err, 1, "none of the 2 file(s)")
     assert "skipped a.png" in err and "skipped b.jpg" in err
+
+
+def test_index_folder_is_checked_before_any_model_work(tmp_path, sample_folder, monkeypatch, capsys):
+    """A file as --index-dir, or the indexed folder itself, fails at once: not after every file was embedded."""
+    monkeypatch.setattr(cli, "_make_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sample_folder / "red_circle.png", folder)
+    (tmp_path / "afile").write_text("x")
+    code, _, err = _run(capsys, "index", folder, "--index-dir", tmp_path / "afile", "--model", "tiny")
+    _assert_one_line_error(code, err, 2, "--index-dir is a file, not a folder")
+    code, _, err = _run(capsys, "index", folder, "--index-dir", tmp_path / "afile" / "sub", "--model", "tiny")
+    _assert_one_line_error(code, err, 2, "cannot create or write the index folder")
+    code, _, err = _run(capsys, "index", folder, "--index-dir", folder, "--model", "tiny")
+    _assert_one_line_error(code, err, 2, "must not be the folder being indexed")
+
+
+def test_an_interrupted_save_leaves_the_previous_index_whole(tmp_path, sample_folder, tiny_embedding_path,
+                                                             monkeypatch, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("red_circle.png", "blue_square.png"):
+        shutil.copy(sample_folder / name, folder)
+    idx = tmp_path / "idx"
+    assert _run(capsys, "index", folder, "--index-dir", idx, "--model", tiny_embedding_path, "--no-progress")[0] == 0
+    (idx / "results-red.png").write_bytes(b"a results picture")  # not an index file: it stays
+    before = {p.name: p.read_bytes() for p in idx.iterdir()}
+    shutil.copy(sample_folder / "ball_rolling.mp4", folder)
+
+    def interrupted_write(self, persist_dir=None, **kwargs):  # Ctrl-C after the docstore was written
+        (Path(persist_dir) / "docstore.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    from llama_index.core import StorageContext
+    monkeypatch.setattr(StorageContext, "persist", interrupted_write)
+    code, _, err = _run(capsys, "index", folder, "--index-dir", idx, "--model", tiny_embedding_path, "--no-progress")
+    assert code == 130 and "interrupted" in err
+    assert {p.name: p.read_bytes() for p in idx.iterdir()} == before  # no staging folder left either
+    monkeypatch.undo()
+    code, out, err = _run(capsys, "query", idx, "a red circle", "--no-picture")
+    assert code == 0 and len(_table_rows(out)) == 2, err
+
+
+def test_interrupts_wait_for_the_moves(monkeypatch):
+    import os
+    import signal
+
+    moved = []
+    with pytest.raises(KeyboardInterrupt):
+        with cli._interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            moved.append("after the signal")
+    assert moved == ["after the signal"]
+
+
+def test_file_names_of_links_and_unicode_queries(tmp_path, sample_folder, tiny_embedding_path, capsys):
+    folder = tmp_path / "links"
+    folder.mkdir()
+    shutil.copy(sample_folder / "red_circle.png", folder / "a.png")
+    (folder / "alias.png").symlink_to(folder / "a.png")
+    (tmp_path / "outside").mkdir()
+    shutil.copy(sample_folder / "blue_square.png", tmp_path / "outside" / "ext.png")
+    (folder / "ext.png").symlink_to(tmp_path / "outside" / "ext.png")
+    idx = tmp_path / "idx"
+    assert _run(capsys, "index", folder, "--index-dir", idx, "--model", tiny_embedding_path, "--no-progress")[0] == 0
+    assert sorted(f["file"] for f in _manifest(idx)["files"]) == ["a.png", "alias.png", "ext.png"]
+    assert cli.default_picture_path(idx, "海滩日落").name == "results-海滩日落.png"
+    assert cli.default_picture_path(idx, "Été photo ✓ 1").name == "results-été-photo-1.png"
+
+
+def test_debug_after_the_subcommand(tmp_path, capsys):
+    with pytest.raises(cli.CLIError, match="folder not found"):
+        cli.main(["index", str(tmp_path / "nope"), "--debug"])
+    code, _, err = _run(capsys, "index", tmp_path / "nope")
+    _assert_one_line_error(code, err, 2, "folder not found")
 
 
 def test_query_with_a_different_model_or_dimension(index_dir, tmp_path, capsys):
