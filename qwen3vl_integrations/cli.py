@@ -23,8 +23,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import textwrap
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -542,9 +544,6 @@ def _replace_index(index_dir: Path, write: Callable[[Path], None]) -> None:
 @contextlib.contextmanager
 def _interrupts_deferred():
     """Ctrl-C (SIGINT) waits for the block to finish, then raises KeyboardInterrupt as usual."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return

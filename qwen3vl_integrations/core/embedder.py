@@ -9,9 +9,8 @@ import torch
 
 from .encoding import EncodedItem, append_token, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError
-from .inputs import Item, check_instruction, parse_items, raise_first
+from .inputs import Item, input_list, parse_items, raise_first
 from .media import _Invalid
-from .options import whole_number
 from .prompts import EMBEDDING_DEFAULT_INSTRUCTION, embedding_conversation, render
 from .runner import Qwen3VLRunner
 
@@ -121,12 +120,9 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
 
     def _embed(self, items: Sequence[Any], instruction: str | None, normalize: bool, batch_size: int | None,
                show_progress: bool, strict: bool, finish: Callable[[np.ndarray], np.ndarray]) -> EmbeddingResult:
-        if isinstance(items, (str, dict)):
-            raise TypeError("embed() takes a list of inputs; wrap a single input in a list")
-        check_instruction(instruction)
-        batch_size = None if batch_size is None else whole_number("batch_size", batch_size, 1)
+        items = input_list(items, "embed() takes a list of inputs; wrap a single input in a list")
+        batch_size = self._check_call(instruction, batch_size)
         row = finish(np.zeros((1, self.embedding_dim), np.float32))  # checks the options; the output's width, dtype
-        items = list(items)
         parsed, errors = parse_items(items, self.policy)
         good = [position for position, item in enumerate(parsed) if item is not None]
         costs: dict[int, int] = {}

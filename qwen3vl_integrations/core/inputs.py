@@ -6,7 +6,7 @@ import numbers
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 import numpy as np
@@ -111,6 +111,14 @@ def _check_text(text: str, what: str) -> None:
     for token in RESERVED_TOKENS:
         if token in text:
             raise _Invalid(f"{what} contains the reserved vision placeholder {token!r}")
+
+
+def input_list(values: Any, refusal: str) -> list[Any]:
+    """`values` as a list. One input where a list belongs is refused with `refusal` (a TypeError): a str, bytes,
+    Path or dict is iterable too, and iterating it would embed or score its characters, bytes, parts or keys."""
+    if isinstance(values, (str, bytes, bytearray, PurePath, dict)):
+        raise TypeError(refusal)
+    return list(values)
 
 
 def check_instruction(instruction: Any, what: str = "instruction") -> None:

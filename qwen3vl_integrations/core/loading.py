@@ -28,12 +28,16 @@ from .text_attention import use_text_attention
 ROLES = ("embedding", "reranker")
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """`None`/"auto": cuda, then mps, then cpu."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     resolved = torch.device(device)
@@ -50,8 +54,7 @@ def _device_to_load_on(device: torch.device) -> torch.device:
             return torch.device("cuda", torch.cuda.current_device())
         if device.index >= torch.cuda.device_count():
             raise RuntimeError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                     and torch.backends.mps.is_available()):
+    if device.type == "mps" and not _mps_available():
         raise RuntimeError(f"device {str(device)!r}: MPS is not available to this torch ({torch.__version__})")
     return device
 
@@ -75,16 +78,16 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 def resolve_attention(attn_implementation: str | None, device: torch.device) -> str:
     """`None`/"auto": flash_attention_2 when installed on CUDA, else sdpa."""
+    flash_installed = importlib.util.find_spec("flash_attn") is not None
     if attn_implementation not in (None, "auto"):
         if not isinstance(attn_implementation, str):
             raise TypeError(f"attn_implementation must be a str or None, got {attn_implementation!r}")
-        flash_installed = importlib.util.find_spec("flash_attn") is not None
         if attn_implementation == "flash_attention_2" and (device.type != "cuda" or not flash_installed):
             raise ValueError("attn_implementation='flash_attention_2' needs a CUDA device and the flash-attn package "
                              f"(device {str(device)!r}, flash-attn {'' if flash_installed else 'not '}installed); "
                              "leave it None for the best available one")
         return attn_implementation  # other names are transformers' to check, when the model loads
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+    if device.type == "cuda" and flash_installed:
         return "flash_attention_2"
     return "sdpa"
 

@@ -8,7 +8,7 @@ import torch
 
 from .encoding import EncodedItem, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError
-from .inputs import Item, check_instruction, parse_items, raise_first
+from .inputs import Item, input_list, parse_items, raise_first
 from .media import _Invalid
 from .options import flag, whole_number
 from .prefix import VISION_END, QueryPrefix, inputs_after_prefix
@@ -52,9 +52,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
     def score(self, query: Any, documents: Sequence[Any], *, instruction: str | None = None,
               batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
         """Relevance of each document to the query: float32 [N] in (0, 1), in the documents' order."""
-        if isinstance(documents, (str, dict)):
-            raise TypeError("score() takes a list of documents; wrap a single document in a list")
-        documents = list(documents)
+        documents = input_list(documents, "score() takes a list of documents; wrap a single document in a list")
         return self.score_pairs([(query, document) for document in documents], instruction=instruction,
                                 batch_size=batch_size, show_progress=show_progress, _one_query=True)
 
@@ -72,10 +70,9 @@ class Qwen3VLReranker(Qwen3VLRunner):
         """The official API: {"instruction", "query", "documents", "fps", "max_frames"} -> list of scores."""
         if not isinstance(inputs, dict):
             raise TypeError('process() takes a dict: {"query": ..., "documents": [...], "instruction": ...}')
-        query, documents = inputs.get("query"), inputs.get("documents") or []
-        if isinstance(documents, (str, dict)):
-            raise TypeError('process(): "documents" must be a list; wrap a single document in a list')
-        documents = list(documents)
+        query = inputs.get("query")
+        documents = input_list(inputs.get("documents") or [],
+                               'process(): "documents" must be a list; wrap a single document in a list')
         if not query or not documents:
             return []
         fps, max_frames = inputs.get("fps"), inputs.get("max_frames")
@@ -93,8 +90,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
                     _one_query: bool = False) -> np.ndarray:
         """Scores of arbitrary (query, document) pairs. Each query object (by identity) is validated and decoded once."""
         pairs = list(pairs)
-        check_instruction(instruction)
-        batch_size = None if batch_size is None else whole_number("batch_size", batch_size, 1)
+        batch_size = self._check_call(instruction, batch_size)
         if not pairs:
             return np.zeros(0, np.float32)
         query_keys: dict[int, int] = {}

@@ -166,14 +166,15 @@ class Qwen3VLRunner:
     ) -> None:
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise TypeError("pass dtype or torch_dtype, not both")
-        if whole_number("min_pixels", min_pixels, 1) > whole_number("max_pixels", max_pixels, 1):
+        min_pixels, max_pixels = whole_number("min_pixels", min_pixels, 1), whole_number("max_pixels", max_pixels, 1)
+        if min_pixels > max_pixels:
             raise ValueError("min_pixels must not exceed max_pixels")
         self.model_name_or_path = str(model_name_or_path)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, self.device)
         self.attn_implementation = resolve_attention(attn_implementation, self.device)
         self.max_length = whole_number("max_length", max_length, 16)
-        self.limits = VisionLimits(int(min_pixels), int(max_pixels), whole_number("total_pixels", total_pixels, 1),
+        self.limits = VisionLimits(min_pixels, max_pixels, whole_number("total_pixels", total_pixels, 1),
                                    positive_number("fps", fps), whole_number("max_frames", max_frames, 2))
         check_instruction(default_instruction, "default_instruction")
         self.default_instruction = default_instruction
@@ -193,6 +194,11 @@ class Qwen3VLRunner:
         self.model_kwargs = dict(model_kwargs or {})
         self._loaded: LoadedModel | None = None
         self._load_lock = threading.Lock()
+
+    def _check_call(self, instruction: str | None, batch_size: int | None) -> int:
+        """A call's own options, checked before any model work; returns the call's batch size."""
+        check_instruction(instruction)
+        return self.batch_size if batch_size is None else whole_number("batch_size", batch_size, 1)
 
     # ------------------------------------------------------------------------------------ loading
     def load(self) -> LoadedModel:
@@ -277,7 +283,7 @@ class Qwen3VLRunner:
         costs: Sequence[int],
         build: BuildSequence,
         role: str,
-        batch_size: int | None = None,
+        batch_size: int,
         show_progress: bool = False,
         raise_errors: bool = True,
         groups: Sequence[int] | None = None,
@@ -302,7 +308,7 @@ class Qwen3VLRunner:
         for position, group in enumerate(groups if groups is not None else [0] * len(costs)):
             members.setdefault(group, []).append(position)
         batches = [[positions[i] for i in batch] for positions in members.values()
-                   for batch in plan_batches([costs[p] for p in positions], batch_size or self.batch_size, budget,
+                   for batch in plan_batches([costs[p] for p in positions], batch_size, budget,
                                              batch_overhead=overhead)]
 
         def build_batch(positions: list[int]) -> tuple[list[int], ModelInputs | None, list[Qwen3VLInputError]]:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from pathlib import PurePath
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from qwen3vl_integrations.core.inputs import input_list
 from qwen3vl_integrations.core.prompts import DEFAULT_QUERY_INSTRUCTION
 
 from ._core import attach_core, build_embedder, lazy, to_float_lists
@@ -83,14 +82,9 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _listed(values: Any, method: str) -> list[Any]:
-        # A bare string is iterable: embed_documents("abc") would embed "a", "b", "c" and embed_image(uris=path)
-        # each character of the path. Refuse the single input instead of guessing.
-        if isinstance(values, (str, bytes, dict, PurePath)):
-            raise TypeError(f"{method}() takes a list; wrap a single input in a list")
-        return list(values)
+        return input_list(values, f"{method}() takes a list; wrap a single input in a list")
 
-    def _embed(self, items: Sequence[Any], instruction: str | None) -> list[list[float]]:
-        items = list(items)
+    def _embed(self, items: list[Any], instruction: str | None) -> list[list[float]]:
         if not items:
             return []
         kwargs: dict[str, Any] = {"instruction": instruction}

@@ -7,8 +7,9 @@ All model work happens in the core :class:`~qwen3vl_integrations.Qwen3VLEmbedder
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence
 
 from llama_index.core.base.embeddings.base import Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
@@ -34,20 +35,42 @@ _FAILED_INPUT = "_qwen3vl_failed_input"  # set on a chunk call's input error: th
 _UNMARKED = object()
 
 
-def _mark_failed_input(error: Qwen3VLInputError, chunk: Sequence[Any]) -> None:
-    if isinstance(error.index, int) and 0 <= error.index < len(chunk):
-        setattr(error, _FAILED_INPUT, chunk[error.index])
+@contextlib.contextmanager
+def _naming_the_input(chunk: Sequence[Any]) -> Iterator[None]:
+    """Around one chunk call: an input error carries the input object it names (`_positions_in` locates it)."""
+    try:
+        yield
+    except Qwen3VLInputError as error:
+        if isinstance(error.index, int) and 0 <= error.index < len(chunk):
+            setattr(error, _FAILED_INPUT, chunk[error.index])
+        raise
 
 
-def _located_in(error: Qwen3VLInputError, inputs: Sequence[Any]) -> Qwen3VLInputError:
-    """LlamaIndex's ``get_*_batch`` methods call us per chunk of ``embed_batch_size`` (or per cache miss list): the
-    error's index counts within that chunk. Found by identity, the input it names gets its position in the caller's
-    list (the first, if the same object is there twice: the same input, the same cause)."""
-    failed = getattr(error, _FAILED_INPUT, _UNMARKED)
-    for position, value in enumerate(inputs):
-        if value is failed:
-            return error.located(position, error.role)
-    return error
+@contextlib.contextmanager
+def _positions_in(inputs: Sequence[Any]) -> Iterator[None]:
+    """Around a ``get_*_batch`` method: LlamaIndex calls us per chunk of ``embed_batch_size`` (or per cache miss
+    list), so an error's index counts within that chunk. Found by identity, the input it names gets its position in
+    the caller's list (the first, if the same object is there twice: the same input, the same cause)."""
+    try:
+        yield
+    except Qwen3VLInputError as error:
+        failed = getattr(error, _FAILED_INPUT, _UNMARKED)
+        position = next((p for p, value in enumerate(inputs) if value is failed), None)
+        if position is None:
+            raise
+        raise error.located(position, error.role) from None
+
+
+@contextlib.contextmanager
+def _naming_the_node(nodes: Sequence[BaseNode], group: List[tuple]) -> Iterator[None]:
+    """Attach "while embedding node <id>" to a core input error whose index points into `group`."""
+    try:
+        yield
+    except ValueError as error:
+        index = getattr(error, "index", None)
+        if isinstance(index, int) and 0 <= index < len(group):
+            error.add_note(f"while embedding node {nodes[group[index][0]].node_id!r}")
+        raise
 
 
 class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
@@ -184,26 +207,19 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
         return await asyncio.to_thread(self._get_text_embedding, text)
 
     def _get_text_embeddings(self, texts: List[str]) -> List[Embedding]:
-        try:
+        with _naming_the_input(texts):
             return self._embed(texts, self.text_instruction)
-        except Qwen3VLInputError as error:
-            _mark_failed_input(error, texts)
-            raise
 
     def get_text_embedding_batch(self, texts: List[str], show_progress: bool = False,
                                  **kwargs: Any) -> List[Embedding]:
         """LlamaIndex's chunked batch call; an input error names the text's position in ``texts``."""
-        try:
+        with _positions_in(texts):
             return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
-        except Qwen3VLInputError as error:
-            raise _located_in(error, texts) from None
 
     async def aget_text_embedding_batch(self, texts: List[str], show_progress: bool = False,
                                         **kwargs: Any) -> List[Embedding]:
-        try:
+        with _positions_in(texts):
             return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
-        except Qwen3VLInputError as error:
-            raise _located_in(error, texts) from None
 
     async def _aget_text_embeddings(self, texts: List[str]) -> List[Embedding]:
         return await asyncio.to_thread(self._get_text_embeddings, texts)
@@ -218,26 +234,19 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
 
     def _get_image_embeddings(self, img_file_paths: List[ImageType]) -> List[Embedding]:
         """Images as str path / URL, ``pathlib.Path``, ``BytesIO``, bytes or ``PIL.Image``: one batched call."""
-        try:
+        with _naming_the_input(img_file_paths):
             return self._embed([{"image": image} for image in img_file_paths], self.text_instruction)
-        except Qwen3VLInputError as error:
-            _mark_failed_input(error, img_file_paths)
-            raise
 
     def get_image_embedding_batch(self, img_file_paths: List[ImageType],
                                   show_progress: bool = False) -> List[Embedding]:
         """LlamaIndex's chunked batch call; an input error names the image's position in ``img_file_paths``."""
-        try:
+        with _positions_in(img_file_paths):
             return super().get_image_embedding_batch(img_file_paths, show_progress=show_progress)
-        except Qwen3VLInputError as error:
-            raise _located_in(error, img_file_paths) from None
 
     async def aget_image_embedding_batch(self, img_file_paths: List[ImageType],
                                          show_progress: bool = False) -> List[Embedding]:
-        try:
+        with _positions_in(img_file_paths):
             return await super().aget_image_embedding_batch(img_file_paths, show_progress=show_progress)
-        except Qwen3VLInputError as error:
-            raise _located_in(error, img_file_paths) from None
 
     async def _aget_image_embeddings(self, img_file_paths: List[ImageType]) -> List[Embedding]:
         return await asyncio.to_thread(self._get_image_embeddings, img_file_paths)
@@ -319,18 +328,8 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
 
     def _embed_media_group(self, nodes: Sequence[BaseNode], group: List[tuple], show_progress: bool) -> List[Embedding]:
         items = [item for _, item in group]
-        try:
+        with _naming_the_node(nodes, group):
             return self._embed_with_event(items, items, self.text_instruction, show_progress=show_progress)
-        except ValueError as error:
-            self._node_note(nodes, group, error)
-            raise
-
-    @staticmethod
-    def _node_note(nodes: Sequence[BaseNode], group: List[tuple], error: BaseException) -> None:
-        """Attach "while embedding node <id>" to a core input error whose index points into `group`."""
-        index = getattr(error, "index", None)
-        if isinstance(index, int) and 0 <= index < len(group):
-            error.add_note(f"while embedding node {nodes[group[index][0]].node_id!r}")
 
     @staticmethod
     def _write(nodes: Sequence[BaseNode], groups: Dict[str, List[tuple]],
@@ -347,11 +346,8 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
         show_progress = bool(kwargs.get("show_progress", False))
         embeddings: Dict[str, List[Embedding]] = {}
         if groups["text"]:
-            try:
+            with _naming_the_node(nodes, groups["text"]):
                 embeddings["text"] = self.get_text_embedding_batch([text for _, text in groups["text"]], **kwargs)
-            except ValueError as error:
-                self._node_note(nodes, groups["text"], error)
-                raise
         for kind in ("image", "video"):
             if groups[kind]:
                 embeddings[kind] = self._embed_media_group(nodes, groups[kind], show_progress)
@@ -363,12 +359,9 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
         show_progress = bool(kwargs.get("show_progress", False))
         embeddings: Dict[str, List[Embedding]] = {}
         if groups["text"]:
-            try:
+            with _naming_the_node(nodes, groups["text"]):
                 embeddings["text"] = await self.aget_text_embedding_batch(
                     [text for _, text in groups["text"]], **kwargs)
-            except ValueError as error:
-                self._node_note(nodes, groups["text"], error)
-                raise
         for kind in ("image", "video"):
             if groups[kind]:
                 embeddings[kind] = await asyncio.to_thread(self._embed_media_group, nodes, groups[kind], show_progress)
