@@ -66,6 +66,11 @@ class FakeReranker:
         self.calls.append(dict(query=query, documents=documents, instruction=instruction, batch_size=batch_size))
         return np.array([_vector(repr(d), repr(query))[0] for d in documents], dtype=np.float32)
 
+    def score_pairs(self, pairs, *, instruction=None, batch_size=None):
+        pairs = list(pairs)
+        self.calls.append(dict(pairs=pairs, instruction=instruction, batch_size=batch_size))
+        return np.array([_vector(repr(d), repr(q))[0] for q, d in pairs], dtype=np.float32)
+
 
 def _png_bytes(color=(255, 0, 0), size=(8, 8)) -> bytes:
     from PIL import Image
@@ -308,19 +313,23 @@ async def test_rerank_async_with_fake():
     assert len(both) == 2 and all(len(x) == 3 for x in both)
 
 
-def test_cross_encoder_groups_pairs_by_query():
+def test_cross_encoder_hands_all_pairs_to_the_core_in_one_call():
     fake = FakeReranker()
-    ce = Qwen3VLCrossEncoder(reranker=fake, instruction="I!")
-    pairs = [("q1", "a"), ("q2", "b"), ("q1", "c"), ("q2", "d"), ("q3", "e")]
+    ce = Qwen3VLCrossEncoder(reranker=fake, instruction="I!", batch_size=3)
+    q1 = "".join(["q", "1"])  # equal to "q1" but another object: LangChain builds one string per pair
+    pairs = [("q1", "a"), ("q2", "b"), (q1, "c"), ("q2", "d"), ("q3", "e")]
     scores = ce.score(pairs)
-    assert [c["query"] for c in fake.calls] == ["q1", "q2", "q3"]
-    assert [c["documents"] for c in fake.calls] == [["a", "c"], ["b", "d"], ["e"]]
-    assert all(c["instruction"] == "I!" for c in fake.calls)
+    assert len(fake.calls) == 1
+    call = fake.calls[0]
+    assert call["pairs"] == pairs and call["instruction"] == "I!" and call["batch_size"] == 3
+    # equal queries reach the core as one object: the core groups (and encodes) queries by identity
+    assert call["pairs"][0][0] is call["pairs"][2][0] and call["pairs"][1][0] is call["pairs"][3][0]
     expected = [float(FakeReranker().score(q, [d])[0]) for q, d in pairs]
     assert scores == pytest.approx(expected)
     assert all(type(s) is float for s in scores)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"text_pairs\[0\] must be a \(query, document\) pair"):
         ce.score([("only-one",)])
+    assert len(fake.calls) == 1
 
 
 # ================================================================================================================

@@ -5,8 +5,6 @@ from typing import Any
 
 from langchain_core.cross_encoders import BaseCrossEncoder
 
-from qwen3vl_integrations.core.errors import Qwen3VLInputError
-
 from ._core import RerankerOptions, to_floats
 
 __all__ = ["Qwen3VLCrossEncoder"]
@@ -23,32 +21,24 @@ class Qwen3VLCrossEncoder(RerankerOptions, BaseCrossEncoder):
         compressor = CrossEncoderReranker(model=Qwen3VLCrossEncoder(model_name="Qwen/Qwen3-VL-Reranker-2B"), top_n=3)
 
     `CrossEncoderReranker` passes ``page_content`` only, so this path is text-only (and writes no score into
-    metadata); use `Qwen3VLRerank` to rerank image and video documents. Pairs sharing a query are scored in one
-    core call; scores are floats in (0, 1) in the order of ``text_pairs``. The model loads lazily on first use.
+    metadata); use `Qwen3VLRerank` to rerank image and video documents. All pairs go to the core's `score_pairs` in
+    one call; scores are floats in (0, 1) in the order of ``text_pairs``. The model loads lazily on first use.
     """
 
     def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
-        """Score ``(query, document)`` pairs; pairs with the same query are batched together."""
+        """Score ``(query, document)`` pairs in one core call; pairs with the same query share its encoding."""
         pairs = [tuple(pair) for pair in text_pairs]
         for i, pair in enumerate(pairs):
             if len(pair) != 2:
                 raise ValueError(f"text_pairs[{i}] must be a (query, document) pair, got {len(pair)} elements")
         if not pairs:
             return []
-        groups: dict[str, list[int]] = {}
-        for i, (query, _) in enumerate(pairs):
-            groups.setdefault(query, []).append(i)
+        # The core groups pairs by the query object; equal query strings become one object, so a query that
+        # LangChain repeats per pair is processed (and its prompt part run) once.
+        same_query: dict[str, str] = {}
+        pairs = [(same_query.setdefault(query, query) if isinstance(query, str) else query, document)
+                 for query, document in pairs]
         kwargs: dict[str, Any] = {"instruction": self.instruction}
         if self.batch_size is not None:
             kwargs["batch_size"] = self.batch_size
-        scores = [0.0] * len(pairs)
-        reranker = self.core_reranker
-        for query, indices in groups.items():
-            try:
-                group_scores = to_floats(reranker.score(query, [pairs[i][1] for i in indices], **kwargs))
-            except Qwen3VLInputError as error:  # name the pair in text_pairs, not the position within its group
-                where = indices[0] if error.index is None else indices[error.index]
-                raise error.located(where, error.role) from None
-            for i, s in zip(indices, group_scores, strict=True):
-                scores[i] = s
-        return scores
+        return to_floats(self.core_reranker.score_pairs(pairs, **kwargs))
