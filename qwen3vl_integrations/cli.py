@@ -276,6 +276,7 @@ def _embed_model(embedder, dimensions: int | None):
 class ScanResult:
     files: list[tuple[Path, str]] = field(default_factory=list)  # (path, modality), sorted by path
     ignored: list[Path] = field(default_factory=list)  # files with an extension we do not index
+    linked_folders: list[Path] = field(default_factory=list)  # symlinked folders, not followed
 
 
 def _modality(path: Path) -> str | None:
@@ -290,13 +291,17 @@ def _modality(path: Path) -> str | None:
 
 
 def scan_folder(folder: str | Path, exclude: Sequence[str | Path] = ()) -> ScanResult:
-    """Every image, video and text file under ``folder`` (recursively; hidden files and folders skipped)."""
+    """Every image, video and text file under ``folder`` (recursively; hidden files and folders skipped).
+
+    Symlinked folders are listed, not followed: a link can loop back or reach far outside the folder.
+    """
     folder = Path(folder)
     excluded = {Path(p).resolve() for p in exclude}
     result = ScanResult()
     for root, dirs, names in os.walk(folder):
         root_path = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (root_path / d).resolve() not in excluded)
+        result.linked_folders.extend(root_path / d for d in dirs if (root_path / d).is_symlink())
         for name in sorted(names):
             if name.startswith("."):
                 continue
@@ -483,6 +488,7 @@ def build_index(
         "files": files_out,
         "skipped": errors,
         "ignored": [_rel(p, folder) for p in scan.ignored],
+        "linked_folders_not_followed": [_rel(p, folder) for p in scan.linked_folders],
     }
 
     def write(staging: Path) -> None:
@@ -497,6 +503,9 @@ def build_index(
         log(f"Skipped {len(errors)} unreadable file(s): " + ", ".join(e["file"] for e in errors))
     if scan.ignored:
         log(f"Ignored {len(scan.ignored)} file(s) of other types")
+    if scan.linked_folders:
+        log(f"Did not follow {len(scan.linked_folders)} symlinked folder(s) (index their targets on their own): "
+            + ", ".join(_rel(p, folder) for p in scan.linked_folders))
     return manifest
 
 

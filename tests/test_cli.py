@@ -314,9 +314,16 @@ def test_file_names_of_links_and_unicode_queries(tmp_path, sample_folder, tiny_e
     (tmp_path / "outside").mkdir()
     shutil.copy(sample_folder / "blue_square.png", tmp_path / "outside" / "ext.png")
     (folder / "ext.png").symlink_to(tmp_path / "outside" / "ext.png")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "loop").symlink_to(folder, target_is_directory=True)  # followed, it would never end
+    (folder / "more").symlink_to(tmp_path / "outside", target_is_directory=True)
     idx = tmp_path / "idx"
-    assert _run(capsys, "index", folder, "--index-dir", idx, "--model", tiny_embedding_path, "--no-progress")[0] == 0
+    code, out, _ = _run(capsys, "index", folder, "--index-dir", idx, "--model", tiny_embedding_path, "--no-progress")
+    assert code == 0
     assert sorted(f["file"] for f in _manifest(idx)["files"]) == ["a.png", "alias.png", "ext.png"]
+    # symlinked folders are not followed, and the user is told which
+    assert _manifest(idx)["linked_folders_not_followed"] == ["more", "sub/loop"]
+    assert "Did not follow 2 symlinked folder(s) (index their targets on their own): more, sub/loop" in out
     assert cli.default_picture_path(idx, "海滩日落").name == "results-海滩日落.png"
     assert cli.default_picture_path(idx, "Été photo ✓ 1").name == "results-été-photo-1.png"
 
