@@ -223,7 +223,13 @@ def test_embedding_with_existing_core():
     assert emb.model_name == "fake/embedder"
     assert emb.embed_batch_size == DEFAULT_EMBED_BATCH_SIZE  # LlamaIndex's chunks; the core keeps its own cap
     assert emb.embedding_dim == 8
-    assert Qwen3VLEmbedding(embedder=fake, dimensions=4).embedding_dim == 4
+    # embedding_dim is what a vector store sizes itself by: a size the model cannot give fails here
+    for dimensions, problem in [(4, "below 64"), (128, "larger than the embedding size 8")]:
+        with pytest.raises(ValueError, match=f"dimensions={dimensions} is {problem}"):
+            Qwen3VLEmbedding(embedder=fake, dimensions=dimensions).embedding_dim
+    wide = FakeEmbedder()
+    wide.embedding_dim = 128
+    assert Qwen3VLEmbedding(embedder=wide, dimensions=64).embedding_dim == 64
     clone = pickle.loads(pickle.dumps(emb))  # a user-given core object is kept
     assert isinstance(clone.embedder, FakeEmbedder)
     owned = Qwen3VLEmbedding()

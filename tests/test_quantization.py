@@ -446,6 +446,88 @@ def test_search_errors():
         search(np.full((1, 64), np.nan, np.float32), x, "float32")
 
 
+@pytest.mark.parametrize("use_faiss", BACKENDS)
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_a_non_finite_corpus_row_is_named_not_searched(small_blocks, precision, use_faiss):
+    """FAISS answered a NaN row with label -1, which read the last document twice and dropped another."""
+    rng = np.random.default_rng(15)
+    x = unit(rng, 40, 64)
+    for bad_row, bad in [(5, np.nan), (33, np.inf)]:
+        corpus = x.copy()
+        corpus[bad_row, 3] = bad
+        with pytest.raises(ValueError, match=f"^corpus row {bad_row} contains NaN or infinite values"):
+            search(x[:2], corpus.astype(precision), precision, top_k=25, use_faiss=use_faiss)
+    rescore = x.copy()
+    rescore[7, 0] = np.nan
+    with pytest.raises(ValueError, match="^rescore row 7 contains NaN"):
+        search(x[7:8], x, "float32", top_k=1, rescore=rescore, use_faiss=use_faiss)
+    # as bits NaN would read as an ordinary "not > 0"; int8 codes would hide it too
+    for p, kw in [("ubinary", {}), ("binary", {}), ("int8", {"ranges": calibrate(x)})]:
+        with pytest.raises(ValueError, match="^vecs row 5 contains NaN"):
+            quantize(np.where(np.arange(40)[:, None] == 5, np.nan, x), p, **kw)
+
+
+def test_rescoring_memory_does_not_grow_with_the_candidates():
+    """The exact rescoring works through candidates in tiles; it held all top_k x multiplier rows in float64."""
+    rng = np.random.default_rng(16)
+    x = unit(rng, 4000, 256)
+    q = x[:1]
+    search(q, x, "float32", top_k=5, rescore=x)  # warm up outside the trace
+    tracemalloc.start()
+    try:
+        scores, idx = search(q, x, "float32", top_k=500, rescore=x, rescore_multiplier=8)  # 4000 candidates
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * 2**20, peak  # all candidates at once: 8 MiB of float64 (and 4 MiB of float32) rows
+    want_s, want_i = brute_ip(q, x)
+    np.testing.assert_array_equal(idx, want_i[:, :500])
+    np.testing.assert_array_equal(scores, want_s[:, :500])
+
+
+def test_int8_first_stage_with_int8_rescoring_at_another_dimension(small_blocks):
+    """One `ranges` cannot describe both; `rescore_ranges` takes the rescore vectors' own."""
+    rng = np.random.default_rng(17)
+    full = unit(rng, 300, 128)
+    q = unit(rng, 4, 128)
+    small = truncate(full, 64)
+    r64, r128 = calibrate(small), calibrate(full)
+    first, store = quantize(small, "int8", ranges=r64), quantize(full, "int8", ranges=r128)
+    with pytest.raises(ValueError, match="ranges cover 64 dimensions but the vectors have 128"):
+        search(q, first, "int8", top_k=5, rescore=store, ranges=r64)
+    scores, idx = search(q, first, "int8", top_k=5, rescore=store, ranges=r64, rescore_ranges=r128,
+                         rescore_multiplier=4)
+    _, cand = brute_ip(truncate(q, 64), dequantize(first, "int8", ranges=r64))
+    deq = dequantize(store, "int8", ranges=r128)
+    for row in range(len(q)):
+        s, order = brute_ip(q[row : row + 1], deq[cand[row, :20]])
+        np.testing.assert_array_equal(idx[row], cand[row, :20][order[0, :5]])
+        np.testing.assert_array_equal(scores[row], s[0, :5])
+
+
+def test_option_and_shape_errors_of_the_smaller_functions(tmp_path):
+    rng = np.random.default_rng(18)
+    x = unit(rng, 10, 64)
+    with pytest.raises(ValueError, match="use_faiss must be True, False or None"):
+        search(x, x, "float32", use_faiss="false")  # a truthy string: it used FAISS
+    with pytest.raises(ValueError, match="1-D low and high"):
+        Ranges(low=np.zeros((2, 3)), high=np.ones((2, 3)))
+    with pytest.raises(ValueError, match="says dim=3 but holds 2"):
+        Ranges.from_dict({"dim": 3, "low": [0, 0], "high": [1, 1]})
+    r = Ranges(low=[0, 0], high=[1, 1], count=np.int64(3))
+    assert Ranges.load(r.save(tmp_path / "r.json")).count == 3 and type(r.count) is int
+    codes = quantize(x, "ubinary")
+    with pytest.raises(ValueError, match="dim must be an integer"):
+        dequantize(codes, "ubinary", dim=10.0)
+    with pytest.raises(ValueError, match="dim= applies to binary and ubinary"):
+        dequantize(quantize(x, "int8", ranges=calibrate(x)), "int8", ranges=calibrate(x), dim=10)
+    # an empty corpus checks the queries as a full one does
+    with pytest.raises(ValueError, match="truncate"):
+        search(unit(rng, 2, 128), np.zeros((0, 64), np.float32), "float32")
+    with pytest.raises(ValueError, match="packs 64 bits"):
+        search(unit(rng, 2, 128), codes[:0], "ubinary")
+
+
 def test_use_faiss_true_without_faiss(monkeypatch):
     import builtins
 

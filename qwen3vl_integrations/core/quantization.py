@@ -119,12 +119,36 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _check_finite_rows(x: np.ndarray, row_ids: np.ndarray, name: str) -> None:
+    """Raise naming the first row of ``x`` (``name`` row ``row_ids[i]``) that holds NaN or an infinite value."""
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{name} row {int(row_ids[int(np.argmax(bad))])} contains NaN or infinite values")
+
+
 def _row_norms(x: np.ndarray) -> np.ndarray:
     x64 = x.astype(np.float64, copy=False)
     return np.sqrt(np.einsum("ij,ij->i", x64, x64))
 
 
 # ----------------------------------------------------------------------------------------------------- truncate
+
+
+def check_dimensions(dimensions: int | None, dim: int, *, min_dimensions: int = MIN_DIMENSIONS) -> int:
+    """The Matryoshka size ``dimensions`` asks of ``dim``-wide vectors (``None``: all), or ``ValueError``."""
+    if dimensions is None:
+        return dim
+    if isinstance(dimensions, bool) or not isinstance(dimensions, numbers.Integral):
+        raise ValueError(f"dimensions must be an integer or None, got {dimensions!r}")
+    k = int(dimensions)
+    if k > dim:
+        raise ValueError(f"dimensions={k} is larger than the embedding size {dim}")
+    if k < min_dimensions and k != dim:
+        raise ValueError(
+            f"dimensions={k} is below {min_dimensions}, the smallest Matryoshka size the model supports "
+            f"(valid: {min_dimensions}..{dim})"
+        )
+    return k
 
 
 def truncate(
@@ -135,24 +159,11 @@ def truncate(
     Accepts a 1-D vector or a 2-D ``[n, D]`` array (torch tensors too) and returns the same rank. ``dimensions=None``
     keeps all ``D`` values. Raises ``ValueError`` when ``dimensions < min_dimensions`` (64, the smallest size the
     models were trained for) or ``dimensions > D``; ``dimensions == D`` is always accepted. Zero vectors stay zero.
-    Re-normalising is exact whether or not the input was normalised:
-    ``normalize(x[:k]) == normalize(normalize(x)[:k])``.
+    Re-normalising does not depend on whether the input was normalised:
+    ``normalize(x[:k]) == normalize(normalize(x)[:k])`` up to float32 rounding.
     """
     x, was_1d = _float_matrix(vecs, "vecs")
-    dim = x.shape[1]
-    if dimensions is None:
-        k = dim
-    else:
-        if isinstance(dimensions, bool) or not isinstance(dimensions, numbers.Integral):
-            raise ValueError(f"dimensions must be an integer or None, got {dimensions!r}")
-        k = int(dimensions)
-        if k > dim:
-            raise ValueError(f"dimensions={k} is larger than the embedding size {dim}")
-        if k < min_dimensions and k != dim:
-            raise ValueError(
-                f"dimensions={k} is below {min_dimensions}, the smallest Matryoshka size the model supports "
-                f"(valid: {min_dimensions}..{dim})"
-            )
+    k = check_dimensions(dimensions, x.shape[1], min_dimensions=min_dimensions)
     out = np.array(x[:, :k], dtype=np.float32, copy=True)
     if normalize:
         norms = _row_norms(out)
@@ -179,8 +190,11 @@ class Ranges:
     extra: dict = field(default_factory=dict)  # free-form metadata kept by JSON round trips
 
     def __post_init__(self) -> None:
-        low = np.asarray(self.low, dtype=np.float32).reshape(-1)
-        high = np.asarray(self.high, dtype=np.float32).reshape(-1)
+        low = np.asarray(self.low, dtype=np.float32)
+        high = np.asarray(self.high, dtype=np.float32)
+        if low.ndim != 1 or high.ndim != 1:
+            raise ValueError(f"Ranges needs 1-D low and high (one value per dimension), got shapes {low.shape} and "
+                             f"{high.shape}; a [2, dim] array goes to Ranges.from_array")
         if low.shape != high.shape or low.size == 0:
             raise ValueError(f"Ranges needs low and high of the same non-zero length, got {low.shape} and {high.shape}")
         if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
@@ -188,6 +202,8 @@ class Ranges:
         if np.any(low > high):
             raise ValueError("Ranges must have low <= high in every dimension")
         self.low, self.high = low, high
+        if self.count is not None:
+            self.count = _check_int(self.count, "Ranges count", 1)
         if self.percentile is not None:
             self.percentile = tuple(float(p) for p in self.percentile)  # type: ignore[assignment]
 
@@ -241,6 +257,8 @@ class Ranges:
         if low is None or high is None:
             raise ValueError("ranges dict needs 'low' and 'high' lists")
         pct = data.get("percentile")
+        if data.get("dim") is not None and data["dim"] != np.size(low):
+            raise ValueError(f"ranges dict says dim={data['dim']} but holds {np.size(low)} lows")
         return cls(low=low, high=high, percentile=tuple(pct) if pct is not None else None,
                    count=data.get("count"), extra=dict(data.get("extra") or {}))
 
@@ -323,8 +341,7 @@ def _int_codes(x: np.ndarray, r: Ranges) -> np.ndarray:
     rows = max(1, _QUANT_ROWS_ELEMS // max(dim, 1))
     for s in range(0, n, rows):
         t = x[s : s + rows].astype(np.float64)
-        if not np.all(np.isfinite(t)):
-            raise ValueError("cannot quantize NaN or infinite values to int8/uint8")
+        _check_finite_rows(t, np.arange(s, s + len(t)), "vecs")
         t -= low
         t *= inv
         np.rint(t, out=t)
@@ -351,6 +368,7 @@ def quantize(vecs: Any, precision: str, ranges: Any = None) -> np.ndarray:
         codes = _int_codes(x, r)
         out = codes if precision == "uint8" else (codes ^ np.uint8(0x80)).view(np.int8)  # code - 128
     else:
+        _check_finite_rows(x, np.arange(len(x)), "vecs")  # as a bit, NaN would read as an ordinary "not > 0"
         packed = np.packbits(x > 0, axis=-1)
         out = packed if precision == "ubinary" else (packed ^ np.uint8(0x80)).view(np.int8)  # byte - 128
     return out[0] if was_1d else out
@@ -368,6 +386,8 @@ def dequantize(q: Any, precision: str, ranges: Any = None, *, dim: int | None = 
     (so ``a @ b == n_bits - 2 * hamming``), ``8 * bytes`` values, or the first ``dim`` of them.
     """
     precision = _check_precision(precision)
+    if dim is not None and precision not in BINARY_PRECISIONS:
+        raise ValueError(f"dim= applies to binary and ubinary codes (their padding bits), not to {precision}")
     x, was_1d = _as_2d(_to_numpy(q), "q")
     if precision in FLOAT_PRECISIONS:
         if not np.issubdtype(x.dtype, np.floating):
@@ -384,7 +404,8 @@ def dequantize(q: Any, precision: str, ranges: Any = None, *, dim: int | None = 
         u = x.view(np.uint8) ^ np.uint8(0x80) if precision == "binary" else x
         bits = np.unpackbits(u, axis=-1)
         if dim is not None:
-            if not 0 < dim <= bits.shape[1]:
+            dim = _check_int(dim, "dim", 1)
+            if dim > bits.shape[1]:
                 raise ValueError(f"dim must be in 1..{bits.shape[1]}, got {dim}")
             bits = bits[:, :dim]
         out = bits.astype(np.float32) * 2.0 - 1.0
@@ -395,6 +416,8 @@ def dequantize(q: Any, precision: str, ranges: Any = None, *, dim: int | None = 
 
 
 def _load_faiss(use_faiss: bool | None):
+    if use_faiss is not None and not isinstance(use_faiss, bool):  # "false" is a truthy string
+        raise ValueError(f"use_faiss must be True, False or None, got {use_faiss!r}")
     if use_faiss is False:
         return None
     try:
@@ -419,8 +442,8 @@ class _FloatView:
     Exact: ``q . dequantize(x)`` with float64 accumulation.
     """
 
-    def __init__(self, corpus: np.ndarray, precision: str, ranges: Ranges | None):
-        self.corpus, self.precision, self.ranges = corpus, precision, ranges
+    def __init__(self, corpus: np.ndarray, precision: str, ranges: Ranges | None, name: str = "corpus"):
+        self.corpus, self.precision, self.ranges, self.name = corpus, precision, ranges, name
         self.n, self.dim = corpus.shape
 
     def prepare(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -454,12 +477,16 @@ class _FloatView:
         out = np.empty((nq, m), dtype=np.float32)
         if m == 0:
             return out
-        rows = max(1, _CANON_ELEMS // (m * max(self.dim, 1)))
+        # Tiles of queries x candidates hold about _CANON_ELEMS values, however many candidates a query has.
+        cols = max(1, min(m, _CANON_ELEMS // max(self.dim, 1)))
+        rows = max(1, _CANON_ELEMS // (cols * max(self.dim, 1)))
         for s in range(0, nq, rows):
-            sub = idx[s : s + rows]
-            x = self.rows(sub.reshape(-1)).astype(np.float64).reshape(len(sub), m, self.dim)
-            x *= q[s : s + rows, None, :].astype(np.float64)
-            out[s : s + rows] = x.sum(axis=-1)
+            for c in range(0, m, cols):
+                sub = idx[s : s + rows, c : c + cols]
+                x = self.rows(sub.reshape(-1)).astype(np.float64).reshape(*sub.shape, self.dim)
+                _check_finite_rows(x.reshape(-1, self.dim), sub.reshape(-1), self.name)
+                x *= q[s : s + rows, None, :].astype(np.float64)
+                out[s : s + rows, c : c + cols] = x.sum(axis=-1)
         return out
 
 
@@ -475,7 +502,10 @@ def _float_pool(
     for start in range(0, view.n, cb):
         stop = min(view.n, start + cb)
         blk = view.block(start, stop)
-        sq = float(np.max(np.einsum("ij,ij->i", blk, blk)))  # float32 sum: relative error <= gamma_D
+        row_sq = np.einsum("ij,ij->i", blk, blk)
+        if not np.all(np.isfinite(row_sq)):  # a NaN or inf value makes its row's norm NaN or inf
+            _check_finite_rows(blk, np.arange(start, stop), view.name)
+        sq = float(np.max(row_sq))  # float32 sum: relative error <= gamma_D
         bmax = max(bmax, float(np.sqrt(sq * (1.0 + 4.0 * view.dim * _U32))))
         kb = min(kp, stop - start)
         vs, is_ = [], []
@@ -653,6 +683,7 @@ def search(
     ranges: Any = None,
     rescore_multiplier: int = 4,
     use_faiss: bool | None = None,
+    rescore_ranges: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner-product / Hamming search over a (quantized) corpus, with optional exact rescoring.
 
@@ -668,11 +699,13 @@ def search(
         rescore: optional ``[n, dim']`` float or int8/uint8 vectors aligned with ``corpus``. The first stage keeps
             ``top_k * rescore_multiplier`` candidates, which are re-ranked by the inner product of the float query
             with the (dequantized) rescore vectors.
-        ranges: ``Ranges`` of the int8/uint8 corpus and/or rescore vectors.
+        ranges: ``Ranges`` of an int8/uint8 corpus (and of int8/uint8 rescore vectors, unless ``rescore_ranges``).
         use_faiss: ``None`` (auto) uses FAISS for Hamming search when it is installed and numpy BLAS for float/int8
             (faster than FAISS' flat inner-product search on CPU); ``True`` requires FAISS and uses it for both
             (``knn_hamming`` / ``knn`` with inner product, the flat-index kernels, on corpus blocks without copying
             the corpus); ``False`` uses numpy only. Results are identical in every mode.
+        rescore_ranges: ``Ranges`` of int8/uint8 rescore vectors when they differ from ``ranges`` (an int8 first
+            stage at a smaller Matryoshka dimension than its int8 rescore vectors needs both).
 
     Returns:
         ``(scores, indices)``: float32 and int64 arrays ``[nq, min(top_k, n)]``, best first, ties by lower index.
@@ -693,21 +726,19 @@ def search(
     q, _ = _as_2d(_to_numpy(query_vecs), "query_vecs")
     n, nq = corpus.shape[0], q.shape[0]
 
-    rescore_arr, rescore_prec, rescore_ranges = None, None, None
+    rescore_arr, rescore_prec = None, None
+    rescore_ranges = ranges if rescore_ranges is None else rescore_ranges
     if rescore is not None:
         rescore_arr = _to_numpy(rescore)
         if rescore_arr.ndim != 2 or rescore_arr.shape[0] != n:
             raise ValueError(f"rescore must be [n={n}, dim] aligned with the corpus, got shape {rescore_arr.shape}")
         rescore_prec = _infer_precision(rescore_arr, "rescore")
         if rescore_prec in INT_PRECISIONS:
-            rescore_ranges = _coerce_ranges(ranges, rescore_arr.shape[1], rescore_prec)
+            rescore_ranges = _coerce_ranges(rescore_ranges, rescore_arr.shape[1], rescore_prec)
     faiss = _load_faiss(use_faiss)
 
     k = min(top_k, n)
     m = min(n, top_k * rescore_multiplier) if rescore_arr is not None else k
-    if n == 0 or nq == 0:
-        return np.zeros((nq, k), dtype=np.float32), np.zeros((nq, k), dtype=np.int64)
-
     rescore_dim = rescore_arr.shape[1] if rescore_arr is not None else None
     q_float = None
     if precision in BINARY_PRECISIONS:
@@ -732,25 +763,32 @@ def search(
             qb = q if (q.dtype == np.int8) == (precision == "binary") else (q.view(np.uint8) ^ np.uint8(0x80))
         else:
             raise ValueError(f"queries must be float vectors or packed bits, got dtype {q.dtype}")
-        scores, idx = _binary_topk(qb, corpus, m, faiss)
+        def first_stage() -> tuple[np.ndarray, np.ndarray]:
+            return _binary_topk(qb, corpus, m, faiss)
     else:
         first_ranges = _coerce_ranges(ranges, corpus.shape[1], precision) if precision in INT_PRECISIONS else None
         q_first = _float_queries(q, corpus.shape[1], rescore_dim, ranges, precision)
         if q.shape[1] == corpus.shape[1]:
             q_float = q_first
         view = _FloatView(corpus, precision, first_ranges)
-        # Auto mode keeps numpy BLAS here: FAISS' flat inner-product search was slower on CPU in our benchmark.
-        scores, idx = _float_topk(np.ascontiguousarray(q_first), view, m, faiss if use_faiss else None)
 
+        def first_stage() -> tuple[np.ndarray, np.ndarray]:
+            # Auto mode keeps numpy BLAS here: FAISS' flat inner-product search was slower on CPU in our benchmark.
+            return _float_topk(np.ascontiguousarray(q_first), view, m, faiss if use_faiss else None)
+
+    if rescore_arr is not None:
+        if q_float is None:
+            q_prec = rescore_prec if rescore_prec in INT_PRECISIONS else "float32"
+            q_float = _float_queries(q, rescore_dim, None, rescore_ranges, q_prec)
+        if q_float.shape[1] != rescore_dim:
+            raise ValueError(f"queries have {q_float.shape[1]} dimensions but the rescore vectors have {rescore_dim}")
+    if n == 0 or nq == 0:  # after every check: an empty corpus does not hide a mistake that a full one reveals
+        return np.zeros((nq, k), dtype=np.float32), np.zeros((nq, k), dtype=np.int64)
+    scores, idx = first_stage()
     if rescore_arr is None:
         return scores, idx
-
-    if q_float is None:
-        q_prec = rescore_prec if rescore_prec in INT_PRECISIONS else "float32"
-        q_float = _float_queries(q, rescore_dim, None, ranges, q_prec)
-    if q_float.shape[1] != rescore_dim:
-        raise ValueError(f"queries have {q_float.shape[1]} dimensions but the rescore vectors have {rescore_dim}")
-    view = _FloatView(rescore_arr, rescore_prec, rescore_ranges)
+    view = _FloatView(rescore_arr, rescore_prec, rescore_ranges if rescore_prec in INT_PRECISIONS else None,
+                      name="rescore")
     exact = view.exact(q_float, idx)
     order = _sort_best_first(exact, idx)[:, :k]
     return np.take_along_axis(exact, order, axis=1), np.take_along_axis(idx, order, axis=1)

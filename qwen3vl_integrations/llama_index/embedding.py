@@ -19,6 +19,7 @@ from llama_index.core.schema import BaseNode, ImageType, QueryBundle
 
 from ..core.errors import Qwen3VLInputError
 from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
+from ..core.quantization import check_dimensions
 from ._core import CoreObjectPickling, dtype_name
 from .nodes import node_to_item
 
@@ -162,8 +163,9 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
 
     @property
     def embedding_dim(self) -> int:
-        """Length of the vectors this adapter returns (``dimensions`` or the model's hidden size)."""
-        return self.dimensions if self.dimensions is not None else int(self.embedder.embedding_dim)
+        """Length of the vectors this adapter returns (``dimensions`` or the model's hidden size); reads the model's
+        config, so a ``dimensions`` the model cannot give fails here, not later in a vector store."""
+        return check_dimensions(self.dimensions, int(self.embedder.embedding_dim))
 
     def _embed(
         self, items: Sequence[Any], instruction: Optional[str], show_progress: bool = False
