@@ -89,3 +89,37 @@ def test_concurrent_try_embed_and_errors(tiny_embedder, workloads, sequential):
             assert np.abs(results[k].embeddings - sequential[k]).max() <= 1e-5
         else:
             assert np.abs(results[k] - sequential[k]).max() <= 1e-5
+
+
+_FIRST_WAVE = """
+import sys, threading
+from qwen3vl_integrations import Qwen3VLEmbedder
+sys.setswitchinterval(1e-6)  # threads take turns often: the race shows up in most runs
+embedders = [Qwen3VLEmbedder(sys.argv[1], device="cpu") for _ in range(8)]
+barrier, errors = threading.Barrier(8), []
+def first_call(embedder):
+    barrier.wait()
+    try:
+        embedder.embedding_dim  # reads the config: the first thing a call does
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+threads = [threading.Thread(target=first_call, args=(e,)) for e in embedders]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(errors)
+"""
+
+
+def test_a_first_wave_of_concurrent_calls_in_a_fresh_process(tiny_embedding_path):
+    """transformers imports its classes on first use, which is not thread-safe: 2-5 of 8 first calls from threads
+    failed with `ImportError: cannot import name 'AutoConfig'` (an async service's first requests). Three fresh
+    processes, as the race does not hit every time."""
+    import subprocess
+    import sys
+
+    runs = [subprocess.Popen([sys.executable, "-c", _FIRST_WAVE, str(tiny_embedding_path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        assert out.strip() == "[]", out

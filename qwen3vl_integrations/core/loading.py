@@ -191,12 +191,26 @@ def load_shared(path: str, role: str, device: torch.device, dtype: torch.dtype, 
         return loaded
 
 
+def _hub_kwargs(model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The model options that also say where a checkpoint's config and processor files come from."""
+    return {k: v for k, v in model_kwargs.items() if k in ("revision", "cache_dir", "local_files_only", "token")}
+
+
+def read_config(path: str, model_kwargs: dict[str, Any] | None = None) -> Any:
+    """A checkpoint's config, without loading its weights. Read under the registry lock: transformers imports its
+    classes on first use, which is not thread-safe, and a service's first wave of calls gets here from many threads
+    at once (some of them failed with `ImportError: cannot import name 'AutoConfig'`)."""
+    with _REGISTRY_LOCK:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(path, **_hub_kwargs(dict(model_kwargs or {})))
+
+
 def _load(key: ModelKey, path: str, device: torch.device, dtype: torch.dtype, attn: str,
           model_kwargs: dict[str, Any]) -> LoadedModel:
     from transformers import AutoModel, AutoProcessor, Qwen3VLForConditionalGeneration
 
-    processor = AutoProcessor.from_pretrained(path, **{k: v for k, v in model_kwargs.items()
-                                                       if k in ("revision", "cache_dir", "local_files_only", "token")})
+    processor = AutoProcessor.from_pretrained(path, **_hub_kwargs(model_kwargs))
     load_kwargs = {"dtype": dtype, "attn_implementation": attn, **model_kwargs}
     score_weight = None
     if key.role == "embedding":

@@ -20,7 +20,7 @@ from .encoding import EncodedItem, collate, token_counts
 from .errors import Qwen3VLInputError
 from .inputs import Item, check_instruction
 from .joining import JoinLimits, can_join, join_rows
-from .loading import LoadedModel, load_shared, resolve_attention, resolve_device, resolve_dtype
+from .loading import LoadedModel, load_shared, read_config, resolve_attention, resolve_device, resolve_dtype
 from .media import MediaPolicy, _Invalid
 from .options import flag, positive_number, whole_number
 from .pixels import normalize_pixels
@@ -217,10 +217,8 @@ class Qwen3VLRunner:
     def _config(self) -> Any:
         if self._loaded is not None:
             return self._loaded.config
-        from transformers import AutoConfig
-
         if not hasattr(self, "_config_cache"):
-            self._config_cache = AutoConfig.from_pretrained(self.model_name_or_path)
+            self._config_cache = read_config(self.model_name_or_path, self.model_kwargs)
         return self._config_cache
 
     @property
