@@ -389,6 +389,50 @@ def test_tiny_embeddings_share_the_core_model(tiny_embedder, tiny_embedding_path
     assert registry_size() == before  # same checkpoint, device and dtype: one model in the process
 
 
+def test_tiny_copies_after_use_carry_options_not_models(tiny_embedder, tiny_embedding_path, tiny_reranker_path,
+                                                        media_dir):
+    """Core objects held a lock: pickle, deepcopy and model_copy(deep=True) failed once an adapter had been used."""
+    import copy
+    import pickle
+
+    image = _images(media_dir)[2]
+    owned = Qwen3VLEmbeddings(model_name=str(tiny_embedding_path), device="cpu", core_options=TINY_OPTIONS)
+    given = Qwen3VLEmbeddings(embedder=tiny_embedder)
+    rerank = Qwen3VLRerank(model_name=str(tiny_reranker_path), device="cpu", core_options=TINY_OPTIONS, top_n=None)
+    cross = Qwen3VLCrossEncoder(model_name=str(tiny_reranker_path), device="cpu", core_options=TINY_OPTIONS)
+    docs = [Document(page_content="a red car"), Document(page_content="blue sea")]
+    vectors = [owned.embed_image(uris=[image]), given.embed_image(uris=[image])]
+    scores = [d.metadata["relevance_score"] for d in rerank.compress_documents(docs, "a car")]
+    pair_scores = cross.score([("a car", "a red car")])
+    for clone in (lambda x: pickle.loads(pickle.dumps(x)), copy.deepcopy, lambda x: x.model_copy(deep=True)):
+        e1, e2, r, c = (clone(x) for x in (owned, given, rerank, cross))
+        assert [e1.embed_image(uris=[image]), e2.embed_image(uris=[image])] == vectors
+        assert [d.metadata["relevance_score"] for d in r.compress_documents(docs, "a car")] == scores
+        assert c.score([("a car", "a red car")]) == pair_scores
+        assert e1.core_embedder.load() is tiny_embedder.load()  # the registry's model, not a copy of it
+    assert len(pickle.dumps(owned)) < 10_000  # options only
+
+
+def test_tiny_a_changed_option_rebuilds_the_core_object(tiny_embedding_path, media_dir):
+    """After the first call the core object was kept: a copy with other options returned the original's vectors."""
+    import torch
+
+    image = _images(media_dir)[2]
+    emb = Qwen3VLEmbeddings(model_name=str(tiny_embedding_path), device="cpu", core_options=TINY_OPTIONS)
+    first = emb.embed_image(uris=[image])
+    smaller = emb.model_copy(update={"core_options": {**TINY_OPTIONS, "max_pixels": 4 * 32 * 32}})
+    assert smaller.embed_image(uris=[image]) != first
+    core = emb.core_embedder
+    assert emb.core_embedder is core  # unchanged options: the same object
+    emb.core_options["max_pixels"] = 4 * 32 * 32  # changed in place
+    assert emb.core_embedder is not core and emb.embed_image(uris=[image]) == smaller.embed_image(uris=[image])
+    # a torch dtype is kept as its name: the adapter serialises to JSON
+    typed = Qwen3VLEmbeddings(dtype=torch.float32, core_options={"dtype": torch.float32})
+    assert typed.dtype == "float32" and typed.core_options == {"dtype": "float32"}
+    assert Qwen3VLEmbeddings.model_validate_json(typed.model_dump_json()).dtype == "float32"
+    assert Qwen3VLRerank(dtype=torch.bfloat16).model_dump_json()
+
+
 def test_tiny_embeddings_dimensions(tiny_embedder):
     # the tiny model's hidden size is 64, which is also the smallest Matryoshka size the core allows
     dim = tiny_embedder.embedding_dim

@@ -13,6 +13,7 @@ import hashlib
 import io
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, List
 
@@ -403,6 +404,7 @@ def test_query_bundle_to_item():
         query_bundle_to_item(QueryBundle("  "))
 
 
+@pytest.mark.filterwarnings("ignore:.*no embed content:UserWarning")  # nodes built to route, not to index
 def test_transformation_routes_nodes_by_modality(png_bytes):
     fake = FakeEmbedder(batch_size=64)
     emb = Qwen3VLEmbedding(embedder=fake, text_instruction="Doc.")
@@ -422,6 +424,7 @@ def test_transformation_routes_nodes_by_modality(png_bytes):
         assert np.allclose(node.embedding, fake.vector(item, "Doc."), atol=1e-6), node.node_id
 
 
+@pytest.mark.filterwarnings("ignore:.*no embed content:UserWarning")  # nodes built to route, not to index
 async def test_transformation_async_and_pipeline(png_bytes):
     fake = FakeEmbedder()
     emb = Qwen3VLEmbedding(embedder=fake)
@@ -436,6 +439,7 @@ async def test_transformation_async_and_pipeline(png_bytes):
     assert {node.node_id: node.embedding for node in result} == expected
 
 
+@pytest.mark.filterwarnings("ignore:.*no embed content:UserWarning")  # nodes built to route, not to index
 def test_transformation_error_names_the_node(png_bytes):
     fake = FakeEmbedder()
     fake.fail_at = 1
@@ -446,6 +450,7 @@ def test_transformation_error_names_the_node(png_bytes):
     assert any("'bad'" in note for note in getattr(info.value, "__notes__", []))
 
 
+@pytest.mark.filterwarnings("ignore:.*no embed content:UserWarning")  # nodes built to route, not to index
 def test_transformation_error_leaves_no_node_half_embedded(png_bytes):
     """The text group embeds fine, then an image fails: no node is written until every group has its vectors."""
     fake = FakeEmbedder()
@@ -603,6 +608,117 @@ def test_embedding_from_path_shares_the_core_model(tiny_embedding_path, tiny_emb
     assert emb.embedder is not tiny_embedder and emb.embedder.load() is tiny_embedder.load()  # one shared model
 
 
+def _owned_tiny(tiny_embedding_path, tiny_core_kwargs, **fields) -> Qwen3VLEmbedding:
+    options = dict(tiny_core_kwargs)
+    fields.setdefault("max_pixels", options.pop("max_pixels"))
+    return Qwen3VLEmbedding(model_name=str(tiny_embedding_path), device=options.pop("device"), core_options=options,
+                            **fields)
+
+
+def test_copies_after_use_carry_options_not_models(tiny_embedding_path, tiny_reranker, tiny_embedder,
+                                                   tiny_core_kwargs, media_dir):
+    """Core objects held a lock: deepcopy and model_copy(deep=True) failed once a model was loaded, and pickling an
+    adapter built around the user's core object dropped it and rebuilt one with default options (another pixel
+    budget: other image vectors)."""
+    import copy
+
+    image = str(media_dir / "wide.png")
+    owned = _owned_tiny(tiny_embedding_path, tiny_core_kwargs)
+    given = Qwen3VLEmbedding(embedder=tiny_embedder)
+    rerank = Qwen3VLRerank(reranker=tiny_reranker, top_n=None)
+    want = [owned.get_image_embedding(image), given.get_image_embedding(image)]
+    nodes = [NodeWithScore(node=TextNode(text=t), score=0.0) for t in ("a red car", "blue sea")]
+    scores = [n.score for n in rerank.postprocess_nodes(nodes, query_str="a car")]
+    for clone in (pickle.loads, copy.deepcopy, lambda x: x.model_copy(deep=True)):
+        copies = [clone(pickle.dumps(x)) if clone is pickle.loads else clone(x) for x in (owned, given, rerank)]
+        assert copies[1].embedder.limits == tiny_embedder.limits  # the user's core object, options and all
+        assert [c.get_image_embedding(image) for c in copies[:2]] == want
+        assert [n.score for n in copies[2].postprocess_nodes(nodes, query_str="a car")] == scores
+        assert copies[0].embedder.load() is tiny_embedder.load()  # the registry's model, not a copy of it
+    assert len(pickle.dumps(given)) < 10_000  # options only
+
+
+def test_a_changed_option_rebuilds_the_core_object(tiny_embedding_path, tiny_core_kwargs, media_dir):
+    """After the first call the core object was kept: a copy with other options returned the original's vectors."""
+    image = str(media_dir / "wide.png")
+    emb = _owned_tiny(tiny_embedding_path, tiny_core_kwargs)
+    first = emb.get_image_embedding(image)
+    smaller = emb.model_copy(update={"max_pixels": 4 * 32 * 32})
+    assert smaller.embedder is not emb.embedder and smaller.embedder.limits.max_pixels == 4 * 32 * 32
+    assert smaller.get_image_embedding(image) != first
+    core = emb.embedder
+    assert emb.embedder is core  # unchanged options: the same object
+    emb.max_pixels = 4 * 32 * 32
+    assert emb.embedder is not core and emb.get_image_embedding(image) == smaller.get_image_embedding(image)
+
+
+def test_unknown_keywords_are_refused_and_dtypes_serialise():
+    """LlamaIndex ignores unknown keywords: Qwen3VLRerank(model_name=...) used the default model in silence."""
+    import torch
+    from pydantic import ValidationError
+
+    assert Qwen3VLRerank(model_name="org/local-reranker").model == "org/local-reranker"  # LangChain's spelling
+    for build in (lambda: Qwen3VLEmbedding(model="x"), lambda: Qwen3VLEmbedding(document_instruction="x"),
+                  lambda: Qwen3VLRerank(modle="x")):
+        with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+            build()
+    emb = Qwen3VLEmbedding(dtype=torch.bfloat16, core_options={"dtype": torch.float32, "max_frames": 8})
+    assert emb.core_options == {"dtype": "float32", "max_frames": 8}
+    assert Qwen3VLEmbedding.from_json(emb.to_json()).to_dict() == emb.to_dict()
+    rerank = Qwen3VLRerank(core_options={"torch_dtype": torch.float16})
+    assert Qwen3VLRerank.from_dict(rerank.to_dict()).core_options == {"torch_dtype": "float16"}
+
+
+def test_embeddings_cache_keeps_queries_documents_and_configurations_apart(tiny_embedding_path, tiny_core_kwargs):
+    """LlamaIndex keys cached vectors by their raw text: a query got the vector its text had got as a document."""
+    from llama_index.core.storage.kvstore import SimpleKVStore
+
+    plain = _owned_tiny(tiny_embedding_path, tiny_core_kwargs)
+    as_query, as_document = plain.get_query_embedding("a red car"), plain.get_text_embedding("a red car")
+    assert not np.allclose(as_query, as_document, atol=1e-3)
+
+    def same(a, b):
+        return np.allclose(a, b, atol=TOL)
+
+    store = SimpleKVStore()
+    cached = _owned_tiny(tiny_embedding_path, tiny_core_kwargs, embeddings_cache=store)
+    assert same(cached.get_text_embedding_batch(["a red car", "a blue sky"])[0], as_document)
+    assert same(cached.get_query_embedding("a red car"), as_query)
+    assert same(asyncio.run(cached.aget_query_embedding("a red car")), as_query)
+    assert same(cached.get_text_embedding("a red car"), as_document)
+    # the vectors are in the user's store, and come from it: a second adapter on the same store does not embed
+    from_store = _owned_tiny(tiny_embedding_path, tiny_core_kwargs, embeddings_cache=store)
+    from_store._embed = None  # any model work would fail
+    assert same(from_store.get_query_embedding("a red car"), as_query)
+    assert same(asyncio.run(from_store.aget_text_embedding("a blue sky")), plain.get_text_embedding("a blue sky"))
+    assert len(store.get_all(collection="embeddings")) == 0  # nothing where a plain adapter would read it
+    # another instruction or size is another configuration
+    other = _owned_tiny(tiny_embedding_path, tiny_core_kwargs, embeddings_cache=store, query_instruction="Find it.")
+    assert not same(other.get_query_embedding("a red car"), as_query)
+    _owned_tiny(tiny_embedding_path, tiny_core_kwargs, embeddings_cache=store, dimensions=64).get_query_embedding("x")
+    # embeddings/qwen3vl/<role>/<fingerprint>
+    collections = sorted(c.split("/")[2] for c, held in store.to_dict().items() if held and c != "embeddings")
+    assert collections == ["document", "query", "query", "query"]
+
+
+def test_media_nodes_that_indexes_would_skip_are_named(media_dir):
+    """An ImageDocument with metadata but no text_resource has empty embed content: LlamaIndex indexes dropped it
+    after it was embedded, with no name."""
+    image = str(media_dir / "red.png")
+    kept = [ImageNode(image_path=image, metadata={"file_name": "red.png"}),
+            ImageDocument(image_path=image, metadata={"file_name": "red.png"}, text_resource=MediaResource(text=""))]
+    skipped = ImageDocument(image_path=image, metadata={"file_name": "red.png"}, id_="no-text-resource")
+    emb = Qwen3VLEmbedding(embedder=FakeEmbedder())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        emb(kept)
+    with pytest.warns(UserWarning, match=r"1 media node\(s\) have no embed content .* no-text-resource \(image\)"):
+        emb([*kept, skipped])
+    assert skipped.embedding is not None
+    index = VectorStoreIndex([*kept, skipped], embed_model=emb)
+    assert len(index.docstore.docs) == 2  # what the warning announced
+
+
 def test_batch_errors_name_the_position_in_the_callers_list(tiny_embedder, media_dir):
     """LlamaIndex hands the core chunks of embed_batch_size: the error still counts in the list the caller gave."""
     emb = Qwen3VLEmbedding(embedder=tiny_embedder, embed_batch_size=2)
@@ -732,6 +848,21 @@ def test_directory_of_text_images_and_video_in_one_store(tiny_emb, tiny_embedder
     want = _ranking(query_vec, keys, doc_vecs)
     assert [n.node.node_id for n in got] == [key for key, _ in want]
     assert [n.score for n in got] == pytest.approx([s for _, s in want], abs=TOL)
+
+
+def test_media_on_a_non_local_filesystem_travel_as_bytes(tiny_emb, tiny_embedder, media_dir):
+    """On S3 or GCS (here fsspec's memory filesystem) a path means nothing to the model later: a video document had
+    only its path and failed with "file not found"."""
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    for name in ("red.png", "clip.mp4"):
+        fs.pipe(f"/bucket-{id(fs)}/{name}", (media_dir / name).read_bytes())
+    documents = SimpleDirectoryReader(f"/bucket-{id(fs)}", fs=fs, file_extractor=media_file_extractor()).load_data()
+    nodes = IngestionPipeline(transformations=[tiny_emb]).run(documents=documents)
+    by_name = {n.metadata["file_name"]: n for n in nodes}
+    assert [node_modality(by_name[name]) for name in ("red.png", "clip.mp4")] == ["image", "video"]
+    want = tiny_embedder.embed([{"image": str(media_dir / "red.png")}, {"video": str(media_dir / "clip.mp4")}])
+    assert np.allclose([by_name["red.png"].embedding, by_name["clip.mp4"].embedding], want, atol=TOL)
 
 
 async def test_one_store_async_pipeline(tiny_emb, tiny_embedder, media_dir):

@@ -32,3 +32,17 @@ def positive_number(name: str, value: Any) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
+
+
+def dtype_name(value: Any) -> Any:
+    """A dtype as its name (``torch.bfloat16`` -> ``"bfloat16"``), so that configurations holding one serialise to
+    JSON; names and None pass through."""
+    if value is None or isinstance(value, str):
+        return value
+    text = str(value)
+    return text[len("torch."):] if text.startswith("torch.") else text
+
+
+def dtype_names_in(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` with its ``dtype``/``torch_dtype`` values as names (a copy)."""
+    return {key: dtype_name(value) if key in ("dtype", "torch_dtype") else value for key, value in options.items()}

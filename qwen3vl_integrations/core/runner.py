@@ -195,6 +195,18 @@ class Qwen3VLRunner:
         self._loaded: LoadedModel | None = None
         self._load_lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickle or a copy carries the options, not the model: it finds the loaded model again through the
+        # registry (or loads it, in another process) on first use. A lock cannot be pickled.
+        state = dict(self.__dict__)
+        del state["_load_lock"]
+        state["_loaded"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._load_lock = threading.Lock()
+
     def _check_call(self, instruction: str | None, batch_size: int | None) -> int:
         """A call's own options, checked before any model work; returns the call's batch size."""
         check_instruction(instruction)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from qwen3vl_integrations.core.options import dtype_name, dtype_names_in
 
 _LOCK = threading.RLock()
 
@@ -62,16 +64,19 @@ def attach_core(model: Any, field: str, method: str) -> None:
             model.model_name = str(name)
 
 
-def lazy(owner: Any, attr: str, factory: Any) -> Any:
-    """Return ``owner.<attr>`` (a private attribute), creating it with ``factory()`` once, thread-safely."""
-    value = getattr(owner, attr)
-    if value is None:
+def lazy_core(owner: Any, build: Callable[..., Any], model_name: str, device: Any, dtype: Any,
+              batch_size: int | None, core_options: dict[str, Any]) -> Any:
+    """``owner._core``: built by ``build(...)`` on first use, thread-safely, and again when those options changed since
+    (a field set later, or ``model_copy(update=...)``, which copies the built object along)."""
+    options = (model_name, device, dtype, batch_size, dict(core_options or {}))
+    core = owner._core
+    if core is None or owner._core_options != options:
         with _LOCK:
-            value = getattr(owner, attr)
-            if value is None:
-                value = factory()
-                setattr(owner, attr, value)
-    return value
+            if owner._core is None or owner._core_options != options:
+                owner._core = build(*options)
+                owner._core_options = options
+            core = owner._core
+    return core
 
 
 def to_float_lists(array: Any) -> list[list[float]]:
@@ -87,7 +92,21 @@ def to_floats(array: Any) -> list[float]:
     return [float(x) for x in np.asarray(array, dtype=np.float64).reshape(-1)]
 
 
-class RerankerOptions(BaseModel):
+class DtypeNames(BaseModel):
+    """Keeps ``dtype`` fields (and ``dtype`` in ``core_options``) as names, so that ``model_dump_json`` works."""
+
+    @field_validator("dtype", mode="before", check_fields=False)
+    @classmethod
+    def _dtype_name(cls, value: Any) -> Any:
+        return dtype_name(value)
+
+    @field_validator("core_options", mode="before", check_fields=False)
+    @classmethod
+    def _dtype_names_in_core_options(cls, value: Any) -> Any:
+        return dtype_names_in(value) if isinstance(value, dict) else value
+
+
+class RerankerOptions(DtypeNames):
     """Fields and lazy core object shared by the LangChain reranker classes."""
 
     model_config = ConfigDict(
@@ -108,6 +127,7 @@ class RerankerOptions(BaseModel):
     """An existing core `Qwen3VLReranker` to use instead of building one from the fields above."""
 
     _core: Any = PrivateAttr(default=None)
+    _core_options: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _attach_reranker(self) -> "RerankerOptions":
@@ -119,8 +139,5 @@ class RerankerOptions(BaseModel):
         """The core `Qwen3VLReranker` (created on first access; creating it loads no weights)."""
         if self.reranker is not None:
             return self.reranker
-        return lazy(
-            self,
-            "_core",
-            lambda: build_reranker(self.model_name, self.device, self.dtype, self.batch_size, self.core_options),
-        )
+        return lazy_core(self, build_reranker, self.model_name, self.device, self.dtype, self.batch_size,
+                         self.core_options)

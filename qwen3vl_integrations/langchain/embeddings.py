@@ -5,16 +5,16 @@ import asyncio
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from qwen3vl_integrations.core.inputs import input_list
 from qwen3vl_integrations.core.prompts import DEFAULT_QUERY_INSTRUCTION
 
-from ._core import attach_core, build_embedder, lazy, to_float_lists
+from ._core import DtypeNames, attach_core, build_embedder, lazy_core, to_float_lists
 
 __all__ = ["Qwen3VLEmbeddings"]
 
-class Qwen3VLEmbeddings(BaseModel, Embeddings):
+class Qwen3VLEmbeddings(DtypeNames, Embeddings):
     """Qwen3-VL-Embedding as a LangChain `Embeddings`, with image and video methods.
 
     Text queries (`embed_query`) get `query_instruction`; documents, images and videos get `document_instruction`
@@ -62,6 +62,7 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
     """An existing core `Qwen3VLEmbedder` to use instead of building one from the fields above."""
 
     _core: Any = PrivateAttr(default=None)
+    _core_options: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _attach_embedder(self) -> "Qwen3VLEmbeddings":
@@ -73,11 +74,8 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
         """The core `Qwen3VLEmbedder` (created on first access; creating it loads no weights)."""
         if self.embedder is not None:
             return self.embedder
-        return lazy(
-            self,
-            "_core",
-            lambda: build_embedder(self.model_name, self.device, self.dtype, self.batch_size, self.core_options),
-        )
+        return lazy_core(self, build_embedder, self.model_name, self.device, self.dtype, self.batch_size,
+                         self.core_options)
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

@@ -1,26 +1,30 @@
 """What the two LlamaIndex adapters share about their core object (private)."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict
+from typing import Any, Callable, ClassVar, Dict
 
 
-def dtype_name(value: Any) -> Any:
-    """Keep ``dtype`` serialisable: ``torch.bfloat16`` -> ``"bfloat16"``."""
-    if value is None or isinstance(value, str):
-        return value
-    text = str(value)
-    return text[len("torch."):] if text.startswith("torch.") else text
+class HoldsCoreObject:
+    """For an adapter holding a core object in the private attribute ``_<core_attribute>`` (and ``_owns_<...>``,
+    ``_built_with``).
 
-
-class CoreObjectPickling:
-    """Pickling rule for an adapter holding a core object in the private attribute ``_<core_attribute>``.
-
-    A core object the adapter built itself is dropped and rebuilt after unpickling (it shares the loaded model
-    through the core's registry): a loaded model is never dragged through pickle. One the user passed in
-    (``_owns_<core_attribute>`` False) is kept.
+    A core object the user passed in is used as it is, and kept through pickling. One the adapter builds from its
+    fields is built on first use, and again when those fields changed since (a field set later, or
+    ``model_copy(update=...)``, which copies the built object along); pickling drops it, and it is rebuilt after
+    unpickling. Core objects pickle without their model, which they find again through the core's registry.
     """
 
     core_attribute: ClassVar[str]
+
+    def _core_object(self, build: Callable[..., Any], options: Dict[str, Any]) -> Any:
+        private, owns = "_" + self.core_attribute, "_owns_" + self.core_attribute
+        core = getattr(self, private)
+        if core is not None and (not getattr(self, owns) or self._built_with == options):
+            return core
+        core = build(**options)
+        setattr(self, private, core)
+        setattr(self, "_built_with", options)
+        return core
 
     def __getstate__(self) -> Dict[str, Any]:
         private, owns = "_" + self.core_attribute, "_owns_" + self.core_attribute

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence
 
 from llama_index.core.base.embeddings.base import Embedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.embeddings import MultiModalEmbedding
-from llama_index.core.schema import BaseNode, ImageType, QueryBundle
+from llama_index.core.schema import BaseNode, ImageType, MetadataMode, QueryBundle
 
 from ..core.errors import Qwen3VLInputError
 from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
+from ..core.options import dtype_name, dtype_names_in
 from ..core.quantization import check_dimensions
-from ._core import CoreObjectPickling, dtype_name
+from ._core import HoldsCoreObject
+from .embeddings_cache import SeparatedEmbeddingsCache, cache_namespace
 from .nodes import node_to_item
 
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
@@ -74,7 +77,7 @@ def _naming_the_node(nodes: Sequence[BaseNode], group: List[tuple]) -> Iterator[
         raise
 
 
-class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
+class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
     """Qwen3-VL-Embedding for LlamaIndex: text, images and video in one space.
 
     Args:
@@ -102,6 +105,10 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
     :mod:`qwen3vl_integrations.llama_index.nodes`).
     """
 
+    # An unknown keyword is an error, not silently ignored (LlamaIndex's default): `model=` or LangChain's
+    # `document_instruction=` fell back to the defaults.
+    model_config = ConfigDict(extra="forbid")
+
     model_name: str = Field(default=DEFAULT_EMBEDDING_MODEL, description="Hugging Face id or local path.")
     embed_batch_size: int = Field(
         default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048,
@@ -124,6 +131,7 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
     core_attribute: ClassVar[str] = "embedder"
     _embedder: Any = PrivateAttr(default=None)
     _owns_embedder: bool = PrivateAttr(default=True)
+    _built_with: Any = PrivateAttr(default=None)
 
     def __init__(self, *, embedder: Any = None, **kwargs: Any) -> None:
         if embedder is not None:
@@ -138,6 +146,20 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
     def _normalise_dtype(cls, value: Any) -> Any:
         return dtype_name(value)
 
+    @field_validator("core_options", mode="before")
+    @classmethod
+    def _normalise_core_dtype(cls, value: Any) -> Any:
+        return dtype_names_in(value) if isinstance(value, dict) else value
+
+    @field_validator("embeddings_cache")
+    @classmethod
+    def _separate_cached_roles(cls, value: Any) -> Any:
+        from llama_index.core.storage.kvstore.types import BaseKVStore
+
+        if isinstance(value, BaseKVStore) and not isinstance(value, SeparatedEmbeddingsCache):
+            return SeparatedEmbeddingsCache(value)
+        return value  # LlamaIndex refuses what is not a BaseKVStore
+
     @classmethod
     def class_name(cls) -> str:
         return "Qwen3VLEmbedding"
@@ -146,20 +168,19 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
 
     @property
     def embedder(self) -> Any:
-        """The core ``Qwen3VLEmbedder`` (built on first access; loading the weights waits for the first call)."""
-        if self._embedder is None:
-            from .. import Qwen3VLEmbedder
+        """The core ``Qwen3VLEmbedder`` (built on first access and when its options change; weights load on the first
+        call, once per process for all objects with the same model)."""
+        from .. import Qwen3VLEmbedder
 
-            options: Dict[str, Any] = {}
-            if self.device is not None:
-                options["device"] = self.device
-            if self.dtype is not None:
-                options["dtype"] = self.dtype
-            if self.max_pixels is not None:
-                options["max_pixels"] = self.max_pixels
-            options.update(self.core_options)
-            self._embedder = Qwen3VLEmbedder(model_name_or_path=self.model_name, **options)
-        return self._embedder
+        options: Dict[str, Any] = {"model_name_or_path": self.model_name}
+        if self.device is not None:
+            options["device"] = self.device
+        if self.dtype is not None:
+            options["dtype"] = self.dtype
+        if self.max_pixels is not None:
+            options["max_pixels"] = self.max_pixels
+        options.update(self.core_options)
+        return self._core_object(Qwen3VLEmbedder, options)
 
     @property
     def embedding_dim(self) -> int:
@@ -196,6 +217,30 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
 
     # ------------------------------------------------------------------ LlamaIndex text / query
 
+    @contextlib.contextmanager
+    def _cached_as(self, role: str) -> Iterator[None]:
+        """Where `embeddings_cache` keeps this call's vectors: apart for queries and documents, and per model, size
+        and instruction (see `embeddings_cache.SeparatedEmbeddingsCache`)."""
+        instruction = self.query_instruction if role == "query" else self.text_instruction
+        with cache_namespace(role, self.model_name, self.dimensions, instruction):
+            yield
+
+    def get_query_embedding(self, query: str) -> Embedding:
+        with self._cached_as("query"):
+            return super().get_query_embedding(query)
+
+    async def aget_query_embedding(self, query: str) -> Embedding:
+        with self._cached_as("query"):
+            return await super().aget_query_embedding(query)
+
+    def get_text_embedding(self, text: str) -> Embedding:
+        with self._cached_as("document"):
+            return super().get_text_embedding(text)
+
+    async def aget_text_embedding(self, text: str) -> Embedding:
+        with self._cached_as("document"):
+            return await super().aget_text_embedding(text)
+
     def _get_query_embedding(self, query: str) -> Embedding:
         return self._embed([query], self.query_instruction)[0]
 
@@ -215,12 +260,12 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
     def get_text_embedding_batch(self, texts: List[str], show_progress: bool = False,
                                  **kwargs: Any) -> List[Embedding]:
         """LlamaIndex's chunked batch call; an input error names the text's position in ``texts``."""
-        with _positions_in(texts):
+        with _positions_in(texts), self._cached_as("document"):
             return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
 
     async def aget_text_embedding_batch(self, texts: List[str], show_progress: bool = False,
                                         **kwargs: Any) -> List[Embedding]:
-        with _positions_in(texts):
+        with _positions_in(texts), self._cached_as("document"):
             return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
 
     async def _aget_text_embeddings(self, texts: List[str]) -> List[Embedding]:
@@ -323,9 +368,19 @@ class Qwen3VLEmbedding(CoreObjectPickling, MultiModalEmbedding):
 
     def _route(self, nodes: Sequence[BaseNode]) -> Dict[str, List[tuple]]:
         groups: Dict[str, List[tuple]] = {"text": [], "image": [], "video": []}
+        contentless = []
         for position, node in enumerate(nodes):
             kind, item = node_to_item(node)
             groups[kind].append((position, item))
+            if kind != "text" and not node.get_content(metadata_mode=MetadataMode.EMBED).strip():
+                contentless.append(f"{node.node_id} ({kind})")
+        if contentless:
+            # LlamaIndex indexes skip such nodes after they are embedded, saying only "Some nodes are missing content"
+            warnings.warn(
+                f"{len(contentless)} media node(s) have no embed content and LlamaIndex indexes will skip them: "
+                f"{', '.join(contentless[:3])}{' ...' if len(contentless) > 3 else ''}. Give each some metadata and, "
+                "for an ImageDocument or a generic Node, text_resource=MediaResource(text='') "
+                "(media_file_extractor() does both)", UserWarning, stacklevel=3)
         return groups
 
     def _embed_media_group(self, nodes: Sequence[BaseNode], group: List[tuple], show_progress: bool) -> List[Embedding]:

@@ -4,7 +4,8 @@ Without ``llama-index-readers-file``, ``SimpleDirectoryReader`` decodes a ``.png
 (garbage documents, no ``ImageDocument``), and with it an ``.mp4`` goes to a Whisper transcription reader. Passing
 ``file_extractor=media_file_extractor()`` instead turns every image file into an ``ImageDocument`` (which node
 parsers turn into ``ImageNode``) and every video file into a text-less ``Document`` whose metadata ``video_path``
-names the file, which :class:`~qwen3vl_integrations.llama_index.Qwen3VLEmbedding` and
+names the file (on a non-local filesystem, whose ``video_resource`` holds its bytes), which
+:class:`~qwen3vl_integrations.llama_index.Qwen3VLEmbedding` and
 :class:`~qwen3vl_integrations.llama_index.Qwen3VLRerank` read as a video.
 """
 from __future__ import annotations
@@ -34,17 +35,25 @@ class Qwen3VLMediaReader(BaseReader):
         metadata = dict(extra_info or {})
         metadata.setdefault("file_path", str(path))
         suffix = path.suffix.lower()
+        # SimpleDirectoryReader passes `fs` for non-local filesystems only (S3, GCS, ...): there the path means
+        # nothing to the model later, so the document carries the file's bytes.
         if suffix in VIDEO_EXTENSIONS:
+            if fs is not None:
+                return [Document(video_resource=MediaResource(data=_read(fs, file)),
+                                 text_resource=MediaResource(text=""), metadata=metadata)]
             metadata["video_path"] = str(path)
             return [Document(text_resource=MediaResource(text=""), metadata=metadata)]
         if suffix in IMAGE_EXTENSIONS:
-            if fs is not None:  # a non-local filesystem: carry the bytes
-                with fs.open(str(file), "rb") as handle:
-                    data = handle.read()
-                return [ImageDocument(image=base64.b64encode(data).decode(), text_resource=MediaResource(text=""),
-                                      metadata=metadata)]
+            if fs is not None:
+                return [ImageDocument(image=base64.b64encode(_read(fs, file)).decode(),
+                                      text_resource=MediaResource(text=""), metadata=metadata)]
             return [ImageDocument(image_path=str(path), text_resource=MediaResource(text=""), metadata=metadata)]
         raise ValueError(f"Qwen3VLMediaReader reads image and video files, not {path.name!r}")
+
+
+def _read(fs: Any, file: Any) -> bytes:
+    with fs.open(str(file), "rb") as handle:
+        return handle.read()
 
 
 def media_file_extractor(images: bool = True, videos: bool = True) -> Dict[str, BaseReader]:

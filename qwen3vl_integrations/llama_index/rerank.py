@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar, Dict, List, Optional
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
+from pydantic import AliasChoices
 
-from ._core import CoreObjectPickling, dtype_name
+from ..core.options import dtype_name, dtype_names_in
+from ._core import HoldsCoreObject
 from .nodes import node_to_item, query_bundle_to_item
 
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-VL-Reranker-2B"
@@ -27,7 +29,7 @@ dispatcher = get_dispatcher(__name__)
 __all__ = ["Qwen3VLRerank", "DEFAULT_RERANKER_MODEL"]
 
 
-class Qwen3VLRerank(CoreObjectPickling, BaseNodePostprocessor):
+class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
     """Rerank retrieved nodes (text, ``ImageNode``, ``Node`` with image/video resources, nodes whose metadata names
     an image or video file) with Qwen3-VL-Reranker.
 
@@ -45,7 +47,12 @@ class Qwen3VLRerank(CoreObjectPickling, BaseNodePostprocessor):
     Emits ``ReRankStartEvent`` / ``ReRankEndEvent`` and a ``CBEventType.RERANKING`` callback event.
     """
 
-    model: str = Field(default=DEFAULT_RERANKER_MODEL, description="Hugging Face id or local path.")
+    # An unknown keyword is an error, not silently ignored (LlamaIndex's default): `model_name=` (LangChain's
+    # spelling, also accepted here) fell back to the default model.
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(default=DEFAULT_RERANKER_MODEL, description="Hugging Face id or local path.",
+                       validation_alias=AliasChoices("model", "model_name"))
     top_n: Optional[int] = Field(default=5, gt=0, description="Number of nodes to return (None: all).")
     instruction: Optional[str] = Field(default=None, description="Task instruction (None: the model default).")
     keep_retrieval_score: bool = Field(
@@ -61,6 +68,7 @@ class Qwen3VLRerank(CoreObjectPickling, BaseNodePostprocessor):
     core_attribute: ClassVar[str] = "reranker"
     _reranker: Any = PrivateAttr(default=None)
     _owns_reranker: bool = PrivateAttr(default=True)
+    _built_with: Any = PrivateAttr(default=None)
 
     def __init__(self, *, reranker: Any = None, **kwargs: Any) -> None:
         if reranker is not None:
@@ -75,26 +83,30 @@ class Qwen3VLRerank(CoreObjectPickling, BaseNodePostprocessor):
     def _normalise_dtype(cls, value: Any) -> Any:
         return dtype_name(value)
 
+    @field_validator("core_options", mode="before")
+    @classmethod
+    def _normalise_core_dtype(cls, value: Any) -> Any:
+        return dtype_names_in(value) if isinstance(value, dict) else value
+
     @classmethod
     def class_name(cls) -> str:
         return "Qwen3VLRerank"
 
     @property
     def reranker(self) -> Any:
-        """The core ``Qwen3VLReranker`` (built on first access; weights load on the first scoring call)."""
-        if self._reranker is None:
-            from .. import Qwen3VLReranker
+        """The core ``Qwen3VLReranker`` (built on first access and when its options change; weights load on the first
+        scoring call, once per process for all objects with the same model)."""
+        from .. import Qwen3VLReranker
 
-            options: Dict[str, Any] = {}
-            if self.batch_size is not None:
-                options["batch_size"] = self.batch_size
-            if self.device is not None:
-                options["device"] = self.device
-            if self.dtype is not None:
-                options["dtype"] = self.dtype
-            options.update(self.core_options)
-            self._reranker = Qwen3VLReranker(model_name_or_path=self.model, **options)
-        return self._reranker
+        options: Dict[str, Any] = {"model_name_or_path": self.model}
+        if self.batch_size is not None:
+            options["batch_size"] = self.batch_size
+        if self.device is not None:
+            options["device"] = self.device
+        if self.dtype is not None:
+            options["dtype"] = self.dtype
+        options.update(self.core_options)
+        return self._core_object(Qwen3VLReranker, options)
 
     def _postprocess_nodes(
         self,
