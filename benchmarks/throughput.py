@@ -321,9 +321,9 @@ def count_ours(runner: Any) -> Counter:
     counter = Counter()
     original = type(runner)._forward_last_hidden
 
-    def wrapped(loaded: Any, inputs: Any) -> torch.Tensor:
+    def wrapped(loaded: Any, inputs: Any, batch_size: int) -> torch.Tensor:
         counter.add_pass(inputs.tokens, inputs.batch["input_ids"].numel())
-        return original(runner, loaded, inputs)
+        return original(runner, loaded, inputs, batch_size)
 
     runner._forward_last_hidden = wrapped
     return counter

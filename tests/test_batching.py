@@ -218,9 +218,9 @@ def test_batches_really_mix_lengths(emb, mixed_items, monkeypatch):
     shapes = []
     original = emb._forward_last_hidden
 
-    def spy(loaded, inputs):
+    def spy(loaded, inputs, batch_size):
         shapes.append((inputs.last + 1).tolist())
-        return original(loaded, inputs)
+        return original(loaded, inputs, batch_size)
 
     monkeypatch.setattr(emb, "_forward_last_hidden", spy)
     emb.embed(mixed_items)
@@ -459,7 +459,8 @@ def test_an_output_is_read_after_the_next_batch_is_queued(tiny_embedding_path, t
     for model in (emb, reranker):
         forward = model._forward_last_hidden
         monkeypatch.setattr(model, "_forward_last_hidden",
-                            lambda loaded, inputs, forward=forward: events.append("forward") or forward(loaded, inputs))
+                            lambda loaded, inputs, batch_size, forward=forward:
+                            events.append("forward") or forward(loaded, inputs, batch_size))
 
     got = emb.embed(mixed_items)
     assert np.abs(got - one_by_one).max() <= 1e-5

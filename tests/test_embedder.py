@@ -185,9 +185,9 @@ def capture_forward(embedder: Qwen3VLEmbedder):
     lasts: list[torch.Tensor] = []
     run_batch = embedder._forward_last_hidden
 
-    def forward_last_hidden(loaded, inputs):
+    def forward_last_hidden(loaded, inputs, batch_size):
         lasts.append(inputs.last.clone())  # the model gets no padding mask: each row's length comes from here
-        return run_batch(loaded, inputs)
+        return run_batch(loaded, inputs, batch_size)
 
     def before(module, args, kwargs):
         calls.append({"inputs": {k: v.detach().clone() for k, v in kwargs.items() if torch.is_tensor(v)},
@@ -425,11 +425,12 @@ def test_pooling_takes_the_last_attended_token_of_each_row(emb, media_dir, monke
 
 
 def test_instruction_precedence(emb, official):
-    got = emb.embed([{"text": "x", "instruction": "Item task"}, "x", {"text": "x", "instruction": ""}],
-                    instruction="Call task")
+    got = emb.embed([{"text": "x", "instruction": "Item task"}, "x", {"text": "x", "instruction": ""},
+                     {"text": "x", "instruction": "  \n "}], instruction="Call task")
     np.testing.assert_allclose(got[0], official.embed({"text": "x"}, "Item task", TINY), atol=1e-5)
     np.testing.assert_allclose(got[1], official.embed({"text": "x"}, "Call task", TINY), atol=1e-5)
     np.testing.assert_allclose(got[2], got[1], atol=1e-5)  # a falsy item instruction falls back to the call's
+    np.testing.assert_allclose(got[3], got[1], atol=1e-5)  # so does a blank one (it took the default)
     default = emb.embed(["x"])[0]
     np.testing.assert_allclose(default, official.embed({"text": "x"}, None, TINY), atol=1e-5)
     assert np.abs(default - got[1]).max() > 1e-4
@@ -799,6 +800,9 @@ def test_process_matches_embed(emb):
     raw = emb.process(items, normalize=False)
     np.testing.assert_allclose(raw.numpy(), emb.embed(items, normalize=False), atol=1e-6)
     assert abs(float(raw[0].norm()) - 1.0) > 1e-3
+    # as upstream, keys the official code does not read are ignored (an "id" kept next to the content)
+    np.testing.assert_allclose(emb.process([{"text": "a", "id": 1}, {"text": "b", "instruction": "Find it", "x": 0}]),
+                               out.numpy(), atol=1e-6)
 
 
 # ============================================================================== construction and registry

@@ -112,6 +112,15 @@ def test_joined_rows_keep_every_callers_limits(tiny_embedding_path, tiny_embedde
     assert len(passes.rows) >= 3 and sum(passes.rows) == 4
 
 
+def test_joined_rows_keep_each_calls_own_batch_size(tiny_embedder, alone):
+    """A call's batch_size (not only its object's) caps a joined pass: batch_size=1 saves memory, joined or not."""
+    one_text_calls = [(items, {**options, "batch_size": 1}) for items, options in CALLS if len(items) == 1]
+    results, passes = while_busy(tiny_embedder.load(), embedding([tiny_embedder], one_text_calls))
+    assert passes.rows == [1, 1, 1, 1]  # the object's batch_size (32) let them run as one pass of 4
+    expected = [e for e, call in zip(alone, CALLS) if len(call[0]) == 1]
+    assert all(close(r, e) for r, e in zip(results, expected))
+
+
 def test_a_failed_joined_pass_leaves_every_call_to_run_alone(tiny_embedder, alone, monkeypatch):
     forward = runner._last_token_states
 

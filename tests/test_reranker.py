@@ -680,6 +680,29 @@ def test_process_matches_score_and_defaults(rr, official, media_dir):
     assert np.max(np.abs(np.array(custom) - default)) > 1e-6
 
 
+def test_process_reads_what_the_official_code_reads(rr):
+    """Only the top-level instruction counts: a query written for the embedder carries an instruction of its own,
+    which the official reranker ignores (ours used it: other scores). Unknown keys are ignored, as upstream."""
+    documents = [{"text": "a red square", "id": 7}, {"text": "a blue sky", "instruction": "Ignored."}]
+    plain = ["a red square", "a blue sky"]
+    query = {"text": "what is red?", "instruction": "Retrieve images or text relevant to the user's query.", "id": 1}
+    for top_level, expected in ((README_INSTRUCTION, README_INSTRUCTION), (None, None)):
+        got = rr.process({"query": query, "documents": documents, "instruction": top_level})
+        np.testing.assert_allclose(got, rr.score("what is red?", plain, instruction=expected), atol=ATOL, rtol=0)
+    own = rr.score({"text": query["text"], "instruction": query["instruction"]}, plain)
+    assert np.max(np.abs(own - rr.score("what is red?", plain))) > 1e-6  # score() itself honours the query's own
+
+
+def test_score_pairs_refuses_what_is_not_a_list_of_pairs(fresh):
+    """A bare pair is iterable: score_pairs(("q1", "d1")) scored the pairs ("q", "1") and ("d", "1")."""
+    for pairs, refusal in [(("q1", "d1"), "pair 0 must be a .query, document. tuple, got 'q1'"),
+                           (["ab", "cd"], "pair 0 must be"), ([("q", "a"), ("q", "b", "c")], "pair 1 must be"),
+                           ("qd", "takes a list of .query, document. pairs")]:
+        with pytest.raises(TypeError, match=refusal):
+            fresh.score_pairs(pairs)
+    assert not fresh.is_loaded
+
+
 def test_process_fps_and_max_frames_apply_to_every_video(rr, official, media_dir, monkeypatch):
     clip = str(media_dir / "clip.mp4")  # 2 s at 8 fps: fps 1 -> 4 frames (the minimum), fps 4 -> 8, capped to 6
     spy = Spy(rr, monkeypatch)

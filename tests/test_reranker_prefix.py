@@ -266,8 +266,8 @@ def test_pairs_built_after_the_query_media_also_run_whole(shared, name):
     prefix = shared._query_prefix(loaded, query, media, None, None)
     joined = [shared._encode_pair(loaded, query, media, d, None, prefix) for d in documents]
     direct = [shared._encode_pair(loaded, query, media, d, None) for d in documents]
-    torch.testing.assert_close(shared._forward_last_hidden(loaded, model_inputs(loaded, joined)),
-                               shared._forward_last_hidden(loaded, model_inputs(loaded, direct)),
+    torch.testing.assert_close(shared._forward_last_hidden(loaded, model_inputs(loaded, joined), len(joined)),
+                               shared._forward_last_hidden(loaded, model_inputs(loaded, direct), len(direct)),
                                atol=ATOL, rtol=0)
 
 

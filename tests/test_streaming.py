@@ -15,7 +15,7 @@ from qwen3vl_integrations.quantization import quantize, truncate
 WIDE = 8192  # a wide fake output, so that one float32 copy of all vectors (16 MiB for 512 items) stands out
 
 
-def wide_vectors(loaded, inputs) -> torch.Tensor:
+def wide_vectors(loaded, inputs, batch_size) -> torch.Tensor:
     """A fake forward pass: a WIDE-wide random vector per row, drawn from the row's own token ids."""
     return torch.stack([torch.randn(WIDE, generator=torch.Generator().manual_seed(int(ids[: last + 1].sum())))
                         for ids, last in zip(inputs.batch["input_ids"], inputs.last)])

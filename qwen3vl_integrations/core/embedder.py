@@ -9,7 +9,7 @@ import torch
 
 from .encoding import EncodedItem, append_token, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError
-from .inputs import Item, input_list, parse_items, raise_first
+from .inputs import Item, input_list, official_item, parse_items, raise_first
 from .media import _Invalid
 from .prompts import EMBEDDING_DEFAULT_INSTRUCTION, embedding_conversation, render
 from .runner import Qwen3VLRunner
@@ -97,8 +97,10 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         return self._embed(items, instruction, normalize, batch_size, show_progress, strict=False, finish=finish)
 
     def process(self, inputs: Sequence[dict[str, Any]], normalize: bool = True) -> torch.Tensor:
-        """The official API: a list of dicts in, a float32 tensor [N, D] out."""
-        return torch.from_numpy(self.embed(inputs, normalize=normalize))
+        """The official API: a list of dicts in, a float32 tensor [N, D] out. Keys other than the official ones are
+        ignored, as upstream does."""
+        inputs = input_list(inputs, "process() takes a list of inputs; wrap a single input in a list")
+        return torch.from_numpy(self.embed([official_item(raw) for raw in inputs], normalize=normalize))
 
     # ----------------------------------------------------------------------------- internals
     @staticmethod

@@ -121,6 +121,16 @@ def input_list(values: Any, refusal: str) -> list[Any]:
     return list(values)
 
 
+def official_item(raw: Any, instruction: bool = True) -> Any:
+    """An input of the official `process()` APIs as the official code reads it: keys it does not know (an "id" kept
+    next to the content) are ignored, and so is "instruction" where it reads none (the reranker's query and
+    documents). Anything but a dict is left for `parse_item` to judge."""
+    if not isinstance(raw, dict):
+        return raw
+    keys = ITEM_KEYS if instruction else ITEM_KEYS - {"instruction"}
+    return {key: value for key, value in raw.items() if key in keys}
+
+
 def check_instruction(instruction: Any, what: str = "instruction") -> None:
     """Refuse an instruction given for a whole call or model (not one item's) before any work: ValueError/TypeError."""
     if instruction is None:
@@ -196,7 +206,8 @@ def parse_item(raw: Any, policy: MediaPolicy) -> Item:
         given = next(key for key in ("image", "video") if key in raw)
         raise _Invalid(f"{given} is {raw[given]!r} and the item has no other content; leave the key out for an "
                        "empty (NULL) item")
-    return Item(texts, images, videos, instruction or None,
+    # A blank instruction is no instruction, "" and "   " alike: the call's (or the default) applies.
+    return Item(texts, images, videos, instruction if instruction and instruction.strip() else None,
                 float(fps) if fps is not None else None, int(max_frames) if max_frames is not None else None)
 
 

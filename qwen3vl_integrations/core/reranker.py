@@ -8,7 +8,7 @@ import torch
 
 from .encoding import EncodedItem, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError
-from .inputs import Item, input_list, parse_items, raise_first
+from .inputs import Item, input_list, official_item, parse_items, raise_first
 from .media import _Invalid
 from .options import flag, whole_number
 from .prefix import VISION_END, QueryPrefix, inputs_after_prefix
@@ -67,7 +67,10 @@ class Qwen3VLReranker(Qwen3VLRunner):
         return [(i, float(scores[i])) for i in order]
 
     def process(self, inputs: dict[str, Any]) -> list[float]:
-        """The official API: {"instruction", "query", "documents", "fps", "max_frames"} -> list of scores."""
+        """The official API: {"instruction", "query", "documents", "fps", "max_frames"} -> list of scores.
+
+        As upstream: only the top-level "instruction" counts (a query written for the embedder may carry its own,
+        which the official reranker ignores), and other unknown keys are ignored."""
         if not isinstance(inputs, dict):
             raise TypeError('process() takes a dict: {"query": ..., "documents": [...], "instruction": ...}')
         query = inputs.get("query")
@@ -75,6 +78,8 @@ class Qwen3VLReranker(Qwen3VLRunner):
                                'process(): "documents" must be a list; wrap a single document in a list')
         if not query or not documents:
             return []
+        query = official_item(query, instruction=False)
+        documents = [official_item(document, instruction=False) for document in documents]
         fps, max_frames = inputs.get("fps"), inputs.get("max_frames")
         if fps is not None or max_frames is not None:  # apply to every video in the query and documents
             def with_video_options(obj: Any) -> Any:
@@ -89,7 +94,11 @@ class Qwen3VLReranker(Qwen3VLRunner):
                     batch_size: int | None = None, show_progress: bool = False,
                     _one_query: bool = False) -> np.ndarray:
         """Scores of arbitrary (query, document) pairs. Each query object (by identity) is validated and decoded once."""
-        pairs = list(pairs)
+        pairs = input_list(pairs, "score_pairs() takes a list of (query, document) pairs; wrap a single pair in a list")
+        for position, pair in enumerate(pairs):
+            # A bare pair or a string is iterable too: ("q1", "d1") read as the pairs ("q", "1") and ("d", "1").
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"score_pairs(): pair {position} must be a (query, document) tuple, got {pair!r:.80}")
         batch_size = self._check_call(instruction, batch_size)
         if not pairs:
             return np.zeros(0, np.float32)
@@ -173,7 +182,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
                 holding.pop().release()
             if prefix is not None and not holding:
                 holding.append(prefix)
-            return self._forward_last_hidden(loaded, inputs)
+            return self._forward_last_hidden(loaded, inputs, batch_size)
 
         scores = np.zeros(len(pairs), np.float32)
         try:

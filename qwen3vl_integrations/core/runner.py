@@ -277,9 +277,10 @@ class Qwen3VLRunner:
         return images, videos
 
     # ------------------------------------------------------------------------------ forward loop
-    def _forward_last_hidden(self, loaded: LoadedModel, inputs: ModelInputs) -> torch.Tensor:
-        """Last-layer hidden state of each row's last real token, float32, [B, H] on the model device."""
-        limits = JoinLimits(self.batch_size, self._token_budget(loaded)) if self.join_concurrent_calls else None
+    def _forward_last_hidden(self, loaded: LoadedModel, inputs: ModelInputs, batch_size: int) -> torch.Tensor:
+        """Last-layer hidden state of each row's last real token, float32, [B, H] on the model device. A pass joined
+        with other calls' rows holds at most `batch_size` (the call's) rows."""
+        limits = JoinLimits(batch_size, self._token_budget(loaded)) if self.join_concurrent_calls else None
         return last_token_states(loaded, inputs, limits, self.torch_compile)
 
     def _token_budget(self, loaded: LoadedModel) -> int:
@@ -369,7 +370,7 @@ class Qwen3VLRunner:
                     output = None
                     if inputs is not None:
                         hidden = (forward(ok, inputs) if forward is not None
-                                  else self._forward_last_hidden(loaded, inputs))
+                                  else self._forward_last_hidden(loaded, inputs, batch_size))
                         output = HostCopy(head(hidden) if head is not None else hidden)
                     queued.append((ok, output, errors))
                     if len(queued) <= held and pending:
