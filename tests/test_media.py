@@ -91,12 +91,25 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files from the media folder, plus /nolength/<name> (no Content-Length) and /slow/<name>."""
+    """Static files from the media folder, plus /nolength/<name> (no Content-Length), /slow/<name> and
+    /trickle/<name> (a few bytes at a time, each within any read timeout, for 30 s)."""
 
     def log_message(self, *args):  # keep test output clean
         pass
 
     def do_GET(self):
+        if self.path.startswith("/trickle/"):
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(150):
+                    self.wfile.write(b"\x89PNG" * 4)
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:  # the client gave up
+                pass
+            self.close_connection = True
+            return
         if self.path.startswith("/slow/"):
             time.sleep(3)
             self.path = "/" + self.path[len("/slow/"):]
@@ -245,6 +258,21 @@ def test_bad_images(value, cause):
         resolve_image(value, POLICY)
 
 
+def test_images_without_pixels_and_paths_that_are_data(media_dir):
+    """An empty crop divided by zero in the resize rule (the whole call crashed); a string too long for a file name
+    raised OSError with the whole string (megabytes of base64) as its message."""
+    page = Image.new("RGB", (100, 80))
+    for empty in (page.crop((50, 10, 50, 60)), np.zeros((0, 5, 3), np.uint8), [page.crop((0, 0, 10, 0))]):
+        with pytest.raises(_Invalid, match=r"image of \d+x\d+ pixels has no pixels"):
+            (resolve_video if isinstance(empty, list) else resolve_image)(empty, POLICY)
+    data = base64.b64encode((media_dir / "blue.jpg").read_bytes()).decode()
+    with pytest.raises(_Invalid, match=r"not a usable path .*\.\.\. \(\d+ characters\); it looks like base64") as info:
+        resolve_image(data, POLICY)
+    assert len(str(info.value)) < 400
+    with pytest.raises(_Invalid, match="not a usable path"):
+        resolve_video("x" * 300, POLICY)
+
+
 def test_bad_image_files(media_dir):
     with pytest.raises(_Invalid, match="unreadable image"):
         resolve_image(media_dir / "broken.png", POLICY)
@@ -285,6 +313,10 @@ def test_file_urls(media_dir, tmp_path, monkeypatch):
     assert np.array_equal(pixels(resolve_image("file://sub dir/pic.png", POLICY)), want)
     with pytest.raises(_Invalid, match="not found: 'nothing/pic.png'"):
         resolve_image("file://nothing/pic.png", POLICY)
+    # "file://" + a path whose name holds '#', '?' or '%', as upstream builds it (and opens it)
+    for name in ("photo #1.png", "what?.png", "scan%41.png"):
+        image.save(tmp_path / name)
+        assert np.array_equal(pixels(resolve_image(f"file://{tmp_path}/{name}", POLICY)), want), name
 
 
 def test_video_frame_size_is_capped(media_dir):
@@ -346,6 +378,12 @@ def test_http_timeout(http_base):
     with pytest.raises(_Invalid, match="could not fetch"):
         resolve_image(f"{http_base}/slow/red.png", MediaPolicy(allow_remote=True, timeout=0.5))
     assert time.perf_counter() - start < 2.5
+    # a server that trickles bytes passes every per-read timeout: the whole file has a deadline (4 x 0.5 s);
+    # before, the call lasted as long as the server kept sending (30 s here)
+    start = time.perf_counter()
+    with pytest.raises(_Invalid, match=r"took over 2 s to download .*remote_timeout=0.5 s per read"):
+        resolve_image(f"{http_base}/trickle/red.png", MediaPolicy(allow_remote=True, timeout=0.5))
+    assert time.perf_counter() - start < 10
 
 
 # ------------------------------------------------------------------------------------------ videos: unit

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
+import time
 import urllib.parse
 import warnings
 from dataclasses import dataclass
@@ -28,9 +30,12 @@ class MediaPolicy:
     """Limits for untrusted media."""
 
     allow_remote: bool = True
-    timeout: float = 15.0  # seconds, for connecting and for each read
+    timeout: float = 15.0  # seconds, for connecting and for each read; a whole file gets DOWNLOAD_TIMEOUTS of them
     max_remote_bytes: int = 256 * 2**20  # per fetched file (images and videos)
     max_image_pixels: int = 100_000_000  # width*height cap, checked from the header before decoding
+
+
+DOWNLOAD_TIMEOUTS = 4  # a server trickling bytes passes every per-read timeout: the whole file has a deadline too
 
 
 class _Invalid(Exception):
@@ -50,11 +55,12 @@ def is_remote(value: str) -> bool:
 
 
 def fetch_remote(url: str, policy: MediaPolicy) -> bytes:
-    """GET an http(s) URL with timeouts and a byte cap."""
+    """GET an http(s) URL with timeouts (connect, each read, the whole file) and a byte cap."""
     if not policy.allow_remote:
         raise _Invalid(f"remote fetching is disabled (allow_remote=False): {url!r}")
     import requests
 
+    deadline = time.monotonic() + DOWNLOAD_TIMEOUTS * policy.timeout
     try:
         with requests.get(url, stream=True, timeout=(policy.timeout, policy.timeout)) as response:
             response.raise_for_status()
@@ -62,15 +68,23 @@ def fetch_remote(url: str, policy: MediaPolicy) -> bytes:
             if declared and declared.isdigit() and int(declared) > policy.max_remote_bytes:
                 raise _Invalid(f"{url!r} is {int(declared)} bytes, over the {policy.max_remote_bytes}-byte cap")
             chunks, size = [], 0
-            for chunk in response.iter_content(chunk_size=1 << 16):
+            while True:
+                # read1 returns what has arrived (iter_content would wait for a full chunk, which a server
+                # trickling bytes delays without ever passing the per-read timeout)
+                chunk = response.raw.read1(1 << 16, decode_content=True)
+                if not chunk:
+                    return b"".join(chunks)
                 size += len(chunk)
                 if size > policy.max_remote_bytes:
                     raise _Invalid(f"{url!r} exceeds the {policy.max_remote_bytes}-byte cap")
+                if time.monotonic() > deadline:
+                    raise _Invalid(f"{url!r} took over {DOWNLOAD_TIMEOUTS * policy.timeout:g} s to download "
+                                   f"({size} bytes so far; remote_timeout={policy.timeout:g} s per read, "
+                                   f"{DOWNLOAD_TIMEOUTS}x that per file)")
                 chunks.append(chunk)
-            return b"".join(chunks)
     except _Invalid:
         raise
-    except Exception as exc:  # requests' many exception types, all meaning "could not fetch"
+    except Exception as exc:  # requests' and urllib3's many exception types, all meaning "could not fetch"
         raise _Invalid(f"could not fetch {url!r}: {exc}") from None
 
 
@@ -100,17 +114,40 @@ def file_url_path(url: str) -> str:
     return rest
 
 
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
+
+
+def _shown(text: str, limit: int = 100) -> str:
+    """`text` for an error message: a string that is really data (megabytes of base64) is cut."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def local_path(value: Union[str, Path]) -> Path:
     """A local path from a bare path or a file:// URL; must exist and be a regular file."""
     text = str(value)
     if text.startswith("file://"):
-        text = file_url_path(text)
+        decoded, raw = file_url_path(text), text[len("file://"):]
+        # "file://" + path, as upstream builds it, with '#', '?' or '%' in a name: upstream opens the raw rest.
+        text = raw if not _exists(decoded) and _exists(raw) else decoded
     path = Path(text).expanduser()
-    if not path.exists():
-        raise _Invalid(f"file not found: {text!r}")
-    if not path.is_file():
-        raise _Invalid(f"not a regular file: {text!r}")
+    try:
+        found, regular = path.exists(), path.is_file()
+    except OSError as exc:  # a name too long for the filesystem: often image data passed as a bare string
+        hint = ("; it looks like base64 data, which goes in a data: URI (data:image/png;base64,...) or as bytes"
+                if len(text) > 255 and _BASE64.fullmatch(text[:1024]) else "")
+        raise _Invalid(f"not a usable path ({exc.strerror}): {_shown(text)}{hint}") from None
+    if not found:
+        raise _Invalid(f"file not found: {_shown(text)}")
+    if not regular:
+        raise _Invalid(f"not a regular file: {_shown(text)}")
     return path
+
+
+def _exists(text: str) -> bool:
+    try:
+        return Path(text).expanduser().exists()
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -204,12 +241,20 @@ def locate(value: Any, policy: MediaPolicy, kind: str) -> tuple[Path | None, byt
     return None, data
 
 
+def _has_pixels(width: int, height: int) -> None:
+    # An empty crop (a layout detector's zero-width box) would divide by zero in the resize rule.
+    if width < 1 or height < 1:
+        raise _Invalid(f"image of {width}x{height} pixels has no pixels")
+
+
 def resolve_image(value: Any, policy: MediaPolicy) -> ImageSource:
     """Validate one image value (header only) and return where its pixels come from. Raises _Invalid."""
     if isinstance(value, Image.Image):
+        _has_pixels(value.width, value.height)
         return ImageSource(value.width, value.height, image=value)
     if isinstance(value, np.ndarray):
         img = _image_from_array(value)
+        _has_pixels(img.width, img.height)
         return ImageSource(img.width, img.height, image=img)
     path, data = locate(value, policy, "image")
     with _open_pil(path if path is not None else io.BytesIO(data), policy, load=False) as img:
