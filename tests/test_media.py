@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import importlib.util
 import io
 import math
 import struct
@@ -518,6 +519,79 @@ def test_video_file_without_decord_uses_pyav(media_dir, monkeypatch):
     assert fallback.frames.shape == reference.frames.shape
     # Two decoders may convert YUV to RGB slightly differently, never by much.
     assert float((fallback.frames - reference.frames).abs().mean()) < 1.0  # a frame off by one: about 6
+
+
+def _clip(path: Path, container: str, rotation: int = 0, claimed_seconds: float | None = None) -> Path:
+    """16 frames of 96x64 at 8 fps (a red band on the left, blue rising), optionally with a display rotation or a
+    container duration that is not the real one."""
+    import av
+
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i in range(16):
+            frame = np.zeros((64, 96, 3), np.uint8)
+            frame[:, :32] = (255, 0, 0)
+            frame[..., 2] = 10 * i
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    if claimed_seconds is not None:  # rewrite the Matroska Duration element (float, in ms) of the header
+        data = bytearray(path.read_bytes())
+        at = data.index(b"\x44\x89\x88")  # Duration ID, 8-byte float
+        data[at + 3:at + 11] = struct.pack(">d", claimed_seconds * 1000)
+        path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_pyav_turns_a_rotated_video_upright_as_decord_does(tmp_path, monkeypatch, rotation):
+    """A phone's portrait video carries a display rotation: decord (upstream's reader) applies it, the PyAV
+    fallback did not (a landscape video, another vector)."""
+    source = resolve_video(_clip(tmp_path / "rotated.mp4", "mp4", rotation), POLICY)
+    limits = VisionLimits(max_frames=4, total_pixels=TINY_LIMITS.total_pixels)
+    if importlib.util.find_spec("decord") is not None:
+        reference = prepare_video(source, 2.0, None, limits, POLICY).frames
+        monkeypatch.setitem(sys.modules, "decord", None)
+    else:
+        reference = None
+    fallback = prepare_video(source, 2.0, None, limits, POLICY)
+    assert fallback.metadata["video_backend"] == "pyav"
+    tall = fallback.frames.shape[2] > fallback.frames.shape[3]
+    assert tall == (rotation != 180)
+    if reference is not None:
+        assert fallback.frames.shape == reference.shape
+        assert float((fallback.frames - reference).abs().mean()) < 1.0
+
+
+def test_video_frames_are_resized_a_few_at_a_time(media_dir, monkeypatch):
+    """The resize works in float32 on whole frames: all of a video's at once held 2.7 GB for 64 frames of 1080p.
+    Frames are resized one by one anyway, so chunks give the same pixels."""
+    from qwen3vl_integrations.core import vision
+
+    source = resolve_video(media_dir / "clip.mp4", POLICY)
+    limits = VisionLimits(max_frames=16, total_pixels=TINY_LIMITS.total_pixels)
+    whole = vision.TF.resize
+    sizes = []
+    monkeypatch.setattr(vision.TF, "resize", lambda video, *a, **k: sizes.append(len(video)) or whole(video, *a, **k))
+    chunked = prepare_video(source, 8.0, None, limits, POLICY)
+    assert sum(sizes) == len(chunked.frames) == 16 and max(sizes) <= vision.RESIZE_CHUNK_FRAMES
+    monkeypatch.setattr(vision, "RESIZE_CHUNK_FRAMES", 1000)
+    assert torch_equal(prepare_video(source, 8.0, None, limits, POLICY).frames, chunked.frames)
+
+
+@pytest.mark.parametrize("claimed_seconds", [36_000.0, 0.5])
+def test_frames_are_counted_where_the_header_has_no_count(tmp_path, claimed_seconds):
+    """A Matroska header gives a duration, not a frame count: a 2 s clip claiming 10 h was sampled as 288,000
+    frames (7 of 8 samples were copies of the last frame), one claiming 0.5 s only in its first quarter."""
+    source = resolve_video(_clip(tmp_path / "clip.mkv", "matroska", claimed_seconds=claimed_seconds), POLICY)
+    assert source.total_frames == 16
+    video = prepare_video(source, 2.0, None, VisionLimits(max_frames=4, total_pixels=TINY_LIMITS.total_pixels),
+                          POLICY)
+    assert list(video.metadata["frames_indices"]) == [0, 5, 10, 15]
 
 
 @pytest.mark.parametrize(

@@ -298,12 +298,12 @@ def probe_video_file(stream: Any) -> tuple[int, float, int, int]:
                 raise _Invalid("no video stream in file")
             vs = container.streams.video[0]
             fps = float(vs.average_rate or vs.guessed_rate or 0)
-            frames = int(vs.frames or 0)
-            if frames <= 0 and vs.duration is not None and vs.time_base is not None and fps > 0:
-                frames = int(round(float(vs.duration * vs.time_base) * fps))
-            if frames <= 0 and container.duration and fps > 0:
-                frames = int(round(container.duration / 1_000_000 * fps))
             width, height = vs.codec_context.width, vs.codec_context.height
+            frames = int(vs.frames or 0)
+            if frames <= 0:
+                # No count in the header (MKV, WebM): count the packets, as decord indexes them. A duration from
+                # the header can be far off (a 2 s clip claiming 10 h sampled 7 copies of its last frame of 8).
+                frames = sum(1 for packet in container.demux(vs) if packet.size)
     except _Invalid:
         raise
     except Exception as exc:  # av raises many error types for broken containers

@@ -91,24 +91,48 @@ def _downsample_frames(frames: list, max_frames: int) -> list:
     return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, max_frames, dtype=int)]
 
 
+RESIZE_CHUNK_FRAMES = 4
+
+
 def _read_frames_pyav(source: VideoFileSource, indices: list[int]) -> torch.Tensor:
     import av
     import numpy as np
 
-    wanted = sorted(set(indices))
-    picked: dict[int, np.ndarray] = {}
+    rows_of: dict[int, list[int]] = {}
+    for row, index in enumerate(indices):
+        rows_of.setdefault(index, []).append(row)
+    frames = None  # [T, H, W, 3], filled in place: one copy of the sampled frames
+    filled = np.zeros(len(indices), dtype=bool)
     last = None
     with av.open(source.stream()) as container:
         for position, frame in enumerate(container.decode(video=0)):
-            last = frame.to_ndarray(format="rgb24")
-            if position in wanted:
-                picked[position] = last
-            if position >= wanted[-1]:
+            last = frame
+            if position in rows_of:  # only the sampled frames are converted (a 20 s clip: 3x faster)
+                rgb = _upright_rgb(frame)
+                if frames is None:
+                    frames = np.empty((len(indices), *rgb.shape), dtype=np.uint8)
+                frames[rows_of[position]] = rgb
+                filled[rows_of[position]] = True
+            if position >= indices[-1]:
                 break
     if last is None:
         raise _Invalid("video has no decodable frames")
-    frames = [picked.get(i, last) for i in indices]  # headers may overstate the count: reuse the last frame
-    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    if not filled.all():  # fewer decodable frames than packets: reuse the last one
+        rgb = _upright_rgb(last)
+        if frames is None:
+            frames = np.empty((len(indices), *rgb.shape), dtype=np.uint8)
+        frames[~filled] = rgb
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
+def _upright_rgb(frame: Any) -> Any:
+    """A decoded frame as an HxWx3 uint8 array, turned as its display matrix says (a phone's portrait video), as
+    decord returns it."""
+    import numpy as np
+
+    array = frame.to_ndarray(format="rgb24")
+    turns = round(getattr(frame, "rotation", 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array
 
 
 def read_video_file(source: VideoFileSource, item_fps: float | None, item_max_frames: int | None,
@@ -145,7 +169,11 @@ def read_video_file(source: VideoFileSource, item_fps: float | None, item_max_fr
         new_h, new_w = _frame_budget(video.shape[0], height, width, limits.total_pixels)
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
-    frames = TF.resize(video, [new_h, new_w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    # In chunks: the resize works in float32 on whole frames (64 frames of 1080p: 1.5 GB at once); each frame is
+    # resized on its own, so the result is the same.
+    frames = torch.cat([TF.resize(video[start:start + RESIZE_CHUNK_FRAMES], [new_h, new_w],
+                                  interpolation=InterpolationMode.BICUBIC, antialias=True)
+                        for start in range(0, video.shape[0], RESIZE_CHUNK_FRAMES)]).float()
     metadata = {"fps": video_fps, "frames_indices": indices, "total_num_frames": total, "video_backend": backend}
     return PreparedVideo(frames, metadata)
 
