@@ -9,10 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import re
+import tempfile
 import time
 import urllib.parse
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -86,6 +89,30 @@ def fetch_remote(url: str, policy: MediaPolicy) -> bytes:
         raise
     except Exception as exc:  # requests' and urllib3's many exception types, all meaning "could not fetch"
         raise _Invalid(f"could not fetch {url!r}: {exc}") from None
+
+
+class _FetchedFile(type(Path())):
+    """A temporary file holding fetched remote content; removed once nothing refers to this path any more."""
+
+
+def _kept_on_disk(data: bytes, kind: str) -> Path:
+    """Remote content in a temporary file: every input of a call is resolved before the model runs, and a call
+    with thousands of image URLs held them all in memory (500 URLs of 1 MiB: 516 MiB)."""
+    if not data:
+        raise _Invalid(f"empty {kind} data")
+    handle, name = tempfile.mkstemp(prefix="qwen3vl-fetched-")
+    with os.fdopen(handle, "wb") as file:
+        file.write(data)
+    path = _FetchedFile(name)
+    weakref.finalize(path, _remove, name)
+    return path
+
+
+def _remove(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
 
 
 def decode_data_uri(uri: str) -> bytes:
@@ -227,7 +254,7 @@ def locate(value: Any, policy: MediaPolicy, kind: str) -> tuple[Path | None, byt
         if not value.strip():
             raise _Invalid(f"empty string where {'an' if kind[0] in 'aeiou' else 'a'} {kind} was expected")
         if is_remote(value):
-            data = fetch_remote(value, policy)
+            return _kept_on_disk(fetch_remote(value, policy), kind), None
         elif value.startswith("data:"):
             data = decode_data_uri(value)
         elif "://" in value and not value.startswith("file://"):
