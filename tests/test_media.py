@@ -481,6 +481,34 @@ def test_frame_list_downsampled_to_constructor_max_frames(frame_dir):
     assert odd.metadata["fps"] == 2.0 and list(odd.metadata["frames_indices"]) == list(range(4))
 
 
+def test_a_video_array_converts_only_its_sampled_frames(monkeypatch):
+    """Every frame of a [T, H, W, 3] array became a PIL image though max_frames of them are used (a 396 MiB array
+    cost 600 MB more)."""
+    from qwen3vl_integrations.core import media
+
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (40, 48, 64, 3), dtype=np.uint8)
+    converted = []
+    to_image = media._pil_from_array
+    monkeypatch.setattr(media, "_pil_from_array", lambda array: converted.append(1) or to_image(array))
+    source = resolve_video(video, POLICY)
+    assert converted == []  # checked, not converted
+    limits = VisionLimits(max_frames=8, total_pixels=TINY_LIMITS.total_pixels)
+    lazy = prepare_video(source, None, None, limits, POLICY)
+    assert len(converted) == 8
+    eager = prepare_video(resolve_video([Image.fromarray(frame) for frame in video], POLICY), None, None, limits,
+                          POLICY)
+    assert torch_equal(lazy.frames, eager.frames)
+    assert torch_equal(prepare_video(resolve_video(video / 255.0, POLICY), None, None, limits, POLICY).frames,
+                       lazy.frames)  # floats in [0, 1] as for images
+    bad = video / 255.0
+    bad[30, 1, 1, 0] = np.nan
+    with pytest.raises(_Invalid, match="NaN"):
+        resolve_video(bad, POLICY)
+    with pytest.raises(_Invalid, match="no pixels"):
+        resolve_video(np.zeros((3, 0, 4, 3), np.uint8), POLICY)
+
+
 def test_frames_must_share_a_size(frame_dir):
     from qwen3vl_integrations.core.vision import video_tokens
 

@@ -181,13 +181,14 @@ def _exists(text: str) -> bool:
 
 @dataclass
 class ImageSource:
-    """A validated image: where its bytes are (path, bytes or decoded PIL image) and its size."""
+    """A validated image: where its pixels are (path, bytes, decoded PIL image or a checked array) and its size."""
 
     width: int
     height: int
     path: Path | None = None
     data: bytes | None = None
     image: Image.Image | None = None
+    array: np.ndarray | None = None  # a frame of a [T, H, W, C] video array, converted only if it is sampled
 
     @property
     def size(self) -> tuple[int, int]:
@@ -197,6 +198,8 @@ class ImageSource:
         """Decode the pixels (fully loaded PIL image)."""
         if self.image is not None:
             return self.image
+        if self.array is not None:
+            return _pil_from_array(self.array)
         return _open_pil(self.path if self.path is not None else io.BytesIO(self.data), policy, load=True)
 
 
@@ -221,18 +224,29 @@ def _open_pil(fp: Any, policy: MediaPolicy, load: bool) -> Image.Image:
         raise _Invalid(f"unreadable image: {exc}") from None
 
 
+def _check_image_array(array: np.ndarray) -> None:
+    """Raise _Invalid unless `array` holds pixels we convert: uint8, or float in [0, 1]."""
+    if array.dtype != np.uint8:
+        floating = np.issubdtype(array.dtype, np.floating)
+        if floating and not np.isfinite(array).all():
+            raise _Invalid(f"image array ({array.dtype}) holds NaN or infinite values")
+        if not (floating and array.size and 0.0 <= array.min() and array.max() <= 1.0):
+            raise _Invalid(f"image arrays must be uint8 (or float in [0, 1]), got {array.dtype}")
+
+
+def _pil_from_array(array: np.ndarray) -> Image.Image:
+    """A checked HxW or HxWx{1,3,4} array as a PIL image."""
+    if array.dtype != np.uint8:
+        array = (array * 255.0).round().astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
 def _image_from_array(array: np.ndarray) -> Image.Image:
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
-        if array.dtype != np.uint8:
-            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-                raise _Invalid(f"image array ({array.dtype}) holds NaN or infinite values")
-            if np.issubdtype(array.dtype, np.floating) and array.size and 0.0 <= array.min() and array.max() <= 1.0:
-                array = (array * 255.0).round().astype(np.uint8)
-            else:
-                raise _Invalid(f"image arrays must be uint8 (or float in [0, 1]), got {array.dtype}")
-        if array.ndim == 3 and array.shape[-1] == 1:
-            array = array[..., 0]
-        return Image.fromarray(np.ascontiguousarray(array))
+        _check_image_array(array)
+        return _pil_from_array(array)
     raise _Invalid(f"image arrays must be HxW, HxWx3 or HxWx4, got shape {tuple(array.shape)}")
 
 
@@ -347,7 +361,13 @@ def resolve_video(value: Any, policy: MediaPolicy) -> VideoSource:
             raise _Invalid(f"video arrays must be [T, H, W, 3], got shape {tuple(value.shape)}")
         if value.shape[0] == 0:
             raise _Invalid("empty video (no frames)")
-        return FrameListSource([resolve_image(frame, policy) for frame in value])
+        if value.shape[-1] not in (1, 3, 4):
+            raise _Invalid(f"video arrays must be [T, H, W, 3], got shape {tuple(value.shape)}")
+        _check_image_array(value)
+        height, width = value.shape[1:3]
+        _has_pixels(width, height)
+        # Frames stay views of the array: only those sampled (max_frames) are ever converted to images.
+        return FrameListSource([ImageSource(width, height, array=frame) for frame in value])
     if isinstance(value, (list, tuple)):
         if not value:
             raise _Invalid("empty frame list")
