@@ -575,8 +575,8 @@ def test_try_embed_reports_errors_found_while_decoding(tiny_embedding_path, medi
     assert [err.index for err in result.errors] == [1, 2, 3]
     assert "max_length" in result.errors[2].cause
     np.testing.assert_allclose(result.embeddings, e.embed(["ok", "also ok"]), atol=1e-5)
-    with pytest.raises(Qwen3VLInputError, match=r"^item 1: "):
-        e.embed(["ok", {"image": truncated}])
+    with pytest.raises(Qwen3VLInputError, match=r"^item 1: image 1: unreadable image"):  # which of the item's images
+        fresh(tiny_embedding_path).embed(["ok", {"image": [media_dir / "blue.jpg", truncated]}])
 
 
 # ============================================================================== Matryoshka

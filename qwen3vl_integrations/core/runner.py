@@ -265,15 +265,21 @@ class Qwen3VLRunner:
         return token_counts(self.load().tokenizer, texts)
 
     def _prepare_media(self, item: Item) -> tuple[list[Any], list[Any]]:
-        """Decoded and resized images and videos of one item, in prompt order. Raises _Invalid."""
-        try:
-            images = [prepare_image(image, self.limits, self.policy) for image in item.images]
-            videos = [prepare_video(video, item.fps, item.max_frames, self.limits, self.policy)
-                      for video in item.videos]
-        except _Invalid:
-            raise
-        except Exception as exc:  # decoding errors that a header check cannot see
-            raise _Invalid(f"could not decode media: {exc}") from None
+        """Decoded and resized images and videos of one item, in prompt order. Raises _Invalid naming the image or
+        video of the item, as the checks before the run do."""
+        def decoded(kind: str, position: int, prepare: Callable[[], Any]) -> Any:
+            try:
+                return prepare()
+            except _Invalid as exc:
+                raise _Invalid(f"{kind} {position}: {exc}") from None
+            except Exception as exc:  # decoding errors that a header check cannot see
+                raise _Invalid(f"{kind} {position}: could not decode media: {exc}") from None
+
+        images = [decoded("image", k, lambda image=image: prepare_image(image, self.limits, self.policy))
+                  for k, image in enumerate(item.images)]
+        videos = [decoded("video", k, lambda video=video: prepare_video(video, item.fps, item.max_frames,
+                                                                        self.limits, self.policy))
+                  for k, video in enumerate(item.videos)]
         return images, videos
 
     # ------------------------------------------------------------------------------ forward loop
