@@ -275,6 +275,20 @@ def test_images_without_pixels_and_paths_that_are_data(media_dir):
         resolve_video("x" * 300, POLICY)
 
 
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG (scans, medical and scientific images) went through the RGB conversion as upstream does, which
+    clips it: 99.6% of its pixels came out white."""
+    ramp = np.linspace(0, 65535, 120 * 160).reshape(120, 160).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    eight_bit = Image.fromarray((ramp / 257.0).round().astype(np.uint8), mode="L")
+    want = expected_pixels(eight_bit)
+    assert Image.open(tmp_path / "ramp16.png").mode == "I;16"
+    for form in (tmp_path / "ramp16.png", (tmp_path / "ramp16.png").read_bytes(), Image.open(tmp_path / "ramp16.png"),
+                 ramp, ramp[..., None]):
+        assert np.array_equal(pixels(resolve_image(form, POLICY)), want), type(form)
+    assert (pixels(resolve_image(ramp, POLICY)) == 255).all(-1).mean() < 0.01
+
+
 def test_bad_image_files(media_dir):
     with pytest.raises(_Invalid, match="unreadable image"):
         resolve_image(media_dir / "broken.png", POLICY)

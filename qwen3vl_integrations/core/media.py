@@ -197,10 +197,22 @@ class ImageSource:
     def open(self, policy: MediaPolicy) -> Image.Image:
         """Decode the pixels (fully loaded PIL image)."""
         if self.image is not None:
-            return self.image
+            return _eight_bit(self.image)
         if self.array is not None:
             return _pil_from_array(self.array)
-        return _open_pil(self.path if self.path is not None else io.BytesIO(self.data), policy, load=True)
+        return _eight_bit(_open_pil(self.path if self.path is not None else io.BytesIO(self.data), policy,
+                                    load=True))
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale (PNG, TIFF: scans, medical and scientific images) scaled to 8 bits. The RGB conversion that
+    follows, as upstream, clips it instead, and such an image came out (almost) white."""
+    if image.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return image
+    values = np.asarray(image)
+    if image.mode == "I" and (values.min() < 0 or values.max() > 65535):
+        return image  # not 16-bit content: left to the conversion as upstream
+    return Image.fromarray((values.astype(np.float32) / 257.0).round().astype(np.uint8), mode="L")
 
 
 def _open_pil(fp: Any, policy: MediaPolicy, load: bool) -> Image.Image:
@@ -225,18 +237,20 @@ def _open_pil(fp: Any, policy: MediaPolicy, load: bool) -> Image.Image:
 
 
 def _check_image_array(array: np.ndarray) -> None:
-    """Raise _Invalid unless `array` holds pixels we convert: uint8, or float in [0, 1]."""
-    if array.dtype != np.uint8:
+    """Raise _Invalid unless `array` holds pixels we convert: uint8, uint16, or float in [0, 1]."""
+    if array.dtype not in (np.uint8, np.uint16):
         floating = np.issubdtype(array.dtype, np.floating)
         if floating and not np.isfinite(array).all():
             raise _Invalid(f"image array ({array.dtype}) holds NaN or infinite values")
         if not (floating and array.size and 0.0 <= array.min() and array.max() <= 1.0):
-            raise _Invalid(f"image arrays must be uint8 (or float in [0, 1]), got {array.dtype}")
+            raise _Invalid(f"image arrays must be uint8 or uint16 (or float in [0, 1]), got {array.dtype}")
 
 
 def _pil_from_array(array: np.ndarray) -> Image.Image:
     """A checked HxW or HxWx{1,3,4} array as a PIL image."""
-    if array.dtype != np.uint8:
+    if array.dtype == np.uint16:
+        array = (array.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
         array = (array * 255.0).round().astype(np.uint8)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
