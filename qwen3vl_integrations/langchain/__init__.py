@@ -9,6 +9,13 @@ Needs the ``langchain`` extra: ``pip install "qwen3vl-integrations[langchain]"``
 """
 from __future__ import annotations
 
+try:
+    import langchain_core.cross_encoders  # noqa: F401  (langchain-core >= 1.2.19)
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "qwen3vl_integrations.langchain needs langchain-core>=1.2.19: pip install 'qwen3vl-integrations[langchain]'"
+    ) from exc
+
 from .cross_encoder import Qwen3VLCrossEncoder
 from .documents import document_to_item
 from .embeddings import Qwen3VLEmbeddings
