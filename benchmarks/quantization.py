@@ -9,7 +9,7 @@ bytes per vector, search time per query (all queries in one `search` call, divid
 recall@10 against exact float32 search at the full dimension and at the same dimension.
 
 Caveat: the vectors are isotropic Gaussian, so truncation behaves like a random projection. Real Qwen3-VL embeddings
-are trained for Matryoshka truncation and lose much less (REFERENCE.md §9); use this table for the costs and for the
+are trained for Matryoshka truncation and lose much less (technical report); use this table for the costs and for the
 relative effect of quantization and rescoring, not for absolute quality.
 """
 from __future__ import annotations

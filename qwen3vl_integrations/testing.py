@@ -1,13 +1,13 @@
 """Random, locally built Qwen3-VL checkpoints for tests and CPU benchmarks.
 
-Nothing here downloads anything. Three sizes share one tokenizer and one processor (ENVIRONMENT.md §4):
+Nothing here downloads anything. Three sizes share one tokenizer and one processor:
 
 * ``tiny``  - a ~277k-parameter model with the real preprocessing geometry (patch 16, merge 2, temporal 2).
   Built in a fraction of a second; this is the test fixture.
 * ``small`` - a 35.6M-parameter model, large enough that model compute dominates preprocessing on a CPU.
-* ``2b``    - the real Qwen3-VL-2B architecture (REFERENCE.md §8) with random weights (about 4 GB in bf16).
+* ``2b``    - the real Qwen3-VL-2B architecture with random weights (about 4 GB in bf16).
 
-Each comes in two tokenizer flavours, mirroring the real checkpoints (REFERENCE.md §4.4 and §5.4):
+Each comes in two tokenizer flavours, mirroring the real checkpoints:
 
 * ``embedding`` - the tokenizer appends ``<|endoftext|>`` to every encoded sequence;
 * ``reranker``  - the tokenizer appends nothing.
@@ -98,7 +98,7 @@ _SPLIT_REGEX = (
     r"""|\s+(?!\S)|\s+"""
 )
 
-# Compact chat template (ENVIRONMENT.md §4.4): renders the embedder and reranker layouts exactly.
+# Compact chat template: renders the embedder and reranker layouts exactly.
 CHAT_TEMPLATE = (
     "{%- set ns = namespace(img=0, vid=0) -%}\n"
     "{%- for m in messages -%}\n"
@@ -372,8 +372,8 @@ def random_checkpoint_config(size: str = "tiny", tokenizer=None, text_layers: in
     """The ``Qwen3VLConfig`` of a random checkpoint of ``size`` ("tiny", "small" or "2b"), without any weights.
 
     Token ids come from ``tokenizer`` (default: the fixture tokenizer). ``text_layers`` replaces the size's number of
-    language-model layers. Validates the pitfalls of ENVIRONMENT.md §5 (mrope_section sum, deepstack indexes,
-    out_hidden_size, vocab size).
+    language-model layers. Validates what a hand-made config gets wrong silently (mrope_section sum, deepstack
+    indexes, out_hidden_size, vocab size).
     """
     if size not in _ARCH:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
@@ -520,7 +520,7 @@ def _quiet_progress_bars():
 
 
 def build_tiny_checkpoint(path, kind: str = "embedding", seed: int = 0) -> Path:
-    """Write the tiny random Qwen3-VL checkpoint (ENVIRONMENT.md §4) to the folder ``path`` and return it.
+    """Write the tiny random Qwen3-VL checkpoint to the folder ``path`` and return it.
 
     The folder holds config, fp32 safetensors weights (276,704 parameters), tokenizer, processor and chat template.
     It loads offline with ``AutoProcessor``, ``AutoModel`` (``Qwen3VLModel``) and
