@@ -123,3 +123,41 @@ def test_a_first_wave_of_concurrent_calls_in_a_fresh_process(tiny_embedding_path
         out, err = run.communicate(timeout=300)
         assert run.returncode == 0, err
         assert out.strip() == "[]", out
+
+
+def test_objects_built_per_request_read_no_config(tiny_embedding_path, tiny_embedder, monkeypatch):
+    """A service building an object per request read the model's config each time (from the hub, for a hub id),
+    under the lock that model loads hold: a registered model's config is used instead."""
+    import transformers
+
+    tiny_embedder.load()
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained",
+                        classmethod(lambda cls, *args, **kwargs: pytest.fail("the config was read again")))
+    for _ in range(3):
+        fresh = Qwen3VLEmbedder(str(tiny_embedding_path), **TINY)
+        assert fresh.embedding_dim == tiny_embedder.embedding_dim
+        assert np.allclose(fresh.embed(["a query"]), tiny_embedder.embed(["a query"]), atol=1e-6)
+
+
+def test_a_failed_call_frees_its_inputs_at_once(tiny_embedding_path, tiny_embedder):
+    """The error raised from inside the run was held by a local of the frame its traceback holds: a cycle that kept
+    the call's inputs (and fetched files) until the collector ran."""
+    import gc
+    import io
+    import weakref
+
+    from qwen3vl_integrations import Qwen3VLInputError
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, "PNG")
+    truncated = buffer.getvalue()[: len(buffer.getvalue()) // 2]  # its header reads: found while decoding
+    image = Image.new("RGB", (64, 64))
+    freed = weakref.ref(image)
+    gc.disable()
+    try:
+        with pytest.raises(Qwen3VLInputError, match="unreadable image"):
+            tiny_embedder.embed([{"image": image}, {"image": truncated}], batch_size=1)
+        del image
+        assert freed() is None
+    finally:
+        gc.enable()

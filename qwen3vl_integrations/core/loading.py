@@ -197,9 +197,16 @@ def _hub_kwargs(model_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_config(path: str, model_kwargs: dict[str, Any] | None = None) -> Any:
-    """A checkpoint's config, without loading its weights. Read under the registry lock: transformers imports its
-    classes on first use, which is not thread-safe, and a service's first wave of calls gets here from many threads
-    at once (some of them failed with `ImportError: cannot import name 'AutoConfig'`)."""
+    """A checkpoint's config, without loading its weights: a loaded model's, where the registry holds the checkpoint
+    (a service building an object per request read the file, or asked the hub, every time), else read under the
+    registry lock: transformers imports its classes on first use, which is not thread-safe, and a service's first
+    wave of calls gets here from many threads at once (some failed with `ImportError: cannot import name
+    'AutoConfig'`)."""
+    model_kwargs = dict(model_kwargs or {})
+    wanted = (_normalise_path(path), repr(model_kwargs.get("revision")))
+    for key, loaded in _REGISTRY.copy().items():  # a dict copy is atomic: no lock, so no wait for a model's load
+        if (key.path, dict(key.extra).get("revision", "None")) == wanted:
+            return loaded.config
     with _REGISTRY_LOCK:
         from transformers import AutoConfig
 

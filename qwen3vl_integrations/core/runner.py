@@ -372,7 +372,9 @@ class Qwen3VLRunner:
                     ok, inputs, errors = pending.popleft().result()
                     submit_next()
                     if errors and raise_errors:
-                        raise errors[0]
+                        # A new exception: raising the one held in `errors` (a local of this frame, which its
+                        # traceback holds) made a cycle that kept the call's inputs until the collector ran.
+                        raise errors[0].located(errors[0].index, errors[0].role)
                     output = None
                     if inputs is not None:
                         hidden = (forward(ok, inputs) if forward is not None
