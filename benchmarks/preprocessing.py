@@ -115,7 +115,7 @@ def step_rows(embedder: Any, image_bytes: bytes, repeats: int, batch: int) -> li
     from qwen3vl_integrations.core.vision_layout import vision_layout
 
     loaded = embedder.load()
-    processor, backbone = loaded.thread_processor(), loaded.backbone
+    processor, backbone = loaded.processor, loaded.backbone  # one thread here
     item = parse_item({"image": image_bytes}, embedder.policy)
     conversation = embedding_conversation(item, None, embedder.default_instruction)
     image = prepare_image(item.images[0], embedder.limits, embedder.policy)

@@ -167,16 +167,15 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
 
     def _encode_item(self, loaded: Any, item: Item, instruction: str | None) -> EncodedItem:
         """Prompt, media and tokens of one item, ending in <|endoftext|>, truncated around vision tokens."""
-        processor = loaded.thread_processor()
-        chosen = item.instruction or instruction
-        text = render(processor, embedding_conversation(item, chosen, self.default_instruction))
-        images, videos = self._prepare_media(item)
-        try:
-            sequence = encode(processor, text, images, videos, loaded.raw_pixels)
-        except Exception as exc:  # processor errors on odd media (sizes, channels)
-            raise _Invalid(f"could not encode input: {exc}") from None
-        tokenizer = processor.tokenizer
-        eot_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        images, videos = self._prepare_media(item)  # decoding first: a processor is lent for the prompt only
+        with loaded.lent_processor() as processor:
+            chosen = item.instruction or instruction
+            text = render(processor, embedding_conversation(item, chosen, self.default_instruction))
+            try:
+                sequence = encode(processor, text, images, videos, loaded.raw_pixels)
+            except Exception as exc:  # processor errors on odd media (sizes, channels)
+                raise _Invalid(f"could not encode input: {exc}") from None
+            eot_id = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         if int(sequence.input_ids[-1]) != eot_id:
             sequence = append_token(sequence, eot_id)
         return truncate_text_tokens(sequence, self.max_length - EMBEDDING_SUFFIX, EMBEDDING_SUFFIX,

@@ -214,32 +214,32 @@ class Qwen3VLReranker(Qwen3VLRunner):
     def _query_prefix(self, loaded: Any, query: Item, query_media: tuple[list[Any], list[Any]],
                       instruction: str | None, index: int | None) -> QueryPrefix:
         """The part of the prompt that all of a query's pairs begin with: everything before the document."""
-        processor = loaded.thread_processor()
-        text = render(processor, rerank_conversation(query, Item(texts=[_DOCUMENT_MARK]),
-                                                     query.instruction or instruction, self.default_instruction))
-        text = text[: text.rindex(_DOCUMENT_MARK)]
-        try:
-            item = encode(processor, text, query_media[0], query_media[1], loaded.raw_pixels)
-        except Exception as exc:
-            raise Qwen3VLInputError(f"could not encode input: {exc}", index=index, role="query") from None
+        with loaded.lent_processor() as processor:
+            text = render(processor, rerank_conversation(query, Item(texts=[_DOCUMENT_MARK]),
+                                                         query.instruction or instruction, self.default_instruction))
+            text = text[: text.rindex(_DOCUMENT_MARK)]
+            try:
+                item = encode(processor, text, query_media[0], query_media[1], loaded.raw_pixels)
+            except Exception as exc:
+                raise Qwen3VLInputError(f"could not encode input: {exc}", index=index, role="query") from None
         return QueryPrefix.from_encoding(item, text, loaded.tokenizer.convert_tokens_to_ids(VISION_END))
 
     def _encode_pair(self, loaded: Any, query: Item, query_media: tuple[list[Any], list[Any]], document: Item,
                      instruction: str | None, prefix: QueryPrefix | None = None) -> EncodedItem:
-        processor = loaded.thread_processor()
-        # The query's own "instruction" key wins over the call's (CONTRACT: item > call > default).
-        text = render(processor, rerank_conversation(query, document, query.instruction or instruction,
-                                                     self.default_instruction))
-        doc_images, doc_videos = self._prepare_media(document)
-        try:
-            if prefix is not None and prefix.head_text and text.startswith(prefix.head_text):
-                # The query's media were encoded with the prefix: only the rest of the prompt is processed.
-                sequence = prefix.join(encode(processor, text[len(prefix.head_text):], doc_images, doc_videos,
-                                              loaded.raw_pixels))
-            else:
-                # Media follow prompt order: the query's videos and images come before the document's.
-                sequence = encode(processor, text, query_media[0] + doc_images, query_media[1] + doc_videos,
-                                  loaded.raw_pixels)
-        except Exception as exc:
-            raise _Invalid(f"could not encode input: {exc}") from None
+        doc_images, doc_videos = self._prepare_media(document)  # decoding first: a processor is lent for the prompt
+        with loaded.lent_processor() as processor:
+            # The query's own "instruction" key wins over the call's (CONTRACT: item > call > default).
+            text = render(processor, rerank_conversation(query, document, query.instruction or instruction,
+                                                         self.default_instruction))
+            try:
+                if prefix is not None and prefix.head_text and text.startswith(prefix.head_text):
+                    # The query's media were encoded with the prefix: only the rest of the prompt is processed.
+                    sequence = prefix.join(encode(processor, text[len(prefix.head_text):], doc_images, doc_videos,
+                                                  loaded.raw_pixels))
+                else:
+                    # Media follow prompt order: the query's videos and images come before the document's.
+                    sequence = encode(processor, text, query_media[0] + doc_images, query_media[1] + doc_videos,
+                                      loaded.raw_pixels)
+            except Exception as exc:
+                raise _Invalid(f"could not encode input: {exc}") from None
         return truncate_text_tokens(sequence, self.max_length, RERANK_SUFFIX, loaded.special_ids)

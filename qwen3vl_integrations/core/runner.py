@@ -346,9 +346,9 @@ class Qwen3VLRunner:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(costs), desc="Qwen3-VL", unit="item")
-        # One micro-batch has nothing to overlap with: skip the pool (and its per-thread processor copies).
+        # One micro-batch has nothing to overlap with: skip the pool.
         workers = self.preprocess_workers if len(batches) > 1 else 0
-        # The pool lives with the loaded model: its threads (and their processor copies) serve every call.
+        # The pool lives with the loaded model: its threads serve every call.
         pool = loaded.preprocess_pool(workers) if workers else None
         pending: deque[Future] = deque()
         try:
