@@ -223,7 +223,7 @@ def read_config(path: str, model_kwargs: dict[str, Any] | None = None) -> Any:
     with _REGISTRY_LOCK:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(path, **_hub_kwargs(dict(model_kwargs or {})))
+        return AutoConfig.from_pretrained(path, **_hub_kwargs(model_kwargs))
 
 
 def _load(key: ModelKey, path: str, device: torch.device, dtype: torch.dtype, attn: str,

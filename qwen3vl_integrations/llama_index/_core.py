@@ -3,27 +3,46 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Dict
 
+from llama_index.core.bridge.pydantic import BaseModel, PrivateAttr, field_validator
 
-class HoldsCoreObject:
-    """For an adapter holding a core object in the private attribute ``_<core_attribute>`` (and ``_owns_<...>``,
-    ``_built_with``).
+from ..core.options import dtype_name, dtype_names_in
+
+
+class HoldsCoreObject(BaseModel):
+    """For an adapter holding a core object in the private attribute ``_<core_attribute>`` (and ``_owns_<...>``).
 
     A core object the user passed in is used as it is, and kept through pickling. One the adapter builds from its
     fields is built on first use, and again when those fields changed since (a field set later, or
     ``model_copy(update=...)``, which copies the built object along); pickling drops it, and it is rebuilt after
     unpickling. Core objects pickle without their model, which they find again through the core's registry.
+    ``dtype`` (and a dtype in ``core_options``) is kept as its name, so that ``to_json`` works.
     """
 
     core_attribute: ClassVar[str]
+    _built_with: Any = PrivateAttr(default=None)  # the options the adapter's own core object was built from
 
-    def _core_object(self, build: Callable[..., Any], options: Dict[str, Any]) -> Any:
+    @field_validator("dtype", mode="before", check_fields=False)
+    @classmethod
+    def _dtype_name(cls, value: Any) -> Any:
+        return dtype_name(value)
+
+    @field_validator("core_options", mode="before", check_fields=False)
+    @classmethod
+    def _dtype_names_in_core_options(cls, value: Any) -> Any:
+        return dtype_names_in(value) if isinstance(value, dict) else value
+
+    def _core_object(self, build: Callable[..., Any], model_name_or_path: str, **fields: Any) -> Any:
+        """The core object, built by ``build`` from the model, the fields that are set and ``core_options`` (which
+        win)."""
+        options = {"model_name_or_path": model_name_or_path,
+                   **{name: value for name, value in fields.items() if value is not None}, **self.core_options}
         private, owns = "_" + self.core_attribute, "_owns_" + self.core_attribute
         core = getattr(self, private)
         if core is not None and (not getattr(self, owns) or self._built_with == options):
             return core
         core = build(**options)
         setattr(self, private, core)
-        setattr(self, "_built_with", options)
+        self._built_with = options
         return core
 
     def __getstate__(self) -> Dict[str, Any]:

@@ -20,7 +20,6 @@ from llama_index.core.schema import BaseNode, ImageType, MetadataMode, QueryBund
 
 from ..core.errors import Qwen3VLInputError
 from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
-from ..core.options import dtype_name, dtype_names_in
 from ..core.quantization import check_dimensions
 from ._core import HoldsCoreObject
 from .embeddings_cache import SeparatedEmbeddingsCache, cache_namespace
@@ -131,7 +130,6 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
     core_attribute: ClassVar[str] = "embedder"
     _embedder: Any = PrivateAttr(default=None)
     _owns_embedder: bool = PrivateAttr(default=True)
-    _built_with: Any = PrivateAttr(default=None)
 
     def __init__(self, *, embedder: Any = None, **kwargs: Any) -> None:
         if embedder is not None:
@@ -140,16 +138,6 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
         if embedder is not None:
             self._embedder = embedder
             self._owns_embedder = False
-
-    @field_validator("dtype", mode="before")
-    @classmethod
-    def _normalise_dtype(cls, value: Any) -> Any:
-        return dtype_name(value)
-
-    @field_validator("core_options", mode="before")
-    @classmethod
-    def _normalise_core_dtype(cls, value: Any) -> Any:
-        return dtype_names_in(value) if isinstance(value, dict) else value
 
     @field_validator("embeddings_cache")
     @classmethod
@@ -172,15 +160,8 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
         call, once per process for all objects with the same model)."""
         from .. import Qwen3VLEmbedder
 
-        options: Dict[str, Any] = {"model_name_or_path": self.model_name}
-        if self.device is not None:
-            options["device"] = self.device
-        if self.dtype is not None:
-            options["dtype"] = self.dtype
-        if self.max_pixels is not None:
-            options["max_pixels"] = self.max_pixels
-        options.update(self.core_options)
-        return self._core_object(Qwen3VLEmbedder, options)
+        return self._core_object(Qwen3VLEmbedder, self.model_name, device=self.device, dtype=self.dtype,
+                                 max_pixels=self.max_pixels)
 
     @property
     def embedding_dim(self) -> int:

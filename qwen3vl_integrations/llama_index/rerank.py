@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar, Dict, List, Optional
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -18,7 +18,6 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from pydantic import AliasChoices
 
-from ..core.options import dtype_name, dtype_names_in
 from ._core import HoldsCoreObject
 from .nodes import node_to_item, query_bundle_to_item
 
@@ -68,7 +67,6 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
     core_attribute: ClassVar[str] = "reranker"
     _reranker: Any = PrivateAttr(default=None)
     _owns_reranker: bool = PrivateAttr(default=True)
-    _built_with: Any = PrivateAttr(default=None)
 
     def __init__(self, *, reranker: Any = None, **kwargs: Any) -> None:
         if reranker is not None:
@@ -77,16 +75,6 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
         if reranker is not None:
             self._reranker = reranker
             self._owns_reranker = False
-
-    @field_validator("dtype", mode="before")
-    @classmethod
-    def _normalise_dtype(cls, value: Any) -> Any:
-        return dtype_name(value)
-
-    @field_validator("core_options", mode="before")
-    @classmethod
-    def _normalise_core_dtype(cls, value: Any) -> Any:
-        return dtype_names_in(value) if isinstance(value, dict) else value
 
     @classmethod
     def class_name(cls) -> str:
@@ -98,15 +86,8 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
         scoring call, once per process for all objects with the same model)."""
         from .. import Qwen3VLReranker
 
-        options: Dict[str, Any] = {"model_name_or_path": self.model}
-        if self.batch_size is not None:
-            options["batch_size"] = self.batch_size
-        if self.device is not None:
-            options["device"] = self.device
-        if self.dtype is not None:
-            options["dtype"] = self.dtype
-        options.update(self.core_options)
-        return self._core_object(Qwen3VLReranker, options)
+        return self._core_object(Qwen3VLReranker, self.model, batch_size=self.batch_size, device=self.device,
+                                 dtype=self.dtype)
 
     def _postprocess_nodes(
         self,
