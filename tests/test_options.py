@@ -31,7 +31,7 @@ from qwen3vl_integrations.core.loading import load_shared, resolve_device
     ("max_remote_bytes", -1, ValueError, "max_remote_bytes must be at least 1"),
     ("max_image_pixels", 0, ValueError, "max_image_pixels must be at least 1"),
     ("preprocess_workers", -3, ValueError, "preprocess_workers must be at least 0, got -3"),
-    ("attn_implementation", "flash_attention_2", ValueError, "needs a CUDA device and the flash-attn package"),
+    ("attn_implementation", "flash_attention_2", ValueError, "needs a CUDA device, the flash-attn 2 package and"),
     ("attn_implementation", 2, TypeError, "attn_implementation must be a str or None"),
 ])
 def test_bad_constructor_option_is_refused_by_name(tiny_embedding_path, option, value, error, message):

@@ -34,15 +34,27 @@ def _mps_available() -> bool:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None`/"auto": cuda, then mps, then cpu."""
+    """`None`/"auto": cuda, then mps, then cpu.
+
+    A bare ``"cuda"`` is the current CUDA device of the thread that builds the object, when this process has
+    already initialised CUDA (after ``torch.cuda.set_device(rank)``, say): PyTorch keeps the current device per
+    thread, and a model loaded later in another thread (an async call's worker) would otherwise land on GPU 0.
+    """
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
+            resolved = torch.device("cuda")
+        elif _mps_available():
             return torch.device("mps")
-        return torch.device("cpu")
-    resolved = torch.device(device)
-    return torch.device("cpu") if resolved.type == "cpu" else resolved  # "cpu:0" is the CPU: one registry entry
+        else:
+            return torch.device("cpu")
+    else:
+        resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None and torch.cuda.is_initialized():
+        # is_initialized() first: current_device() would initialise CUDA here, which a fork afterwards cannot undo
+        return torch.device("cuda", torch.cuda.current_device())
+    if resolved.type in ("cpu", "mps") and resolved.index in (None, 0):
+        return torch.device(resolved.type)  # "cpu:0" is the CPU, "mps:0" the one MPS device: one registry entry
+    return resolved
 
 
 def _device_to_load_on(device: torch.device) -> torch.device:
@@ -66,9 +78,11 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """`None`/"auto": bfloat16 on GPUs, float32 on CPU."""
+    """`None`/"auto": bfloat16 on GPUs (on MPS from macOS 14, which bfloat16 needs there), float32 on CPU."""
     if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32
+        if device.type == "cuda" or (device.type == "mps" and _mps_has_bfloat16()):
+            return torch.bfloat16
+        return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     name = str(dtype).replace("torch.", "")
@@ -77,20 +91,53 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return _DTYPES[name]
 
 
-def resolve_attention(attn_implementation: str | None, device: torch.device) -> str:
-    """`None`/"auto": flash_attention_2 when installed on CUDA, else sdpa."""
-    flash_installed = importlib.util.find_spec("flash_attn") is not None
+def _mps_has_bfloat16() -> bool:
+    check = getattr(torch.backends.mps, "is_macos_or_newer", None)
+    return check is None or bool(check(14, 0))
+
+
+FLASH_ATTENTION_2 = "flash_attention_2"
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _flash_attention_2_installed() -> bool:
+    """flash-attn 2 is importable as transformers would use it (a FlashAttention 4 install has the same module name)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    from transformers.utils import is_flash_attn_2_available
+
+    return bool(is_flash_attn_2_available())
+
+
+def resolve_attention(attn_implementation: str | None, device: torch.device,
+                      dtype: torch.dtype = torch.bfloat16) -> str:
+    """`None`/"auto": flash_attention_2 when flash-attn 2 is installed, on CUDA, in float16/bfloat16; else sdpa.
+
+    (On GPUs older than Ampere, which FlashAttention does not run on, `usable_attention` falls back to sdpa when the
+    model loads: asking the GPU here would initialise CUDA when the object is built.)"""
     if attn_implementation not in (None, "auto"):
         if not isinstance(attn_implementation, str):
             raise TypeError(f"attn_implementation must be a str or None, got {attn_implementation!r}")
-        if attn_implementation == "flash_attention_2" and (device.type != "cuda" or not flash_installed):
-            raise ValueError("attn_implementation='flash_attention_2' needs a CUDA device and the flash-attn package "
-                             f"(device {str(device)!r}, flash-attn {'' if flash_installed else 'not '}installed); "
-                             "leave it None for the best available one")
+        if attn_implementation == FLASH_ATTENTION_2:
+            installed = _flash_attention_2_installed()
+            if device.type != "cuda" or not installed or dtype not in _HALF_DTYPES:
+                raise ValueError(
+                    "attn_implementation='flash_attention_2' needs a CUDA device, the flash-attn 2 package and "
+                    f"dtype bfloat16 or float16 (device {str(device)!r}, flash-attn 2 {'' if installed else 'not '}"
+                    f"installed, dtype {str(dtype).replace('torch.', '')}); leave it None for the best available one")
         return attn_implementation  # other names are transformers' to check, when the model loads
-    if device.type == "cuda" and flash_installed:
-        return "flash_attention_2"
+    if device.type == "cuda" and dtype in _HALF_DTYPES and _flash_attention_2_installed():
+        return FLASH_ATTENTION_2
     return "sdpa"
+
+
+def usable_attention(attn_implementation: str, device: torch.device, chosen_automatically: bool) -> str:
+    """The attention to load with, once the device may be asked: an automatic FlashAttention-2 becomes sdpa on GPUs
+    older than Ampere (compute capability 8.0), where flash-attn raises on the first forward pass."""
+    if (chosen_automatically and attn_implementation == FLASH_ATTENTION_2 and device.type == "cuda"
+            and torch.cuda.get_device_capability(device) < (8, 0)):
+        return "sdpa"
+    return attn_implementation
 
 
 @dataclass(frozen=True)
@@ -232,6 +279,10 @@ def _load(key: ModelKey, path: str, device: torch.device, dtype: torch.dtype, at
 
     processor = AutoProcessor.from_pretrained(path, **_hub_kwargs(model_kwargs))
     load_kwargs = {"dtype": dtype, "attn_implementation": attn, **model_kwargs}
+    if device.type == "cuda":
+        # Straight onto the GPU: loaded on the CPU first, the whole model would pass through host memory (16 GB for
+        # the 8B in bf16) before moving. One device needs no accelerate.
+        load_kwargs.setdefault("device_map", str(device))
     score_weight = None
     if key.role == "embedding":
         backbone = AutoModel.from_pretrained(path, **load_kwargs)

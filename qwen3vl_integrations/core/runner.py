@@ -20,7 +20,8 @@ from .encoding import EncodedItem, collate, token_counts
 from .errors import Qwen3VLInputError
 from .inputs import Item, check_instruction
 from .joining import JoinLimits, can_join, join_rows
-from .loading import LoadedModel, load_shared, read_config, resolve_attention, resolve_device, resolve_dtype
+from .loading import (LoadedModel, load_shared, read_config, resolve_attention, resolve_device, resolve_dtype,
+                      usable_attention)
 from .media import MediaPolicy, _Invalid
 from .options import flag, positive_number, whole_number
 from .pixels import normalize_pixels
@@ -172,7 +173,8 @@ class Qwen3VLRunner:
         self.model_name_or_path = str(model_name_or_path)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, self.device)
-        self.attn_implementation = resolve_attention(attn_implementation, self.device)
+        self.attn_implementation = resolve_attention(attn_implementation, self.device, self.dtype)
+        self._attention_chosen_automatically = attn_implementation in (None, "auto")
         self.max_length = whole_number("max_length", max_length, 16)
         self.limits = VisionLimits(min_pixels, max_pixels, whole_number("total_pixels", total_pixels, 1),
                                    positive_number("fps", fps), whole_number("max_frames", max_frames, 2))
@@ -218,6 +220,8 @@ class Qwen3VLRunner:
         if self._loaded is None:
             with self._load_lock:
                 if self._loaded is None:
+                    self.attn_implementation = usable_attention(self.attn_implementation, self.device,
+                                                                self._attention_chosen_automatically)
                     self._loaded = load_shared(self.model_name_or_path, self._role, self.device, self.dtype,
                                                self.attn_implementation, self.model_kwargs)
         return self._loaded
@@ -491,13 +495,48 @@ def page_locked(loaded: LoadedModel, batch: dict[str, torch.Tensor]) -> dict[str
             for k, v in batch.items()}
 
 
-def attention_backends(device: torch.device) -> ContextManager[Any]:
-    """The attention kernels of CUDA_ATTENTION_BACKENDS for the forward passes within this block (on CUDA)."""
-    if device.type != "cuda" or CUDA_ATTENTION_BACKENDS is None:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+class _AttentionBackends:
+    """The attention kernels of CUDA_ATTENTION_BACKENDS while any of our CUDA forward passes runs.
 
-    return sdpa_kernel([getattr(SDPBackend, name) for name in CUDA_ATTENTION_BACKENDS])
+    torch keeps these choices in process-wide flags, not per thread, and `sdpa_kernel` restores on exit what it saw
+    on entry: two passes that overlap (an embedder and a reranker, or models on two GPUs, each under its own lock)
+    would each restore the other's setting, re-enabling cuDNN during the second pass and leaving it disabled for the
+    rest of the process. So the first pass in sets the flags and the last one out restores them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._passes = 0
+        self._context: Any = None
+
+    @contextlib.contextmanager
+    def __call__(self, device: torch.device) -> Iterator[None]:
+        if device.type != "cuda" or CUDA_ATTENTION_BACKENDS is None:
+            yield
+            return
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with self._lock:
+            if self._passes == 0:
+                self._context = sdpa_kernel([getattr(SDPBackend, name) for name in CUDA_ATTENTION_BACKENDS])
+                self._context.__enter__()
+            self._passes += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._passes -= 1
+                if self._passes == 0:
+                    context, self._context = self._context, None
+                    context.__exit__(None, None, None)
+
+
+attention_backends = _AttentionBackends()
+
+
+def device_guard(device: torch.device) -> ContextManager[Any]:
+    """The model's GPU as the current CUDA device (a thread's is GPU 0 unless set): kernels that consult it (torch's
+    FlashAttention eligibility check reads the current GPU's properties) see the GPU the model is on."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def last_token_states(loaded: LoadedModel, inputs: ModelInputs, limits: JoinLimits | None = None,
@@ -526,7 +565,7 @@ def _last_token_states(loaded: LoadedModel, inputs: ModelInputs, compiled: dict[
     last = inputs.last.to(loaded.device, non_blocking=loaded.device.type == "cuda")
     has_vision = "pixel_values" in batch or "pixel_values_videos" in batch
     pooled = POOL_IN_LAST_LAYER and can_pool_last_layer(loaded.backbone, has_vision)
-    with torch.inference_mode(), attention_backends(loaded.device):
+    with torch.inference_mode(), device_guard(loaded.device), attention_backends(loaded.device):
         # (a query part's cache may run its own forward pass here, of all its tokens)
         extra = inputs.cache_inputs() if inputs.cache_inputs is not None else {"use_cache": False}
         with (pooled_tokens(loaded.backbone, last) if pooled else contextlib.nullcontext(),
