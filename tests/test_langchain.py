@@ -113,6 +113,17 @@ def test_fields_aliases_and_validation():
         Qwen3VLRerank(reranker=FakeReranker(), core_options={"fps": 2})
     with pytest.raises(TypeError):
         Qwen3VLCrossEncoder(reranker=object())
+
+
+@pytest.mark.parametrize("cls", [Qwen3VLEmbeddings, Qwen3VLRerank, Qwen3VLCrossEncoder])
+def test_model_name_is_the_keyword_signatures_show(cls):
+    """The README's `model_name=` is what type checkers and IDEs see (with `alias="model"` they saw only `model=`,
+    and mypy and pyright flagged the README's own code); `model=` still works."""
+    import inspect
+
+    assert "model_name" in inspect.signature(cls).parameters
+    assert "model" not in inspect.signature(cls).parameters
+    assert cls(model_name="org/a").model_name == "org/a" and cls(model="org/b").model_name == "org/b"
     with pytest.raises(ValueError):
         Qwen3VLRerank(top_n=-1)
     # the model name follows a given core object unless set explicitly

@@ -90,7 +90,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
             query, documents = with_video_options(query), [with_video_options(d) for d in documents]
         return [float(s) for s in self.score(query, documents, instruction=inputs.get("instruction"))]
 
-    def score_pairs(self, pairs: Sequence[tuple[Any, Any]], *, instruction: str | None = None,
+    def score_pairs(self, pairs: Sequence[tuple[Any, Any] | list[Any]], *, instruction: str | None = None,
                     batch_size: int | None = None, show_progress: bool = False,
                     _one_query: bool = False) -> np.ndarray:
         """Scores of arbitrary (query, document) pairs. Each query object (by identity) is validated and decoded once."""

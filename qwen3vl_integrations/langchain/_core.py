@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from qwen3vl_integrations.core.options import dtype_name, dtype_names_in
+
+if TYPE_CHECKING:
+    from qwen3vl_integrations.core.reranker import Qwen3VLReranker
 
 _LOCK = threading.RLock()
 
@@ -113,7 +116,9 @@ class RerankerOptions(DtypeNames):
         extra="forbid", protected_namespaces=(), populate_by_name=True, arbitrary_types_allowed=True
     )
 
-    model_name: str = Field(default="Qwen/Qwen3-VL-Reranker-2B", alias="model")
+    # `model=` works too; type checkers see `model_name=` (an `alias` would make them accept `model=` only)
+    model_name: str = Field(default="Qwen/Qwen3-VL-Reranker-2B",
+                            validation_alias=AliasChoices("model_name", "model"))
     """Hugging Face model id or local checkpoint folder."""
     instruction: str | None = None
     """Task instruction (``None``: the model's default)."""
@@ -135,7 +140,7 @@ class RerankerOptions(DtypeNames):
         return self
 
     @property
-    def core_reranker(self) -> Any:
+    def core_reranker(self) -> Qwen3VLReranker:
         """The core `Qwen3VLReranker` (created on first access; creating it loads no weights)."""
         if self.reranker is not None:
             return self.reranker

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from langchain_core.embeddings import Embeddings
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, model_validator
 
 from qwen3vl_integrations.core.inputs import input_list
 from qwen3vl_integrations.core.prompts import DEFAULT_QUERY_INSTRUCTION
 
 from ._core import DtypeNames, attach_core, build_embedder, lazy_core, to_float_lists
+
+if TYPE_CHECKING:
+    from qwen3vl_integrations.core.embedder import Qwen3VLEmbedder
 
 __all__ = ["Qwen3VLEmbeddings"]
 
@@ -41,7 +44,9 @@ class Qwen3VLEmbeddings(DtypeNames, Embeddings):
         extra="forbid", protected_namespaces=(), populate_by_name=True, arbitrary_types_allowed=True
     )
 
-    model_name: str = Field(default="Qwen/Qwen3-VL-Embedding-2B", alias="model")
+    # `model=` works too; type checkers see `model_name=` (an `alias` would make them accept `model=` only)
+    model_name: str = Field(default="Qwen/Qwen3-VL-Embedding-2B",
+                            validation_alias=AliasChoices("model_name", "model"))
     """Hugging Face model id or local checkpoint folder."""
     device: str | None = None
     """Torch device (``None``: the core picks CUDA, then MPS, then CPU)."""
@@ -70,7 +75,7 @@ class Qwen3VLEmbeddings(DtypeNames, Embeddings):
         return self
 
     @property
-    def core_embedder(self) -> Any:
+    def core_embedder(self) -> Qwen3VLEmbedder:
         """The core `Qwen3VLEmbedder` (created on first access; creating it loads no weights)."""
         if self.embedder is not None:
             return self.embedder
@@ -108,7 +113,7 @@ class Qwen3VLEmbeddings(DtypeNames, Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
     # ------------------------------------------------------------------ images, video, mixed
-    def embed_image(self, uris: list[str]) -> list[list[float]]:
+    def embed_image(self, uris: Sequence[Any]) -> list[list[float]]:
         """Embed images given as paths or URLs (also ``data:`` URIs, bytes, PIL images).
 
         Image-aware vector stores (``Chroma.add_images``, ``similarity_search_by_image``, LanceDB) call this as
@@ -116,11 +121,11 @@ class Qwen3VLEmbeddings(DtypeNames, Embeddings):
         """
         return self._embed([{"image": uri} for uri in self._listed(uris, "embed_image")], self.document_instruction)
 
-    def embed_images(self, uris: list[str]) -> list[list[float]]:
+    def embed_images(self, uris: Sequence[Any]) -> list[list[float]]:
         """Alias of `embed_image`."""
         return self.embed_image(uris=uris)
 
-    def embed_video(self, uris: list[str]) -> list[list[float]]:
+    def embed_video(self, uris: Sequence[Any]) -> list[list[float]]:
         """Embed videos given as file paths or URLs (or lists of frames)."""
         return self._embed([{"video": uri} for uri in self._listed(uris, "embed_video")], self.document_instruction)
 
@@ -133,10 +138,10 @@ class Qwen3VLEmbeddings(DtypeNames, Embeddings):
         return self._embed(self._listed(items, "embed_multimodal"),
                            instruction if instruction is not None else self.document_instruction)
 
-    async def aembed_image(self, uris: list[str]) -> list[list[float]]:
+    async def aembed_image(self, uris: Sequence[Any]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed_image, uris)
 
-    async def aembed_video(self, uris: list[str]) -> list[list[float]]:
+    async def aembed_video(self, uris: Sequence[Any]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed_video, uris)
 
     async def aembed_multimodal(self, items: list[Any], *, instruction: str | None = None) -> list[list[float]]:

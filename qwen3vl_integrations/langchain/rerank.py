@@ -64,7 +64,7 @@ class Qwen3VLRerank(RerankerOptions, BaseDocumentCompressor):
     def compress_documents(
         self,
         documents: Sequence[Document],
-        query: str,
+        query: str | dict[str, Any],
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Score, sort (best first) and keep the `top_n` documents; scores go to ``metadata["relevance_score"]``."""
@@ -85,7 +85,7 @@ class Qwen3VLRerank(RerankerOptions, BaseDocumentCompressor):
     async def acompress_documents(
         self,
         documents: Sequence[Document],
-        query: str,
+        query: str | dict[str, Any],
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Async `compress_documents`: the model runs in a worker thread, the event loop stays free."""

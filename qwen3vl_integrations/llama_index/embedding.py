@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterator, List, Optional, Sequence
 
 from llama_index.core.base.embeddings.base import Embedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.embeddings import MultiModalEmbedding
-from llama_index.core.schema import BaseNode, ImageType, MetadataMode, QueryBundle
+from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
 
 from ..core.errors import Qwen3VLInputError
 from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
@@ -24,6 +24,9 @@ from ..core.quantization import check_dimensions
 from ._core import HoldsCoreObject
 from .embeddings_cache import SeparatedEmbeddingsCache, cache_namespace
 from .nodes import node_to_item
+
+if TYPE_CHECKING:
+    from ..core.embedder import Qwen3VLEmbedder
 
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
 # Items LlamaIndex hands to one core call. The core sorts a call's items by length and prepares the next micro-batch
@@ -155,7 +158,7 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
     # ------------------------------------------------------------------ core access
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> Qwen3VLEmbedder:
         """The core ``Qwen3VLEmbedder`` (built on first access and when its options change; weights load on the first
         call, once per process for all objects with the same model)."""
         from .. import Qwen3VLEmbedder
@@ -254,29 +257,36 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
 
     # ------------------------------------------------------------------ LlamaIndex images (document side)
 
-    def _get_image_embedding(self, img_file_path: ImageType) -> Embedding:
+    def get_image_embedding(self, img_file_path: Any) -> Embedding:
+        """Embed one image (document side): a path or URL, ``pathlib.Path``, ``BytesIO``, bytes or ``PIL.Image``."""
+        return super().get_image_embedding(img_file_path)
+
+    async def aget_image_embedding(self, img_file_path: Any) -> Embedding:
+        return await super().aget_image_embedding(img_file_path)
+
+    def _get_image_embedding(self, img_file_path: Any) -> Embedding:
         return self._get_image_embeddings([img_file_path])[0]
 
-    async def _aget_image_embedding(self, img_file_path: ImageType) -> Embedding:
+    async def _aget_image_embedding(self, img_file_path: Any) -> Embedding:
         return await asyncio.to_thread(self._get_image_embedding, img_file_path)
 
-    def _get_image_embeddings(self, img_file_paths: List[ImageType]) -> List[Embedding]:
+    def _get_image_embeddings(self, img_file_paths: List[Any]) -> List[Embedding]:
         """Images as str path / URL, ``pathlib.Path``, ``BytesIO``, bytes or ``PIL.Image``: one batched call."""
         with _naming_the_input(img_file_paths):
             return self._embed([{"image": image} for image in img_file_paths], self.text_instruction)
 
-    def get_image_embedding_batch(self, img_file_paths: List[ImageType],
+    def get_image_embedding_batch(self, img_file_paths: List[Any],
                                   show_progress: bool = False) -> List[Embedding]:
         """LlamaIndex's chunked batch call; an input error names the image's position in ``img_file_paths``."""
         with _positions_in(img_file_paths):
             return super().get_image_embedding_batch(img_file_paths, show_progress=show_progress)
 
-    async def aget_image_embedding_batch(self, img_file_paths: List[ImageType],
+    async def aget_image_embedding_batch(self, img_file_paths: List[Any],
                                          show_progress: bool = False) -> List[Embedding]:
         with _positions_in(img_file_paths):
             return await super().aget_image_embedding_batch(img_file_paths, show_progress=show_progress)
 
-    async def _aget_image_embeddings(self, img_file_paths: List[ImageType]) -> List[Embedding]:
+    async def _aget_image_embeddings(self, img_file_paths: List[Any]) -> List[Embedding]:
         return await asyncio.to_thread(self._get_image_embeddings, img_file_paths)
 
     # ------------------------------------------------------------------ video (VoyageEmbedding naming)

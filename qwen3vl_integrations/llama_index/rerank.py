@@ -8,7 +8,7 @@ file extension). Documents are read from the nodes exactly as the embedding adap
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -20,6 +20,9 @@ from pydantic import AliasChoices
 
 from ._core import HoldsCoreObject
 from .nodes import node_to_item, query_bundle_to_item
+
+if TYPE_CHECKING:
+    from ..core.reranker import Qwen3VLReranker
 
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-VL-Reranker-2B"
 
@@ -81,7 +84,7 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
         return "Qwen3VLRerank"
 
     @property
-    def reranker(self) -> Any:
+    def reranker(self) -> Qwen3VLReranker:
         """The core ``Qwen3VLReranker`` (built on first access and when its options change; weights load on the first
         scoring call, once per process for all objects with the same model)."""
         from .. import Qwen3VLReranker
