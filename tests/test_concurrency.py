@@ -186,3 +186,36 @@ def test_threads_borrow_processors_instead_of_copying_one_each(tiny_embedder, ti
         assert copies == []  # the idle processor was lent each time
         run_threads(lambda k: call(), 4)  # at once: at most one copy per thread preparing at the same moment
         assert len(copies) <= 4
+
+
+def _embed_in_forked_child(embedder, texts, results) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # torch's own OpenMP threads are not fork-safe either
+    results.put(embedder.embed(texts, batch_size=8))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "register_at_fork"), reason="needs fork")
+def test_a_forked_worker_embeds_after_its_parent_did(tiny_embedding_path):
+    """LlamaIndex's IngestionPipeline(num_workers=2) forks workers that inherit the loaded model. After the parent
+    had run a call of several micro-batches, the child's call waited forever for preprocessing threads that fork
+    does not copy."""
+    import multiprocessing
+    import queue
+
+    embedder = Qwen3VLEmbedder(str(tiny_embedding_path), device="cpu")
+    texts = [f"text number {k} " * (1 + k % 5) for k in range(40)]
+    expected = embedder.embed(texts, batch_size=8)  # 5 micro-batches: the preprocessing threads start
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_embed_in_forked_child, args=(embedder, texts, results))
+    child.start()
+    try:
+        vectors = results.get(timeout=30)  # before join: a child exits only once its queue is read
+    except queue.Empty:
+        vectors = None
+    child.join(10)
+    if child.is_alive():
+        child.kill()
+    assert vectors is not None, "the forked child's call hung (or failed)"
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)

@@ -555,6 +555,51 @@ async def test_rerank_queries_edge_cases_and_async():
     assert [(n.node.text, n.score) for n in async_out] == [(n.node.text, n.score) for n in sync_out]
 
 
+async def test_a_rerank_given_up_on_leaves_the_nodes_as_they_were():
+    """A timed-out (or cancelled) async rerank runs on in its worker thread; it used to write its scores into the
+    caller's nodes afterwards (a service falling back to the unreranked nodes saw them change under it)."""
+    import threading
+    import time
+
+    scored = threading.Event()
+
+    class SlowReranker(FakeReranker):
+        def score(self, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.3)
+            try:
+                return super().score(*args, **kwargs)
+            finally:
+                scored.set()
+
+    rr = Qwen3VLRerank(reranker=SlowReranker(), top_n=None, keep_retrieval_score=True)
+    nodes = [NodeWithScore(node=TextNode(text=f"doc {i}"), score=0.9) for i in range(4)]
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(rr.apostprocess_nodes(nodes, query_str="q"), 0.05)
+    assert await asyncio.to_thread(scored.wait, 5)
+    await asyncio.sleep(0.2)  # the old code wrote the scores right after scoring
+    assert [n.score for n in nodes] == [0.9] * 4
+    assert not any("retrieval_score" in n.node.metadata for n in nodes)
+    out = await rr.apostprocess_nodes(nodes, query_str="q")  # a call that is awaited to the end scores them
+    assert len(out) == 4 and all(n.node.metadata["retrieval_score"] == 0.9 for n in nodes)
+
+
+@pytest.mark.filterwarnings("ignore:.*no embed content:UserWarning")  # nodes built to route, not to index
+async def test_acall_reads_the_nodes_off_the_event_loop(png_bytes, monkeypatch):
+    """Reading nodes decodes base64 images (14-19 ms per 3 MB picture): acall blocked the loop for it."""
+    import threading
+
+    threads: List[int] = []
+    route = Qwen3VLEmbedding._route
+
+    def spy(self: Any, nodes: Any) -> Any:
+        threads.append(threading.get_ident())
+        return route(self, nodes)
+
+    monkeypatch.setattr(Qwen3VLEmbedding, "_route", spy)
+    await Qwen3VLEmbedding(embedder=FakeEmbedder()).acall(_mixed_nodes(png_bytes))
+    assert threads and threading.get_ident() not in threads
+
+
 # ============================================================================ tiny checkpoints: real LlamaIndex flows
 
 

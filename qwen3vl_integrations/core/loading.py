@@ -9,6 +9,7 @@ import contextlib
 import copy
 import importlib.util
 import inspect
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -184,6 +185,14 @@ class LoadedModel:
                 self._pools[workers] = pool
             return pool
 
+    def forget_threads(self) -> None:
+        """In a forked child: the parent's preprocessing threads were not copied (their pools would take work and
+        never run it: the child's first call of several micro-batches hung), and a lock another thread held at the
+        fork would stay held."""
+        self.lock, self.lock_pools, self._processors_lock = threading.Lock(), threading.Lock(), threading.Lock()
+        self.joiner = ForwardJoiner()
+        self._pools = {}
+
     @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
@@ -227,6 +236,19 @@ class LoadedModel:
 
 _REGISTRY: dict[ModelKey, LoadedModel] = {}
 _REGISTRY_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # LlamaIndex's IngestionPipeline(num_workers=...) and pre-forking servers (gunicorn --preload) fork processes that
+    # inherit loaded models; CUDA models cannot run in a forked child anyway, CPU ones can.
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    for loaded in _REGISTRY.values():
+        loaded.forget_threads()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _normalise_path(path: str) -> str:

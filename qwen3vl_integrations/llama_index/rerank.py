@@ -8,7 +8,7 @@ file extension). Documents are read from the nodes exactly as the embedding adap
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Generator, List, Optional
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -97,6 +97,42 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
         nodes: List[NodeWithScore],
         query_bundle: Optional[QueryBundle] = None,
     ) -> List[NodeWithScore]:
+        steps = self._reranking(nodes, query_bundle)
+        try:
+            query, documents = next(steps)
+            try:
+                scores = self._scores(query, documents, nodes)
+            except BaseException as error:
+                steps.throw(error)
+            steps.send(scores)
+        except StopIteration as done:
+            return done.value
+        raise RuntimeError("reranking did not finish")  # pragma: no cover
+
+    async def _apostprocess_nodes(
+        self,
+        nodes: List[NodeWithScore],
+        query_bundle: Optional[QueryBundle] = None,
+    ) -> List[NodeWithScore]:
+        """The model runs in a worker thread so that the event loop stays free; the nodes get their scores back on
+        the loop, so that a call given up on (a timeout, a cancelled task) leaves them as they were, although its
+        thread runs on to the end."""
+        steps = self._reranking(nodes, query_bundle)
+        try:
+            query, documents = next(steps)
+            try:
+                scores = await asyncio.to_thread(self._scores, query, documents, nodes)
+            except BaseException as error:
+                steps.throw(error)
+            steps.send(scores)
+        except StopIteration as done:
+            return done.value
+        raise RuntimeError("reranking did not finish")  # pragma: no cover
+
+    def _reranking(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle]
+                   ) -> Generator[tuple[Any, List[Any]], Any, List[NodeWithScore]]:
+        """The reranking around its model work: yields the query and documents to score, takes their scores, and
+        returns the kept nodes (events and callbacks span the scoring, wherever it runs)."""
         top_n = self.top_n if self.top_n is not None else len(nodes)
         dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=self.model))
         if query_bundle is None:
@@ -117,13 +153,7 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
                 EventPayload.TOP_K: top_n,
             },
         ) as event:
-            try:
-                scores = self.reranker.score(query, documents, instruction=self.instruction, batch_size=self.batch_size)
-            except ValueError as error:  # Qwen3VLInputError: say which node it was
-                index = getattr(error, "index", None)
-                if getattr(error, "role", None) == "document" and isinstance(index, int) and 0 <= index < len(nodes):
-                    error.add_note(f"while reranking node {nodes[index].node.node_id!r}")
-                raise
+            scores = yield query, documents
             if len(scores) != len(nodes):  # pragma: no cover - a core contract violation
                 raise RuntimeError(f"the reranker returned {len(scores)} scores for {len(nodes)} nodes")
 
@@ -138,10 +168,11 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
         return new_nodes
 
-    async def _apostprocess_nodes(
-        self,
-        nodes: List[NodeWithScore],
-        query_bundle: Optional[QueryBundle] = None,
-    ) -> List[NodeWithScore]:
-        """The model runs in a worker thread so that the event loop stays free."""
-        return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
+    def _scores(self, query: Any, documents: List[Any], nodes: List[NodeWithScore]) -> Any:
+        try:
+            return self.reranker.score(query, documents, instruction=self.instruction, batch_size=self.batch_size)
+        except ValueError as error:  # Qwen3VLInputError: say which node it was
+            index = getattr(error, "index", None)
+            if getattr(error, "role", None) == "document" and isinstance(index, int) and 0 <= index < len(nodes):
+                error.add_note(f"while reranking node {nodes[index].node.node_id!r}")
+            raise
