@@ -219,3 +219,33 @@ def test_a_forked_worker_embeds_after_its_parent_did(tiny_embedding_path):
         child.kill()
     assert vectors is not None, "the forked child's call hung (or failed)"
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+def test_an_async_call_given_up_on_stops_before_its_next_forward_pass(tiny_embedding_path, monkeypatch):
+    """`asyncio.wait_for`'s timeout (or a cancelled task) stopped the caller's wait, not the call: its thread ran
+    every remaining forward pass, holding the model from later calls."""
+    import asyncio
+    import time
+
+    from qwen3vl_integrations.core import runner
+    from qwen3vl_integrations.langchain import Qwen3VLEmbeddings
+
+    passes: list[int] = []
+    forward = runner._last_token_states
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        time.sleep(0.02)  # 200 passes: over 4 s
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_last_token_states", counted)
+    embeddings = Qwen3VLEmbeddings(model_name=str(tiny_embedding_path), device="cpu", batch_size=1)
+    texts = [f"text number {k}" for k in range(200)]
+
+    async def give_up() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(embeddings.aembed_documents(texts), 0.3)
+
+    asyncio.run(give_up())  # returns once the default executor's threads are done
+    assert len(passes) < 60, len(passes)
+    assert len(embeddings.embed_documents(texts[:3])) == 3  # the object works on

@@ -18,6 +18,7 @@ from .caching import BoundedCache, owner_cache
 from .compiled_layers import compile_options, compiled_decoder_layers
 from .encoding import EncodedItem, collate, token_counts
 from .errors import Qwen3VLInputError
+from .giving_up import stop_if_given_up
 from .inputs import Item, check_instruction
 from .joining import JoinLimits, can_join, join_rows
 from .loading import (LoadedModel, load_shared, read_config, resolve_attention, resolve_device, resolve_dtype,
@@ -381,6 +382,7 @@ class Qwen3VLRunner:
                         raise errors[0].located(errors[0].index, errors[0].role)
                     output = None
                     if inputs is not None:
+                        stop_if_given_up()
                         hidden = (forward(ok, inputs) if forward is not None
                                   else self._forward_last_hidden(loaded, inputs, batch_size))
                         output = HostCopy(head(hidden) if head is not None else hidden)

@@ -1,13 +1,14 @@
 """A multimodal reranking document compressor backed by Qwen3-VL-Reranker."""
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import model_validator
+
+from qwen3vl_integrations.core.giving_up import in_worker_thread
 
 from ._core import RerankerOptions, to_floats
 from .documents import document_to_item
@@ -89,4 +90,4 @@ class Qwen3VLRerank(RerankerOptions, BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Async `compress_documents`: the model runs in a worker thread, the event loop stays free."""
-        return await asyncio.to_thread(self.compress_documents, documents, query, callbacks)
+        return await in_worker_thread(self.compress_documents, documents, query, callbacks)

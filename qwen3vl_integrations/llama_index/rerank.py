@@ -7,7 +7,6 @@ file extension). Documents are read from the nodes exactly as the embedding adap
 """
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, Generator, List, Optional
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
@@ -18,6 +17,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from pydantic import AliasChoices
 
+from ..core.giving_up import in_worker_thread
 from ._core import HoldsCoreObject
 from .nodes import node_to_item, query_bundle_to_item
 
@@ -121,7 +121,7 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
         try:
             query, documents = next(steps)
             try:
-                scores = await asyncio.to_thread(self._scores, query, documents, nodes)
+                scores = await in_worker_thread(self._scores, query, documents, nodes)
             except BaseException as error:
                 steps.throw(error)
             steps.send(scores)
