@@ -600,6 +600,33 @@ async def test_acall_reads_the_nodes_off_the_event_loop(png_bytes, monkeypatch):
     assert threads and threading.get_ident() not in threads
 
 
+async def test_query_bundles_for_media_have_async_forms_off_the_event_loop(monkeypatch):
+    """`image_query_bundle` runs the model on the calling thread; an async service blocked its loop for the whole
+    embedding. The async forms give the same bundles from a worker thread."""
+    import threading
+
+    from qwen3vl_integrations.llama_index import aimage_query_bundle, avideo_query_bundle
+
+    fake = FakeEmbedder()
+    threads: List[int] = []
+    embed = fake.embed
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return embed(*args, **kwargs)
+
+    monkeypatch.setattr(fake, "embed", spy)
+    emb = Qwen3VLEmbedding(embedder=fake)
+    for sync, run_async, media in ((image_query_bundle, aimage_query_bundle, "q.png"),
+                                   (video_query_bundle, avideo_query_bundle, "q.mp4")):
+        for text in ("", "what is this"):
+            threads.clear()
+            bundle = await run_async(emb, media, text)
+            assert threads and threading.get_ident() not in threads
+            expected = sync(emb, media, text)
+            assert (bundle.embedding, bundle.image_path, bundle.query_str) == (expected.embedding, media, text)
+
+
 # ============================================================================ tiny checkpoints: real LlamaIndex flows
 
 

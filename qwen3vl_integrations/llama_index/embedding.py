@@ -443,3 +443,13 @@ def video_query_bundle(embed_model: Qwen3VLEmbedding, video: Any, query_str: str
     """Like :func:`image_query_bundle`, for a video query (``image_path`` is the only media slot a bundle has;
     :class:`Qwen3VLRerank` recognises a video there by its file extension)."""
     return _media_bundle(embed_model, "video", video, query_str)
+
+
+async def aimage_query_bundle(embed_model: Qwen3VLEmbedding, image: Any, query_str: str = "") -> QueryBundle:
+    """Async :func:`image_query_bundle`: the model runs in a worker thread, the event loop stays free."""
+    return await in_worker_thread(_media_bundle, embed_model, "image", image, query_str)
+
+
+async def avideo_query_bundle(embed_model: Qwen3VLEmbedding, video: Any, query_str: str = "") -> QueryBundle:
+    """Async :func:`video_query_bundle`."""
+    return await in_worker_thread(_media_bundle, embed_model, "video", video, query_str)
