@@ -5,9 +5,9 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, model_validator
 
-from qwen3vl_integrations.core.options import dtype_name, dtype_names_in
+from qwen3vl_integrations._adapter_fields import DtypeNames
 
 if TYPE_CHECKING:
     from qwen3vl_integrations.core.reranker import Qwen3VLReranker
@@ -93,20 +93,6 @@ def to_float_lists(array: Any) -> list[list[float]]:
 def to_floats(array: Any) -> list[float]:
     """Core scores (numpy [N]) -> Python ``list[float]``."""
     return [float(x) for x in np.asarray(array, dtype=np.float64).reshape(-1)]
-
-
-class DtypeNames(BaseModel):
-    """Keeps ``dtype`` fields (and ``dtype`` in ``core_options``) as names, so that ``model_dump_json`` works."""
-
-    @field_validator("dtype", mode="before", check_fields=False)
-    @classmethod
-    def _dtype_name(cls, value: Any) -> Any:
-        return dtype_name(value)
-
-    @field_validator("core_options", mode="before", check_fields=False)
-    @classmethod
-    def _dtype_names_in_core_options(cls, value: Any) -> Any:
-        return dtype_names_in(value) if isinstance(value, dict) else value
 
 
 class RerankerOptions(DtypeNames):

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Dict
 
-from llama_index.core.bridge.pydantic import BaseModel, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import PrivateAttr
 
-from ..core.options import dtype_name, dtype_names_in
+from .._adapter_fields import DtypeNames
 
 
-class HoldsCoreObject(BaseModel):
+class HoldsCoreObject(DtypeNames):
     """For an adapter holding a core object in the private attribute ``_<core_attribute>`` (and ``_owns_<...>``).
 
     A core object the user passed in is used as it is, and kept through pickling. One the adapter builds from its
@@ -20,16 +20,6 @@ class HoldsCoreObject(BaseModel):
 
     core_attribute: ClassVar[str]
     _built_with: Any = PrivateAttr(default=None)  # the options the adapter's own core object was built from
-
-    @field_validator("dtype", mode="before", check_fields=False)
-    @classmethod
-    def _dtype_name(cls, value: Any) -> Any:
-        return dtype_name(value)
-
-    @field_validator("core_options", mode="before", check_fields=False)
-    @classmethod
-    def _dtype_names_in_core_options(cls, value: Any) -> Any:
-        return dtype_names_in(value) if isinstance(value, dict) else value
 
     def _core_object(self, build: Callable[..., Any], model_name_or_path: str, **fields: Any) -> Any:
         """The core object, built by ``build`` from the model, the fields that are set and ``core_options`` (which
