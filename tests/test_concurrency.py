@@ -249,3 +249,97 @@ def test_an_async_call_given_up_on_stops_before_its_next_forward_pass(tiny_embed
     asyncio.run(give_up())  # returns once the default executor's threads are done
     assert len(passes) < 60, len(passes)
     assert len(embeddings.embed_documents(texts[:3])) == 3  # the object works on
+
+
+def test_async_calls_waiting_for_the_model_leave_the_loops_default_pool_free(tiny_embedding_path):
+    """The adapters' async calls ran in the loop's default pool, where a call waits for the model behind the others:
+    a burst of them filled the pool that `asyncio.to_thread`, LangChain's `run_in_executor` (a vector store's search)
+    and the application's own blocking work share."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qwen3vl_integrations.langchain import Qwen3VLEmbeddings
+
+    embeddings = Qwen3VLEmbeddings(model_name=str(tiny_embedding_path), device="cpu")
+    queries = [f"query number {k}" for k in range(8)]
+    expected = [embeddings.embed_query(q) for q in queries]
+    model = embeddings.core_embedder.load()
+
+    async def burst() -> list[list[float]]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(4))
+        with model.lock:  # another call's forward pass: these calls wait for the model
+            calls = [asyncio.ensure_future(embeddings.aembed_query(q)) for q in queries]
+            await asyncio.sleep(0.3)
+            # Python's own blocking work is not queued behind them
+            assert await asyncio.wait_for(asyncio.to_thread(sum, [1, 2]), 10) == 3
+        return await asyncio.wait_for(asyncio.gather(*calls), 60)
+
+    vectors = asyncio.run(burst())
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+def test_a_flood_of_async_embeddings_does_not_hold_up_a_rerank(tiny_embedding_path, tiny_reranker_path):
+    """Embedding and reranking calls wait in pools of their own: in one pool, reranks queued behind every embedding
+    call beyond its size although the reranker was free."""
+    import asyncio
+
+    from langchain_core.documents import Document
+
+    from qwen3vl_integrations.core.async_calls import THREADS_PER_POOL
+    from qwen3vl_integrations.langchain import Qwen3VLEmbeddings, Qwen3VLRerank
+
+    embeddings = Qwen3VLEmbeddings(model_name=str(tiny_embedding_path), device="cpu")
+    reranker = Qwen3VLRerank(model_name=str(tiny_reranker_path), device="cpu", top_n=2)
+    documents = [Document(page_content=f"document {k}") for k in range(3)]
+    expected = reranker.compress_documents(documents, "a query")
+    embeddings.embed_query("warm")
+    model = embeddings.core_embedder.load()
+
+    async def flood() -> list[Document]:
+        with model.lock:
+            calls = [asyncio.ensure_future(embeddings.aembed_query(f"query {k}"))
+                     for k in range(THREADS_PER_POOL + 8)]
+            await asyncio.sleep(0.3)
+            reranked = await asyncio.wait_for(reranker.acompress_documents(documents, "a query"), 30)
+        await asyncio.wait_for(asyncio.gather(*calls), 60)
+        return list(reranked)
+
+    reranked = asyncio.run(flood())
+    assert [d.page_content for d in reranked] == [d.page_content for d in expected]
+    assert [d.metadata["relevance_score"] for d in reranked] == pytest.approx(
+        [d.metadata["relevance_score"] for d in expected], abs=1e-6)
+
+
+def _async_query_in_forked_child(embeddings, results) -> None:
+    import asyncio
+
+    import torch
+
+    torch.set_num_threads(1)
+    results.put(asyncio.run(embeddings.aembed_query("a query")))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "register_at_fork"), reason="needs fork")
+def test_a_forked_worker_runs_async_calls_after_its_parent_did(tiny_embedding_path):
+    """Our async calls' threads are not copied by fork: a child's pool would wait for its parent's idle thread."""
+    import asyncio
+    import multiprocessing
+    import queue
+
+    from qwen3vl_integrations.langchain import Qwen3VLEmbeddings
+
+    embeddings = Qwen3VLEmbeddings(model_name=str(tiny_embedding_path), device="cpu")
+    expected = asyncio.run(embeddings.aembed_query("a query"))  # the pool's thread starts, then idles
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_async_query_in_forked_child, args=(embeddings, results))
+    child.start()
+    try:
+        vector = results.get(timeout=30)
+    except queue.Empty:
+        vector = None
+    child.join(10)
+    if child.is_alive():
+        child.kill()
+    assert vector is not None, "the forked child's async call hung (or failed)"
+    np.testing.assert_allclose(vector, expected, atol=1e-6)

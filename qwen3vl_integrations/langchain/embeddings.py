@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from langchain_core.embeddings import Embeddings
 from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, model_validator
 
-from qwen3vl_integrations.core.giving_up import in_worker_thread
+from qwen3vl_integrations.core.async_calls import embedding_threads
 from qwen3vl_integrations.core.inputs import input_list
 from qwen3vl_integrations.core.prompts import DEFAULT_QUERY_INSTRUCTION
 
@@ -107,10 +107,10 @@ class Qwen3VLEmbeddings(DtypeNames, Embeddings):
         return self._embed([text], self.query_instruction)[0]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return await in_worker_thread(self.embed_documents, texts)
+        return await embedding_threads.run(self.embed_documents, texts)
 
     async def aembed_query(self, text: str) -> list[float]:
-        return await in_worker_thread(self.embed_query, text)
+        return await embedding_threads.run(self.embed_query, text)
 
     # ------------------------------------------------------------------ images, video, mixed
     def embed_image(self, uris: Sequence[Any]) -> list[list[float]]:
@@ -139,10 +139,10 @@ class Qwen3VLEmbeddings(DtypeNames, Embeddings):
                            instruction if instruction is not None else self.document_instruction)
 
     async def aembed_image(self, uris: Sequence[Any]) -> list[list[float]]:
-        return await in_worker_thread(self.embed_image, uris)
+        return await embedding_threads.run(self.embed_image, uris)
 
     async def aembed_video(self, uris: Sequence[Any]) -> list[list[float]]:
-        return await in_worker_thread(self.embed_video, uris)
+        return await embedding_threads.run(self.embed_video, uris)
 
     async def aembed_multimodal(self, items: list[Any], *, instruction: str | None = None) -> list[list[float]]:
-        return await in_worker_thread(self.embed_multimodal, items, instruction=instruction)
+        return await embedding_threads.run(self.embed_multimodal, items, instruction=instruction)

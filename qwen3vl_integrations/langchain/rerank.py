@@ -8,7 +8,7 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import model_validator
 
-from qwen3vl_integrations.core.giving_up import in_worker_thread
+from qwen3vl_integrations.core.async_calls import reranking_threads
 
 from ._core import RerankerOptions, to_floats
 from .documents import document_to_item
@@ -90,4 +90,4 @@ class Qwen3VLRerank(RerankerOptions, BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Async `compress_documents`: the model runs in a worker thread, the event loop stays free."""
-        return await in_worker_thread(self.compress_documents, documents, query, callbacks)
+        return await reranking_threads.run(self.compress_documents, documents, query, callbacks)

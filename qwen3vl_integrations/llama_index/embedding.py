@@ -18,7 +18,7 @@ from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
 
 from ..core.errors import Qwen3VLInputError
-from ..core.giving_up import in_worker_thread
+from ..core.async_calls import embedding_threads
 from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
 from ..core.quantization import check_dimensions
 from ._core import HoldsCoreObject
@@ -229,13 +229,13 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
         return self._embed([query], self.query_instruction)[0]
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return await in_worker_thread(self._get_query_embedding, query)
+        return await embedding_threads.run(self._get_query_embedding, query)
 
     def _get_text_embedding(self, text: str) -> Embedding:
         return self._embed([text], self.text_instruction)[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return await in_worker_thread(self._get_text_embedding, text)
+        return await embedding_threads.run(self._get_text_embedding, text)
 
     def _get_text_embeddings(self, texts: List[str]) -> List[Embedding]:
         with _naming_the_input(texts):
@@ -253,7 +253,7 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
             return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
 
     async def _aget_text_embeddings(self, texts: List[str]) -> List[Embedding]:
-        return await in_worker_thread(self._get_text_embeddings, texts)
+        return await embedding_threads.run(self._get_text_embeddings, texts)
 
     # ------------------------------------------------------------------ LlamaIndex images (document side)
 
@@ -268,7 +268,7 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
         return self._get_image_embeddings([img_file_path])[0]
 
     async def _aget_image_embedding(self, img_file_path: Any) -> Embedding:
-        return await in_worker_thread(self._get_image_embedding, img_file_path)
+        return await embedding_threads.run(self._get_image_embedding, img_file_path)
 
     def _get_image_embeddings(self, img_file_paths: List[Any]) -> List[Embedding]:
         """Images as str path / URL, ``pathlib.Path``, ``BytesIO``, bytes or ``PIL.Image``: one batched call."""
@@ -287,7 +287,7 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
             return await super().aget_image_embedding_batch(img_file_paths, show_progress=show_progress)
 
     async def _aget_image_embeddings(self, img_file_paths: List[Any]) -> List[Embedding]:
-        return await in_worker_thread(self._get_image_embeddings, img_file_paths)
+        return await embedding_threads.run(self._get_image_embeddings, img_file_paths)
 
     # ------------------------------------------------------------------ video (VoyageEmbedding naming)
 
@@ -301,10 +301,10 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
         return self._embed_with_event([{"video": video} for video in videos], videos, self.text_instruction)
 
     async def aget_video_embedding(self, video_path: Any) -> Embedding:
-        return await in_worker_thread(self.get_video_embedding, video_path)
+        return await embedding_threads.run(self.get_video_embedding, video_path)
 
     async def aget_video_embeddings(self, video_paths: Sequence[Any]) -> List[Embedding]:
-        return await in_worker_thread(self.get_video_embeddings, video_paths)
+        return await embedding_threads.run(self.get_video_embeddings, video_paths)
 
     # ------------------------------------------------------------------ image / video / mixed queries
 
@@ -317,10 +317,10 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
         return self._embed_with_event([{"video": video}], [video], self.query_instruction)[0]
 
     async def aget_image_query_embedding(self, image: Any) -> Embedding:
-        return await in_worker_thread(self.get_image_query_embedding, image)
+        return await embedding_threads.run(self.get_image_query_embedding, image)
 
     async def aget_video_query_embedding(self, video: Any) -> Embedding:
-        return await in_worker_thread(self.get_video_query_embedding, video)
+        return await embedding_threads.run(self.get_video_query_embedding, video)
 
     def get_multimodal_embedding(
         self,
@@ -353,7 +353,7 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
         video: Any = None,
         instruction: Optional[str] = None,
     ) -> Embedding:
-        return await in_worker_thread(self.get_multimodal_embedding, text, image, video, instruction)
+        return await embedding_threads.run(self.get_multimodal_embedding, text, image, video, instruction)
 
     # ------------------------------------------------------------------ node routing (transformation)
 
@@ -403,7 +403,7 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
 
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """Async :meth:`__call__`: the model runs in a worker thread; modalities are embedded one after another."""
-        groups = await in_worker_thread(self._route, nodes)  # decodes base64 images: 14-19 ms per 3 MB picture
+        groups = await embedding_threads.run(self._route, nodes)  # decodes base64 images: 14-19 ms per 3 MB picture
         show_progress = bool(kwargs.get("show_progress", False))
         embeddings: Dict[str, List[Embedding]] = {}
         if groups["text"]:
@@ -412,7 +412,8 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
                     [text for _, text in groups["text"]], **kwargs)
         for kind in ("image", "video"):
             if groups[kind]:
-                embeddings[kind] = await in_worker_thread(self._embed_media_group, nodes, groups[kind], show_progress)
+                embeddings[kind] = await embedding_threads.run(self._embed_media_group, nodes, groups[kind],
+                                                               show_progress)
         return self._write(nodes, groups, embeddings)
 
 
@@ -447,9 +448,9 @@ def video_query_bundle(embed_model: Qwen3VLEmbedding, video: Any, query_str: str
 
 async def aimage_query_bundle(embed_model: Qwen3VLEmbedding, image: Any, query_str: str = "") -> QueryBundle:
     """Async :func:`image_query_bundle`: the model runs in a worker thread, the event loop stays free."""
-    return await in_worker_thread(_media_bundle, embed_model, "image", image, query_str)
+    return await embedding_threads.run(_media_bundle, embed_model, "image", image, query_str)
 
 
 async def avideo_query_bundle(embed_model: Qwen3VLEmbedding, video: Any, query_str: str = "") -> QueryBundle:
     """Async :func:`video_query_bundle`."""
-    return await in_worker_thread(_media_bundle, embed_model, "video", video, query_str)
+    return await embedding_threads.run(_media_bundle, embed_model, "video", video, query_str)

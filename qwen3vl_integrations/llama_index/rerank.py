@@ -17,7 +17,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from pydantic import AliasChoices
 
-from ..core.giving_up import in_worker_thread
+from ..core.async_calls import reranking_threads
 from ._core import HoldsCoreObject
 from .nodes import node_to_item, query_bundle_to_item
 
@@ -121,7 +121,7 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
         try:
             query, documents = next(steps)
             try:
-                scores = await in_worker_thread(self._scores, query, documents, nodes)
+                scores = await reranking_threads.run(self._scores, query, documents, nodes)
             except BaseException as error:
                 steps.throw(error)
             steps.send(scores)
