@@ -672,11 +672,27 @@ print("largest difference from the eager layers:", float(np.abs(compiled.embed(q
 ]
 
 
+# Every notebook draws its sample folder into a new temporary folder: the last cell removes it (runs of the
+# cookbook, CI's included, left one behind each).
+CLEAN_UP = [
+    md("""
+## Clean up
+
+Remove the sample folder (and what this notebook wrote into it).
+"""),
+    code("""
+import shutil
+
+shutil.rmtree(DATA)
+"""),
+]
+
+
 NOTEBOOKS = {
-    "01_llama_index_multimodal_rag.ipynb": NB01,
-    "02_langchain.ipynb": NB02,
-    "03_storage_profiles.ipynb": NB03,
-    "04_core_api.ipynb": NB04,
+    "01_llama_index_multimodal_rag.ipynb": NB01 + CLEAN_UP,
+    "02_langchain.ipynb": NB02 + CLEAN_UP,
+    "03_storage_profiles.ipynb": NB03 + CLEAN_UP,
+    "04_core_api.ipynb": NB04 + CLEAN_UP,
 }
 
 

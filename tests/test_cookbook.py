@@ -44,3 +44,11 @@ def test_conftest_points_notebooks_at_tiny_models():
     text = (COOKBOOK / "conftest.py").read_text()
     assert 'setdefault("QWEN3VL_EMBEDDING_MODEL", "tiny")' in text
     assert 'setdefault("QWEN3VL_RERANKER_MODEL", "tiny")' in text
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_removes_the_sample_folder_it_made(name):
+    nb = nbformat.read(COOKBOOK / name, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert any("tempfile.mkdtemp(" in source for source in code)
+    assert "shutil.rmtree(DATA)" in code[-1]
