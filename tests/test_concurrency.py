@@ -188,6 +188,25 @@ def test_threads_borrow_processors_instead_of_copying_one_each(tiny_embedder, ti
         assert len(copies) <= 4
 
 
+def _result_of_forked_child(target, *args):
+    """What `target(*args, results)` puts on `results` in a forked child, or None if it hangs or fails."""
+    import multiprocessing
+    import queue
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=target, args=(*args, results))
+    child.start()
+    try:
+        result = results.get(timeout=30)  # before join: a child exits only once its queue is read
+    except queue.Empty:
+        result = None
+    child.join(10)
+    if child.is_alive():
+        child.kill()
+    return result
+
+
 def _embed_in_forked_child(embedder, texts, results) -> None:
     import torch
 
@@ -200,23 +219,10 @@ def test_a_forked_worker_embeds_after_its_parent_did(tiny_embedding_path):
     """LlamaIndex's IngestionPipeline(num_workers=2) forks workers that inherit the loaded model. After the parent
     had run a call of several micro-batches, the child's call waited forever for preprocessing threads that fork
     does not copy."""
-    import multiprocessing
-    import queue
-
     embedder = Qwen3VLEmbedder(str(tiny_embedding_path), device="cpu")
     texts = [f"text number {k} " * (1 + k % 5) for k in range(40)]
     expected = embedder.embed(texts, batch_size=8)  # 5 micro-batches: the preprocessing threads start
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    child = context.Process(target=_embed_in_forked_child, args=(embedder, texts, results))
-    child.start()
-    try:
-        vectors = results.get(timeout=30)  # before join: a child exits only once its queue is read
-    except queue.Empty:
-        vectors = None
-    child.join(10)
-    if child.is_alive():
-        child.kill()
+    vectors = _result_of_forked_child(_embed_in_forked_child, embedder, texts)
     assert vectors is not None, "the forked child's call hung (or failed)"
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
 
@@ -323,23 +329,11 @@ def _async_query_in_forked_child(embeddings, results) -> None:
 def test_a_forked_worker_runs_async_calls_after_its_parent_did(tiny_embedding_path):
     """Our async calls' threads are not copied by fork: a child's pool would wait for its parent's idle thread."""
     import asyncio
-    import multiprocessing
-    import queue
 
     from qwen3vl_integrations.langchain import Qwen3VLEmbeddings
 
     embeddings = Qwen3VLEmbeddings(model_name=str(tiny_embedding_path), device="cpu")
     expected = asyncio.run(embeddings.aembed_query("a query"))  # the pool's thread starts, then idles
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    child = context.Process(target=_async_query_in_forked_child, args=(embeddings, results))
-    child.start()
-    try:
-        vector = results.get(timeout=30)
-    except queue.Empty:
-        vector = None
-    child.join(10)
-    if child.is_alive():
-        child.kill()
+    vector = _result_of_forked_child(_async_query_in_forked_child, embeddings)
     assert vector is not None, "the forked child's async call hung (or failed)"
     np.testing.assert_allclose(vector, expected, atol=1e-6)
