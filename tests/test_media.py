@@ -315,6 +315,20 @@ def test_pixel_cap_is_checked_before_decoding(media_dir):
     assert resolve_image(Image.new("RGB", (200, 200)), MediaPolicy(max_image_pixels=100)).size == (200, 200)
 
 
+def test_file_urls_of_windows_paths(monkeypatch):
+    """On Windows `Path.as_uri()` writes `file:///C:/...`: plain unquoting gave '/C:/Users/a b/x.png', a path with no
+    drive (file not found). Windows' own converter (nturl2path, what urllib.request uses there) stands in here."""
+    import nturl2path
+
+    from qwen3vl_integrations.core import media
+
+    monkeypatch.setattr(media.urllib.request, "url2pathname", nturl2path.url2pathname)
+    assert media.file_url_path("file:///C:/Users/a%20b/x.png") == "C:\\Users\\a b\\x.png"
+    assert media.file_url_path("file://localhost/D:/photos/%E7%8C%AB.png") == "D:\\photos\\\u732b.png"
+    assert media.file_url_path("file://images/cat.jpg") == "images/cat.jpg"  # the reference's relative form
+    assert media.file_url_path("file:///a:b:c.png") == "/a:b:c.png"  # not a drive: no file of Windows either
+
+
 def test_file_urls(media_dir, tmp_path, monkeypatch):
     image = Image.new("RGB", (40, 30), (5, 6, 7))
     (tmp_path / "sub dir").mkdir()

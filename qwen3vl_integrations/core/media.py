@@ -14,6 +14,7 @@ import re
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -129,16 +130,25 @@ def file_url_path(url: str) -> str:
     """The path of a file:// URL.
 
     ``file:///abs/path`` (RFC 8089, as ``Path.as_uri()`` writes it, percent-encoded) and ``file://localhost/abs``
-    give the absolute path. Anything else is ``"file://" + path`` as the reference builds it from relative paths
+    give the absolute path, in this system's form (``file:///C:/a%20b/x.png`` is ``C:\\a b\\x.png`` on Windows).
+    Anything else is ``"file://" + path`` as the reference builds it from relative paths
     (``file://images/cat.jpg``): the prefix is stripped, like qwen-vl-utils does, so that the URL never names a
     different file than the caller meant (``/cat.jpg``, had ``images`` been read as a host name).
     """
     rest = url[len("file://"):]
     if rest.startswith("/"):
-        return urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+        return _url_path_here(urllib.parse.urlsplit(url).path)
     if rest.startswith("localhost/"):
-        return urllib.parse.unquote(rest[len("localhost"):])
+        return _url_path_here(rest[len("localhost"):])
     return rest
+
+
+def _url_path_here(path: str) -> str:
+    # Plain unquoting kept Windows' drive letter behind a slash ('/C:/Users/x.png': no such file there)
+    try:
+        return urllib.request.url2pathname(path)
+    except OSError:  # Windows: a ':' that is no drive letter, so no file of Windows either
+        return urllib.parse.unquote(path)
 
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
