@@ -17,8 +17,10 @@ but its rankings are meaningless. The Python functions :func:`build_index`, :fun
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import datetime as _dt
+import io
 import json
 import os
 import re
@@ -327,7 +329,7 @@ def _progress(iterable=None, **kwargs):
 
 def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Notepad's "UTF-8 with BOM": the BOM is no text to embed
     except UnicodeDecodeError:
         raise ValueError("not UTF-8 text") from None
     except OSError as exc:
@@ -820,7 +822,7 @@ def _thumbnail_source(path: str, modality: str, text: str = ""):
                 bg.paste(rgba, mask=rgba.split()[-1])
                 return bg
             return img.convert("RGB")
-    return _text_card(text or Path(path).read_text(encoding="utf-8", errors="replace"))
+    return _text_card(text or Path(path).read_text(encoding="utf-8-sig", errors="replace"))
 
 
 def _font(size: int):
@@ -1063,8 +1065,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _escape_what_stdout_cannot_encode() -> None:
+    """Windows writes a redirected stdout in its ANSI code page (cp1252) and raises on the rest: a folder, file name
+    or query outside it failed the command after the work was done. Escape those characters instead."""
+    out = sys.stdout
+    if (isinstance(out, io.TextIOWrapper) and out.errors == "strict"
+            and codecs.lookup(out.encoding).name not in ("utf-8", "utf-16", "utf-32")):
+        out.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``qwen3vl-search``; returns the exit status (0 on success)."""
+    _escape_what_stdout_cannot_encode()
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

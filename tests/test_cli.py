@@ -450,3 +450,23 @@ def test_demo_with_real_models_offline_says_how_to_run_offline(tmp_path, monkeyp
     assert code == 3
     assert "cannot load the embedding model 'Qwen/Qwen3-VL-Embedding-2B'" in err
     assert "make demo MODEL=tiny" in err and "Traceback" not in err
+
+
+def test_text_files_saved_with_a_byte_order_mark_embed_as_their_text(tmp_path):
+    """Notepad's "UTF-8 with BOM" (and PowerShell 5's utf8): the BOM stayed at the start of the text, 3 more tokens."""
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + "A red circle".encode())
+    assert cli._read_text(tmp_path / "bom.txt") == "A red circle"
+
+
+def test_output_outside_the_consoles_code_page_is_escaped(index_dir, monkeypatch):
+    """Windows writes a redirected stdout in cp1252 with errors='strict': a query or file name outside it made
+    the command fail (exit 1, UnicodeEncodeError) after the search was done."""
+    import io
+    import sys
+
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="cp1252", write_through=True))
+    assert cli.main(["query", str(index_dir), "海滩日落", "--no-picture", "--no-progress"]) == 0
+    out = raw.getvalue().decode("cp1252")
+    assert "\\u6d77\\u6ee9\\u65e5\\u843d" in out
+    assert _table_rows(out)
