@@ -292,17 +292,27 @@ def _modality(path: Path) -> str | None:
     return None
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """What names one folder or file whatever the spelling (None if it does not exist): on macOS' case-insensitive
+    disks `photos` and `Photos` are one folder, and `resolve()` keeps the case it was given."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def scan_folder(folder: str | Path, exclude: Sequence[str | Path] = ()) -> ScanResult:
     """Every image, video and text file under ``folder`` (recursively; hidden files and folders skipped).
 
     Symlinked folders are listed, not followed: a link can loop back or reach far outside the folder.
     """
     folder = Path(folder)
-    excluded = {Path(p).resolve() for p in exclude}
+    excluded = {_identity(Path(p)) for p in exclude} - {None}
     result = ScanResult()
     for root, dirs, names in os.walk(folder):
         root_path = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (root_path / d).resolve() not in excluded)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and _identity(root_path / d) not in excluded)
         result.linked_folders.extend(root_path / d for d in dirs if (root_path / d).is_symlink())
         for name in sorted(names):
             if name.startswith("."):
@@ -516,7 +526,7 @@ def _check_index_dir(index_dir: Path, folder: Path) -> None:
     (its results pictures would be indexed by the next run)."""
     if index_dir.exists() and not index_dir.is_dir():
         raise CLIError(f"--index-dir is a file, not a folder: {index_dir}", code=2)
-    if index_dir.resolve() == folder.resolve():
+    if _identity(index_dir) is not None and _identity(index_dir) == _identity(folder):
         raise CLIError(f"--index-dir must not be the folder being indexed ({folder}): the index and its results "
                        "pictures would be read as files next time; use a subfolder or another folder", code=2)
     existing = next(p for p in (index_dir, *index_dir.absolute().parents) if p.exists())

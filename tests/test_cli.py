@@ -5,6 +5,7 @@ Everything runs in-process through ``cli.main([...])`` (the tiny model loads onc
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -470,3 +471,21 @@ def test_output_outside_the_consoles_code_page_is_escaped(index_dir, monkeypatch
     out = raw.getvalue().decode("cp1252")
     assert "\\u6d77\\u6ee9\\u65e5\\u843d" in out
     assert _table_rows(out)
+
+
+def test_the_index_folder_is_recognised_under_another_spelling(tmp_path, sample_folder, monkeypatch, capsys):
+    """On macOS' case-insensitive disks `photos` is the folder `Photos`, and `resolve()` keeps the case it was given:
+    the guard against indexing into the indexed folder, and the index folder's exclusion from the scan, compared
+    resolved names and missed it. A symlink stands in for the second spelling, with `resolve()` leaving it as is."""
+    monkeypatch.setattr(cli.Path, "resolve", lambda self, strict=False: cli.Path(os.path.abspath(self)))
+    monkeypatch.setattr(cli, "_make_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
+    folder = tmp_path / "Photos"
+    (folder / "Index").mkdir(parents=True)
+    shutil.copy(sample_folder / "red_circle.png", folder)
+    shutil.copy(sample_folder / "blue_square.png", folder / "Index" / "results-a-query.png")
+    (tmp_path / "photos").symlink_to(folder, target_is_directory=True)
+    (folder / "index").symlink_to(folder / "Index", target_is_directory=True)
+    code, _, err = _run(capsys, "index", folder, "--index-dir", tmp_path / "photos", "--model", "tiny")
+    _assert_one_line_error(code, err, 2, "must not be the folder being indexed")
+    scan = cli.scan_folder(folder, exclude=[folder / "index"])
+    assert [path.name for path, _ in scan.files] == ["red_circle.png"]
