@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .encoding import EncodedItem, append_token, encode, truncate_text_tokens
-from .errors import Qwen3VLInputError
+from .errors import Qwen3VLInputError, position_of
 from .inputs import Item, input_list, official_item, parse_items, raise_first
 from .media import _Invalid
 from .prompts import EMBEDDING_DEFAULT_INSTRUCTION, embedding_conversation, render
@@ -126,30 +126,31 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         batch_size = self._check_call(instruction, batch_size)
         row = finish(np.zeros((1, self.embedding_dim), np.float32))  # checks the options; the output's width, dtype
         parsed, errors = parse_items(items, self.policy)
-        good = [position for position, item in enumerate(parsed) if item is not None]
+        valid = {position: item for position, item in enumerate(parsed) if item is not None}
+        good = list(valid)
         costs: dict[int, int] = {}
         for position in good:
             try:
-                self._check_fits(self._media_tokens(parsed[position], timestamps=False),
+                self._check_fits(self._media_tokens(valid[position], timestamps=False),
                                  self.max_length - EMBEDDING_SUFFIX)
-                costs[position] = self._media_tokens(parsed[position])
+                costs[position] = self._media_tokens(valid[position])
             except _Invalid as exc:
                 errors.append(Qwen3VLInputError(str(exc), index=position))
-        errors.sort(key=lambda e: e.index)
+        errors.sort(key=position_of)
         if strict:
             raise_first(errors, hint="; use try_embed to skip bad inputs")
         good = [position for position in good if position in costs]
         if not items or not good:
             return EmbeddingResult(np.zeros((0, row.shape[1]), row.dtype), np.zeros(0, np.int64), errors)
 
-        text_costs = self._text_cost([" ".join(parsed[p].texts) + (parsed[p].instruction or "") for p in good])
+        text_costs = self._text_cost([" ".join(valid[p].texts) + (valid[p].instruction or "") for p in good])
         order_costs = [costs[p] + t + PROMPT_OVERHEAD for p, t in zip(good, text_costs)]
         loaded = self.load()
         vectors = np.zeros((len(good), row.shape[1]), row.dtype)
         done = np.zeros(len(good), bool)
 
         def build(k: int) -> EncodedItem:
-            return self._encode_item(loaded, parsed[good[k]], instruction)
+            return self._encode_item(loaded, valid[good[k]], instruction)
 
         def head(hidden: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.normalize(hidden, p=2, dim=-1) if normalize else hidden
@@ -157,11 +158,11 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         for ks, hidden, batch_errors in self._run(order_costs, build, "item", batch_size, show_progress,
                                                   raise_errors=strict, head=head):
             for error in batch_errors:
-                errors.append(error.located(good[error.index], "item"))
+                errors.append(error.located(good[position_of(error)], "item"))
             if hidden is not None:
                 vectors[ks] = finish(hidden.numpy())
                 done[ks] = True
-        errors.sort(key=lambda e: e.index)
+        errors.sort(key=position_of)
         kept = np.flatnonzero(done)
         return EmbeddingResult(_close_gaps(vectors, kept), np.asarray(good, dtype=np.int64)[kept], errors)
 

@@ -21,3 +21,10 @@ class Qwen3VLInputError(ValueError):
 
     def __reduce__(self):  # keep pickling (multiprocessing, caching) working with the custom __init__
         return (type(self), (self.cause, self.index, self.role))
+
+
+def position_of(error: Qwen3VLInputError) -> int:
+    """The position that an error about one of a call's inputs names (every such error names one); a sort key."""
+    if error.index is None:
+        raise ValueError(f"the error names no position: {error}")
+    return error.index

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .encoding import EncodedItem, encode, truncate_text_tokens
-from .errors import Qwen3VLInputError
+from .errors import Qwen3VLInputError, position_of
 from .inputs import Item, input_list, official_item, parse_items, raise_first
 from .media import _Invalid
 from .options import flag, whole_number
@@ -117,11 +117,12 @@ class Qwen3VLReranker(Qwen3VLRunner):
         def query_index(q: int) -> int | None:
             return None if _one_query else first_pair[q]
 
-        queries, query_errors = parse_items(raw_queries, self.policy, role="query")
+        parsed_queries, query_errors = parse_items(raw_queries, self.policy, role="query")
         if query_errors:
             error = query_errors[0]
-            raise Qwen3VLInputError(error.cause, index=query_index(error.index), role="query")
-        documents, errors = parse_items([document for _, document in pairs], self.policy, role="document")
+            raise Qwen3VLInputError(error.cause, index=query_index(position_of(error)), role="query")
+        queries = [query for query in parsed_queries if query is not None]  # all of them: none failed
+        parsed_documents, errors = parse_items([document for _, document in pairs], self.policy, role="document")
         query_costs, query_specials = [], []
         for q, item in enumerate(queries):
             try:
@@ -131,20 +132,24 @@ class Qwen3VLReranker(Qwen3VLRunner):
             except _Invalid as exc:
                 raise Qwen3VLInputError(str(exc), index=query_index(q), role="query") from None
         document_costs: list[int] = []
-        for position, item in enumerate(documents):
-            if item is None:
+        for position, document in enumerate(parsed_documents):
+            if document is None:
                 document_costs.append(0)
                 continue
             try:
-                document_costs.append(self._media_tokens(item))
-                self._check_fits(self._media_tokens(item, timestamps=False) + query_specials[pair_query[position]],
+                document_costs.append(self._media_tokens(document))
+                self._check_fits(self._media_tokens(document, timestamps=False) + query_specials[pair_query[position]],
                                  self.max_length)
             except _Invalid as exc:
                 errors.append(Qwen3VLInputError(str(exc), index=position, role="document"))
-        errors.sort(key=lambda e: e.index)
+        errors.sort(key=position_of)
         raise_first(errors)
+        documents = [document for document in parsed_documents if document is not None]  # all of them: none failed
 
         loaded = self.load()
+        score_weight = loaded.score_weight
+        if score_weight is None:  # (only an embedding model lacks it)
+            raise RuntimeError(f"{self.model_name_or_path} was loaded without the reranker's score head")
         query_parts = [c + t + PROMPT_OVERHEAD for c, t in
                        zip(query_costs, self._text_cost([" ".join(query.texts) for query in queries]))]
         document_parts = [c + t + DOCUMENT_OVERHEAD for c, t in
@@ -169,9 +174,10 @@ class Qwen3VLReranker(Qwen3VLRunner):
 
         def prepare(positions: list[int], sequences: list[EncodedItem]) -> ModelInputs:
             prefix = sharing.get(pair_query[positions[0]])  # a micro-batch holds the pairs of one query
-            length = prefix.shared_length(sequences) if prefix is not None else 0
-            if length:
-                return inputs_after_prefix(loaded, prefix, sequences, length)
+            if prefix is not None:
+                length = prefix.shared_length(sequences)
+                if length:
+                    return inputs_after_prefix(loaded, prefix, sequences, length)
             return model_inputs(loaded, sequences)
 
         holding: list[QueryPrefix] = []  # the prefix whose key/value cache is held
@@ -188,8 +194,9 @@ class Qwen3VLReranker(Qwen3VLRunner):
         try:
             for positions, batch_scores, _ in self._run(
                     costs, build, "document", batch_size, show_progress, groups=pair_query, prepare=prepare,
-                    forward=forward, head=lambda hidden: torch.sigmoid(hidden @ loaded.score_weight)):
-                scores[positions] = batch_scores.numpy()
+                    forward=forward, head=lambda hidden: torch.sigmoid(hidden @ score_weight)):
+                if batch_scores is not None:  # None only for a micro-batch whose every pair failed, which raised
+                    scores[positions] = batch_scores.numpy()
         finally:
             for prefix in prefixes.values():
                 prefix.release()
