@@ -11,6 +11,7 @@ import binascii
 import io
 import os
 import re
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -18,7 +19,7 @@ import urllib.request
 import warnings
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PosixPath, WindowsPath
 from typing import Any, Union
 
 import numpy as np
@@ -71,7 +72,8 @@ def fetch_remote(url: str, policy: MediaPolicy) -> bytes:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > policy.max_remote_bytes:
                 raise _Invalid(f"{url!r} is {int(declared)} bytes, over the {policy.max_remote_bytes}-byte cap")
-            chunks, size = [], 0
+            chunks: list[bytes] = []
+            size = 0
             while True:
                 # read1 returns what has arrived (iter_content would wait for a full chunk, which a server
                 # trickling bytes delays without ever passing the per-read timeout)
@@ -92,7 +94,14 @@ def fetch_remote(url: str, policy: MediaPolicy) -> bytes:
         raise _Invalid(f"could not fetch {url!r}: {exc}") from None
 
 
-class _FetchedFile(type(Path())):
+# Path itself cannot be subclassed before Python 3.12: the concrete class that Path() makes here is.
+if sys.platform == "win32":
+    _ConcretePath = WindowsPath
+else:
+    _ConcretePath = PosixPath
+
+
+class _FetchedFile(_ConcretePath):
     """A temporary file holding fetched remote content; removed once nothing refers to this path any more."""
 
 
@@ -210,7 +219,7 @@ class ImageSource:
             return _eight_bit(self.image)
         if self.array is not None:
             return _pil_from_array(self.array)
-        return _eight_bit(_open_pil(self.path if self.path is not None else io.BytesIO(self.data), policy,
+        return _eight_bit(_open_pil(self.path if self.path is not None else _bytes_file(self.data), policy,
                                     load=True))
 
 
@@ -306,6 +315,13 @@ def locate(value: Any, policy: MediaPolicy, kind: str) -> tuple[Path | None, byt
     return None, data
 
 
+def _bytes_file(data: bytes | None) -> io.BytesIO:
+    """A source's bytes as a file: those of a source without a path (`locate` gives one or the other)."""
+    if data is None:
+        raise ValueError("a media source has neither a path nor bytes")
+    return io.BytesIO(data)
+
+
 def _has_pixels(width: int, height: int) -> None:
     # An empty crop (a layout detector's zero-width box) would divide by zero in the resize rule.
     if width < 1 or height < 1:
@@ -322,7 +338,7 @@ def resolve_image(value: Any, policy: MediaPolicy) -> ImageSource:
         _has_pixels(img.width, img.height)
         return ImageSource(img.width, img.height, image=img)
     path, data = locate(value, policy, "image")
-    with _open_pil(path if path is not None else io.BytesIO(data), policy, load=False) as img:
+    with _open_pil(path if path is not None else _bytes_file(data), policy, load=False) as img:
         return ImageSource(img.width, img.height, path=path, data=data)
 
 
@@ -340,7 +356,7 @@ class VideoFileSource:
     data: bytes | None = None
 
     def stream(self) -> Any:
-        return str(self.path) if self.path is not None else io.BytesIO(self.data)
+        return str(self.path) if self.path is not None else _bytes_file(self.data)
 
 
 @dataclass
@@ -403,7 +419,7 @@ def resolve_video(value: Any, policy: MediaPolicy) -> VideoSource:
                 raise _Invalid(f"frame {position}: {exc}") from None
         return FrameListSource(frames)
     path, data = locate(value, policy, "video")
-    frames, fps, width, height = probe_video_file(str(path) if path is not None else io.BytesIO(data))
+    total_frames, fps, width, height = probe_video_file(str(path) if path is not None else _bytes_file(data))
     if width * height > policy.max_image_pixels:  # every decoded frame would be this large
         raise _Invalid(f"video frames of {width}x{height} pixels exceed max_image_pixels={policy.max_image_pixels}")
-    return VideoFileSource(frames, fps, width, height, path=path, data=data)
+    return VideoFileSource(total_frames, fps, width, height, path=path, data=data)
