@@ -316,12 +316,14 @@ def calibrate(sample: Any, percentile: float | tuple[float, float] | None = None
     if percentile is None:
         low, high, pct = x.min(axis=0), x.max(axis=0), None
     else:
-        if isinstance(percentile, numbers.Real):
+        # float spelled out for type checkers, which do not count it as a numbers.Real (numpy scalars are only that)
+        if isinstance(percentile, (float, numbers.Real)):
             pct = (float(percentile), 100.0 - float(percentile))
         else:
-            pct = tuple(float(p) for p in percentile)
-            if len(pct) != 2:
+            pair = tuple(float(p) for p in percentile)
+            if len(pair) != 2:
                 raise ValueError(f"percentile must be a number or a (low, high) pair, got {percentile!r}")
+            pct = pair[0], pair[1]
         if not (0.0 <= pct[0] < pct[1] <= 100.0):
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {pct}")
         low, high = np.percentile(x.astype(np.float64), pct, axis=0)
@@ -359,6 +361,7 @@ def quantize(vecs: Any, precision: str, ranges: Any = None) -> np.ndarray:
     """
     precision = _check_precision(precision)
     x, was_1d = _float_matrix(vecs, "vecs")
+    out: np.ndarray
     if precision == "float32":
         out = x.astype(np.float32)
     elif precision == "float16":
@@ -726,7 +729,7 @@ def search(
     q, _ = _as_2d(_to_numpy(query_vecs), "query_vecs")
     n, nq = corpus.shape[0], q.shape[0]
 
-    rescore_arr, rescore_prec = None, None
+    rescore_view = None
     rescore_ranges = ranges if rescore_ranges is None else rescore_ranges
     if rescore is not None:
         rescore_arr = _to_numpy(rescore)
@@ -735,11 +738,13 @@ def search(
         rescore_prec = _infer_precision(rescore_arr, "rescore")
         if rescore_prec in INT_PRECISIONS:
             rescore_ranges = _coerce_ranges(rescore_ranges, rescore_arr.shape[1], rescore_prec)
+        rescore_view = _FloatView(rescore_arr, rescore_prec, rescore_ranges if rescore_prec in INT_PRECISIONS else None,
+                                  name="rescore")
     faiss = _load_faiss(use_faiss)
 
     k = min(top_k, n)
-    m = min(n, top_k * rescore_multiplier) if rescore_arr is not None else k
-    rescore_dim = rescore_arr.shape[1] if rescore_arr is not None else None
+    m = min(n, top_k * rescore_multiplier) if rescore_view is not None else k
+    rescore_dim = rescore_view.dim if rescore_view is not None else None
     q_float = None
     if precision in BINARY_PRECISIONS:
         nbytes = corpus.shape[1]
@@ -758,7 +763,7 @@ def search(
         elif q.dtype in (np.int8, np.uint8):
             if q.shape[1] != nbytes:
                 raise ValueError(f"packed queries have {q.shape[1]} bytes but the corpus has {nbytes}")
-            if rescore_arr is not None:
+            if rescore_view is not None:
                 raise ValueError("rescoring needs float queries, not packed bits")
             qb = q if (q.dtype == np.int8) == (precision == "binary") else (q.view(np.uint8) ^ np.uint8(0x80))
         else:
@@ -776,19 +781,21 @@ def search(
             # Auto mode keeps numpy BLAS here: FAISS' flat inner-product search was slower on CPU in our benchmark.
             return _float_topk(np.ascontiguousarray(q_first), view, m, faiss if use_faiss else None)
 
-    if rescore_arr is not None:
+    rescoring = None  # the rescore vectors and the float queries they are scored against
+    if rescore_view is not None:
         if q_float is None:
-            q_prec = rescore_prec if rescore_prec in INT_PRECISIONS else "float32"
-            q_float = _float_queries(q, rescore_dim, None, rescore_ranges, q_prec)
-        if q_float.shape[1] != rescore_dim:
-            raise ValueError(f"queries have {q_float.shape[1]} dimensions but the rescore vectors have {rescore_dim}")
+            q_prec = rescore_view.precision if rescore_view.precision in INT_PRECISIONS else "float32"
+            q_float = _float_queries(q, rescore_view.dim, None, rescore_ranges, q_prec)
+        if q_float.shape[1] != rescore_view.dim:
+            raise ValueError(
+                f"queries have {q_float.shape[1]} dimensions but the rescore vectors have {rescore_view.dim}")
+        rescoring = rescore_view, q_float
     if n == 0 or nq == 0:  # after every check: an empty corpus does not hide a mistake that a full one reveals
         return np.zeros((nq, k), dtype=np.float32), np.zeros((nq, k), dtype=np.int64)
     scores, idx = first_stage()
-    if rescore_arr is None:
+    if rescoring is None:
         return scores, idx
-    view = _FloatView(rescore_arr, rescore_prec, rescore_ranges if rescore_prec in INT_PRECISIONS else None,
-                      name="rescore")
+    view, q_float = rescoring
     exact = view.exact(q_float, idx)
     order = _sort_best_first(exact, idx)[:, :k]
     return np.take_along_axis(exact, order, axis=1), np.take_along_axis(idx, order, axis=1)
