@@ -48,14 +48,15 @@ def _plan_min_padding(order: list[int], sorted_costs: list[int], batch_size: int
     best = [0] * (n + 1)
     start = [0] * (n + 1)
     for j in range(1, n + 1):
-        best_cost, best_start = None, j - 1
-        for i in range(j - 1, max(0, j - batch_size) - 1, -1):
+        # item j-1 alone always fits; then the batches starting earlier
+        best_cost, best_start = best[j - 1] + sorted_costs[j - 1] + overhead, j - 1
+        for i in range(j - 2, max(0, j - batch_size) - 1, -1):
             rows = j - i
             padded = rows * sorted_costs[i]
-            if rows > 1 and padded > max_batch_tokens:
+            if padded > max_batch_tokens:
                 break  # starting earlier only makes the batch wider and longer
             cost = best[i] + padded + overhead
-            if best_cost is None or cost < best_cost:
+            if cost < best_cost:
                 best_cost, best_start = cost, i
         best[j], start[j] = best_cost, best_start
     batches: list[list[int]] = []

@@ -48,7 +48,7 @@ class EncodedItem:
         return None if not parts else parts[0] if len(parts) == 1 else torch.cat(same_dtype(parts, key))
 
 
-def same_dtype(parts: Sequence[torch.Tensor], key: str) -> Sequence[torch.Tensor]:
+def same_dtype(parts: list[torch.Tensor], key: str) -> list[torch.Tensor]:
     """`parts`, checked to share one dtype before they are joined: 8-bit image patches next to normalised ones would
     be promoted to float silently, as if normalised (core/pixels.py)."""
     if len({part.dtype for part in parts}) > 1:

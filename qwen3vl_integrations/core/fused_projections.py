@@ -28,8 +28,9 @@ def join_linears(owner: torch.nn.Module, name: str, children: Sequence[str]) -> 
     rows. False, and nothing changed, for layers this cannot join: other than plain `nn.Linear` (quantized layers
     subclass it), with hooks that move weights, on different devices or dtypes, on the meta device, or with biases
     on some only."""
-    linears = [getattr(owner, child, None) for child in children]
-    if not linears or not all(type(layer) is torch.nn.Linear and not hasattr(layer, "_hf_hook") for layer in linears):
+    layers = [getattr(owner, child, None) for child in children]
+    linears = [layer for layer in layers if type(layer) is torch.nn.Linear and not hasattr(layer, "_hf_hook")]
+    if not linears or len(linears) != len(layers):
         return False
     weights = [layer.weight for layer in linears]
     biases = [layer.bias for layer in linears]
@@ -52,7 +53,8 @@ def join_linears(owner: torch.nn.Module, name: str, children: Sequence[str]) -> 
         layout.append((child, weight.shape[0]))
         start = rows.stop
     # A plain attribute (read on every forward pass, where nn.Module's attribute lookup costs a microsecond a name).
-    owner._joined_layouts = {**vars(owner).get("_joined_layouts", {}), name: tuple(layout)}
+    # The ignore: torch annotates Module.__setattr__ for tensors and modules only, yet it keeps any other value as is.
+    owner._joined_layouts = {**vars(owner).get("_joined_layouts", {}), name: tuple(layout)}  # type: ignore[assignment]
     return True
 
 
@@ -101,7 +103,7 @@ def use_fused_gate_up(backbone: Any) -> int:
     changed = 0
     for layer in getattr(getattr(backbone, "language_model", None), "layers", None) or []:
         mlp = getattr(layer, "mlp", None)
-        if (type(mlp).__name__ in _KNOWN_GATED_MLPS
+        if (mlp is not None and type(mlp).__name__ in _KNOWN_GATED_MLPS
                 and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn"))
                 and mlp.gate_proj.weight.shape == mlp.up_proj.weight.shape
                 and (getattr(mlp, "gate_up_weight", None) is not None

@@ -106,11 +106,12 @@ class ForwardJoiner:
                 hidden = forward(inputs)
             self.passes += 1
             self.joined += len(group) - 1
-            start = 0
-            for waiting in group:
+            mine = hidden[:me.rows]  # `me` is first in its group (`_claim`)
+            me.output, start = mine, me.rows
+            for waiting in group[1:]:
                 waiting.output = hidden[start:start + waiting.rows]
                 start += waiting.rows
-        return me.output
+        return mine
 
     def _claim(self, me: _Waiting) -> list[_Waiting]:
         """`me` and, in order of arrival, the waiting calls whose rows fit with it within every member's limits."""

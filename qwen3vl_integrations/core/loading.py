@@ -352,7 +352,7 @@ def use_linear_patch_embed(backbone: Any) -> bool:
     """
     patch_embed = getattr(getattr(backbone, "visual", None), "patch_embed", None)
     proj = getattr(patch_embed, "proj", None)
-    if (not isinstance(proj, torch.nn.Conv3d) or tuple(proj.kernel_size) != tuple(proj.stride)
+    if (patch_embed is None or not isinstance(proj, torch.nn.Conv3d) or tuple(proj.kernel_size) != tuple(proj.stride)
             or proj.padding not in ((0, 0, 0), "valid") or tuple(proj.dilation) != (1, 1, 1) or proj.groups != 1):
         return False
     patch_embed.forward = _linear_patch_embed_forward.__get__(patch_embed)
@@ -394,7 +394,7 @@ def chunk_runs(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def _grouped_vision_attention_forward(self: Any, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
-                                      position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                                      position_embeddings: tuple[torch.Tensor, torch.Tensor],
                                       max_seqlen: int | None = None,
                                       chunk_runs: list[tuple[int, int]] | None = None, **kwargs: Any) -> torch.Tensor:
     """Qwen3-VL vision attention with one attention call per run of equally long chunks (images of one size,
@@ -467,7 +467,8 @@ def _indexed_deepstack_process(self: Any, hidden_states: torch.Tensor, visual_po
 
 
 def _visual_positions(visual_pos_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return visual_pos_masks.nonzero(as_tuple=True)
+    rows, columns = visual_pos_masks.nonzero(as_tuple=True)  # the mask is [batch, sequence]
+    return rows, columns
 
 
 def use_indexed_deepstack(backbone: Any) -> bool:
@@ -476,7 +477,7 @@ def use_indexed_deepstack(backbone: Any) -> bool:
     model has no such step. `del backbone.language_model._deepstack_process` restores the original."""
     language_model = getattr(backbone, "language_model", None)
     stock = getattr(type(language_model), "_deepstack_process", None)
-    if stock is None or list(inspect.signature(stock).parameters) != [
+    if language_model is None or stock is None or list(inspect.signature(stock).parameters) != [
             "self", "hidden_states", "visual_pos_masks", "visual_embeds"]:
         return False
     language_model.visual_positions = OncePerTensor(_visual_positions)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -150,9 +150,9 @@ def _new_cache(loaded: Any) -> Any:
 
 def cache_argument(backbone: Any) -> str:
     """The backbone's name for the key/value cache: `cache` in recent transformers 5.x, `past_key_values` before."""
-    return _cache_argument(type(backbone))
+    return _cache_argument(type(backbone).forward)
 
 
 @functools.lru_cache(maxsize=None)
-def _cache_argument(backbone_class: type) -> str:  # inspect.signature costs about 0.3 ms, once per micro-batch
-    return "cache" if "cache" in inspect.signature(backbone_class.forward).parameters else "past_key_values"
+def _cache_argument(forward: Callable[..., Any]) -> str:  # inspect.signature costs about 0.3 ms, once per micro-batch
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"

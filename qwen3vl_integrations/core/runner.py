@@ -280,10 +280,10 @@ class Qwen3VLRunner:
             except Exception as exc:  # decoding errors that a header check cannot see
                 raise _Invalid(f"{kind} {position}: could not decode media: {exc}") from None
 
-        images = [decoded("image", k, lambda image=image: prepare_image(image, self.limits, self.policy))
+        images = [decoded("image", k, functools.partial(prepare_image, image, self.limits, self.policy))
                   for k, image in enumerate(item.images)]
-        videos = [decoded("video", k, lambda video=video: prepare_video(video, item.fps, item.max_frames,
-                                                                        self.limits, self.policy))
+        videos = [decoded("video", k, functools.partial(prepare_video, video, item.fps, item.max_frames,
+                                                        self.limits, self.policy))
                   for k, video in enumerate(item.videos)]
         return images, videos
 

@@ -159,7 +159,7 @@ def use_text_attention(backbone: Any) -> int:
     changed = 0
     for layer in getattr(getattr(backbone, "language_model", None), "layers", None) or []:
         attention = getattr(layer, "self_attn", None)
-        if is_known_text_attention(attention):
+        if attention is not None and is_known_text_attention(attention):
             if getattr(attention, "qkv_weight", None) is None:
                 fused_projections.join_linears(attention, "qkv", ("q_proj", "k_proj", "v_proj"))
             attention.forward = _forward.__get__(attention)

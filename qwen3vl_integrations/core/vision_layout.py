@@ -88,7 +88,7 @@ def vision_layout(backbone: Any, batch: dict[str, torch.Tensor]) -> tuple[dict[s
     longest chunk. Both empty for a batch without media or a tower that computes its own layout."""
     visual = getattr(backbone, "visual", None)
     module = layout_helpers(visual) if any(key in batch for _, key in MODALITIES) else None
-    if module is None:
+    if module is None or visual is None:  # (no helpers for a model without a tower either)
         return {}, {}
     on_device: dict[str, torch.Tensor] = {}
     on_host: dict[str, Any] = {}
