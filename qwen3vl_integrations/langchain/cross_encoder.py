@@ -27,17 +27,17 @@ class Qwen3VLCrossEncoder(RerankerOptions, BaseCrossEncoder):
 
     def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
         """Score ``(query, document)`` pairs in one core call; pairs with the same query share its encoding."""
-        pairs = [tuple(pair) for pair in text_pairs]
-        for i, pair in enumerate(pairs):
+        given = [tuple(pair) for pair in text_pairs]
+        for i, pair in enumerate(given):
             if len(pair) != 2:
                 raise ValueError(f"text_pairs[{i}] must be a (query, document) pair, got {len(pair)} elements")
-        if not pairs:
+        if not given:
             return []
         # The core groups pairs by the query object; equal query strings become one object, so a query that
         # LangChain repeats per pair is processed (and its prompt part run) once.
         same_query: dict[str, str] = {}
         pairs = [(same_query.setdefault(query, query) if isinstance(query, str) else query, document)
-                 for query, document in pairs]
+                 for query, document in given]
         kwargs: dict[str, Any] = {"instruction": self.instruction}
         if self.batch_size is not None:
             kwargs["batch_size"] = self.batch_size

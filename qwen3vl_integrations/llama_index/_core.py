@@ -1,7 +1,7 @@
 """What the two LlamaIndex adapters share about their core object (private)."""
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Dict
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict
 
 from llama_index.core.bridge.pydantic import PrivateAttr
 
@@ -20,6 +20,8 @@ class HoldsCoreObject(DtypeNames):
 
     core_attribute: ClassVar[str]
     _built_with: Any = PrivateAttr(default=None)  # the options the adapter's own core object was built from
+    if TYPE_CHECKING:  # a field of each adapter, declared there with its description (here it would be a field)
+        core_options: Dict[str, Any]
 
     def _core_object(self, build: Callable[..., Any], model_name_or_path: str, **fields: Any) -> Any:
         """The core object, built by ``build`` from the model, the fields that are set and ``core_options`` (which

@@ -119,9 +119,9 @@ def node_media(node: BaseNode) -> Optional[dict]:
             return {"video": file_path}
         if has_extension(file_path, IMAGE_EXTENSIONS):
             return {"image": file_path}
-        kind = _kind_from_type(metadata)
-        if kind is not None:
-            return {kind: file_path}
+        file_kind = _kind_from_type(metadata)
+        if file_kind is not None:
+            return {file_kind: file_path}
     return None
 
 

@@ -162,7 +162,7 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
                     node_with_score.node.metadata["retrieval_score"] = node_with_score.score
                 node_with_score.score = float(score)
 
-            new_nodes = sorted(nodes, key=lambda n: n.score, reverse=True)[:top_n]
+            new_nodes = sorted(nodes, key=lambda n: n.get_score(raise_error=True), reverse=True)[:top_n]
             event.on_end(payload={EventPayload.NODES: new_nodes})
 
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
