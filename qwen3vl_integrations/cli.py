@@ -32,7 +32,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .sample_data import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, VIDEO_EXTENSIONS
 
@@ -133,7 +133,7 @@ def resolve_model_name(name: str | None, kind: str = "embedding") -> str:
 
 
 def _is_tiny(name: str | None) -> bool:
-    return bool(name) and name.strip().lower() == TINY
+    return name is not None and name.strip().lower() == TINY
 
 
 def _load_failure(name: str, resolved: str, role: str, exc: BaseException | None) -> CLIError:
@@ -563,7 +563,7 @@ def _replace_index(index_dir: Path, write: Callable[[Path], None]) -> None:
 
 
 @contextlib.contextmanager
-def _interrupts_deferred():
+def _interrupts_deferred() -> Iterator[None]:
     """Ctrl-C (SIGINT) waits for the block to finish, then raises KeyboardInterrupt as usual."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -755,7 +755,8 @@ def search(
             warn(TINY_WARNING)
         log(f"Reranking {len(hits)} candidates with {rr_name} ...")
         rr, _ = _make_reranker(rr_name, device=device)
-        docs, positions = [], []
+        docs: list[str | dict[str, str]] = []
+        positions: list[int] = []
         for i, h in enumerate(hits):
             if h.modality == "text":
                 docs.append(h.text)
@@ -772,7 +773,7 @@ def search(
                 raise CLIError(f"cannot rerank: {exc}", code=2) from None
             for i, s in zip(positions, scores):
                 hits[i].rerank_score = float(s)
-        hits.sort(key=lambda h: (h.rerank_score is None, -(h.rerank_score or 0.0), -h.score))
+        hits.sort(key=lambda h: (h.rerank_score is None, -(h.rerank_score or 0.0), -(h.score or 0.0)))
     hits = hits[:top_k]
     for rank, h in enumerate(hits, 1):
         h.rank = rank

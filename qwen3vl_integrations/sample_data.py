@@ -53,7 +53,7 @@ class SampleFile:
 # drawing helpers
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1 ships a scalable default font
     except TypeError:  # pragma: no cover - very old Pillow
@@ -206,7 +206,7 @@ def _ball_frames() -> list[np.ndarray]:
         angle = (cx - 32) / r
         for k in range(6):
             if k == 0:
-                px, py, pr = cx, cy, 7.5
+                px, py, pr = cx, float(cy), 7.5
             else:
                 a = angle + k * 2 * math.pi / 5
                 px, py, pr = cx + 17 * math.cos(a), cy + 17 * math.sin(a), 5.5

@@ -184,7 +184,8 @@ def _trained_bpe() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], 
     bpe.train_from_iterator(_corpus(), trainer=trainer)
     model = json.loads(bpe.to_str())["model"]
     vocab = tuple(sorted(model["vocab"].items(), key=lambda kv: kv[1]))
-    merges = tuple(tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"])
+    pairs = (m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"])
+    merges = tuple((first, second) for first, second in pairs)
     return vocab, merges
 
 
