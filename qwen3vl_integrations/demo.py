@@ -45,6 +45,8 @@ def run_demo(model: str = "real", *, reranker: str | None = None, out: str | Pat
         model, reranker = cli.REAL_EMBEDDING_MODEL, reranker or cli.REAL_RERANKER_MODEL
     elif cli._is_tiny(model):
         model, reranker = cli.TINY, reranker or cli.TINY
+    else:  # the user's embedding model: the reranker `qwen3vl-search query` picks for its index
+        reranker = reranker or cli.REAL_RERANKER_MODEL
     out = Path(out)
     samples, index_dir = out / "samples", out / "index"
 

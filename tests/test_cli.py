@@ -489,3 +489,28 @@ def test_the_index_folder_is_recognised_under_another_spelling(tmp_path, sample_
     _assert_one_line_error(code, err, 2, "must not be the folder being indexed")
     scan = cli.scan_folder(folder, exclude=[folder / "index"])
     assert [path.name for path, _ in scan.files] == ["red_circle.png"]
+
+
+def test_demo_with_an_embedding_model_of_ones_own_passes_a_reranker(tmp_path, monkeypatch):
+    # `--model PATH` without `--reranker` put None into the query commands' argument lists.
+    from qwen3vl_integrations import demo
+
+    commands = []
+    monkeypatch.setattr(demo, "generate_sample_data", lambda folder: [])
+    monkeypatch.setattr(demo.cli, "main", lambda argv: commands.append(list(argv)) or 0)
+    assert demo.main(["--model", str(tmp_path / "my-embedding-model"), "--out", str(tmp_path / "demo")]) == 0
+    queries = [command for command in commands if command[0] == "query"]
+    assert len(queries) == len(demo.QUERIES)
+    for command in queries:
+        assert all(isinstance(argument, str) for argument in command)
+        assert command[command.index("--reranker") + 1] == cli.REAL_RERANKER_MODEL
+
+
+def test_demo_with_an_embedding_model_of_ones_own_reports_a_failed_query(tmp_path, monkeypatch, capsys):
+    # The offline hint after a failed query step took the reranker, None, and raised TypeError in Path(None).
+    from qwen3vl_integrations import demo
+
+    monkeypatch.setattr(demo, "generate_sample_data", lambda folder: [])
+    monkeypatch.setattr(demo.cli, "main", lambda argv: 3 if argv[0] == "query" else 0)
+    assert demo.main(["--model", str(tmp_path / "my-embedding-model"), "--out", str(tmp_path / "demo")]) == 3
+    assert "make demo MODEL=tiny" in capsys.readouterr().err
