@@ -1,5 +1,6 @@
-# `make test` builds .venv from nothing (once), then runs every test and executes the cookbook notebooks
-# on tiny random checkpoints. `make demo` runs the command-line search on the sample folder.
+# `make test` builds .venv from nothing (once), type-checks the package (mypy, settings in pyproject.toml), then
+# runs every test and executes the cookbook notebooks on tiny random checkpoints. `make demo` runs the
+# command-line search on the sample folder.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,6 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 test: export HF_HUB_OFFLINE = 1
 test: export TRANSFORMERS_OFFLINE = 1
 test: $(STAMP)
+	$(PY) -m mypy
 	$(PY) -m pytest tests cookbook --nbmake --nbmake-timeout=600 -q
 
 demo: $(STAMP)
@@ -31,4 +33,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.throughput --model small --device cpu
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache
