@@ -205,6 +205,7 @@ class Ranges:
         if self.count is not None:
             self.count = _check_int(self.count, "Ranges count", 1)
         if self.percentile is not None:
+            # The ignore: a record only (a JSON list becomes a tuple of floats); calibrate makes and checks the pairs.
             self.percentile = tuple(float(p) for p in self.percentile)  # type: ignore[assignment]
 
     @property
