@@ -6,17 +6,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 MODEL ?= real
+# test-lowest sets this: pins of every dependency at the lowest version pyproject.toml allows
+LOWEST_PINS ?=
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-lowest demo bench clean
 
 install: $(STAMP)
 
 # torch and torchvision go in first, together, pinned (never let pip pick a torchvision on its own).
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(LOWEST_PINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch torchvision
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt $(LOWEST_PINS:%=-c %) -e ".[test]"
 	touch $(STAMP)
 
 # Tests never reach a model hub: they build tiny random checkpoints.
@@ -26,6 +28,10 @@ test: $(STAMP)
 	$(PY) -m mypy
 	$(PY) -m pytest tests cookbook --nbmake --nbmake-timeout=600 -q
 
+# The same, in .venv-lowest, with every dependency at the lowest version that pyproject.toml allows.
+test-lowest:
+	$(MAKE) test VENV=.venv-lowest LOWEST_PINS=constraints-lowest.txt
+
 demo: $(STAMP)
 	$(PY) -m qwen3vl_integrations.demo --model $(MODEL)
 
@@ -33,4 +39,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.throughput --model small --device cpu
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache
+	rm -rf $(VENV) .venv-lowest .pytest_cache .mypy_cache

@@ -166,6 +166,18 @@ def test_token_types_follow_the_processors_rule(processor):
     assert torch.equal(mm_token_types(processor, ids), expected)
 
 
+def test_a_processor_without_the_vision_token_ids_is_refused():
+    """Before transformers 5.10.1 the processor named them `image_ids`/`video_ids`: every token read as text, so the
+    rotary positions of images and videos were wrong, silently."""
+    from types import SimpleNamespace
+
+    from qwen3vl_integrations.core.encoding import mm_token_types
+
+    older = SimpleNamespace(image_ids=[2], video_ids=[3])
+    with pytest.raises(RuntimeError, match="has no image_token_ids"):
+        mm_token_types(older, torch.tensor([1, 2, 3]))
+
+
 def test_patches_that_should_be_8_bit_but_are_not_are_refused(processor):
     """A float image (a tensor the processor keeps as float) asked for as 8-bit patches would reach the model
     unnormalised: encoding refuses it instead."""

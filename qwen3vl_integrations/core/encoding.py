@@ -215,6 +215,11 @@ def mm_token_types(processor: Any, ids: torch.Tensor) -> torch.Tensor:
     2 video, 3 audio, else 0) as tensor operations, without the rule's round trip through lists and NumPy."""
     types = torch.zeros_like(ids)
     for value, name in ((1, "image_token_ids"), (2, "video_token_ids"), (3, "audio_token_ids")):
+        if value < 3 and not hasattr(processor, name):
+            # Every token would read as text, and the rotary positions of images and videos come out wrong (before
+            # transformers 5.10.1 these were `image_ids`/`video_ids`: scores moved by up to 0.046)
+            raise RuntimeError(f"the processor ({type(processor).__name__}) has no {name}: this transformers "
+                               "version is not supported (pyproject.toml gives the range)")
         listed = [token for token in (getattr(processor, name, None) or []) if token is not None]
         if listed:
             types = torch.where(torch.isin(ids, torch.tensor(listed, dtype=ids.dtype)), value, types)
