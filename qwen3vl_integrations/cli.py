@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import textwrap
 import threading
 import warnings
@@ -530,9 +531,19 @@ def _check_index_dir(index_dir: Path, folder: Path) -> None:
         raise CLIError(f"--index-dir must not be the folder being indexed ({folder}): the index and its results "
                        "pictures would be read as files next time; use a subfolder or another folder", code=2)
     existing = next(p for p in (index_dir, *index_dir.absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir() or not _can_create_in(existing):
         raise CLIError(f"cannot create or write the index folder {index_dir} ({existing} is not a writable "
                        "folder)", code=2)
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a folder can be made in `folder`, found by making one: `os.access` ignores folder permissions on
+    Windows, and answers for root by the permission bits alone (yes, in /proc too)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".qwen3vl-write-check-", dir=folder))
+    except OSError:
+        return False
+    return True
 
 
 # What LlamaIndex's StorageContext.persist writes (docstore.json, index_store.json, default__vector_store.json, ...).

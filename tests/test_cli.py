@@ -514,3 +514,19 @@ def test_demo_with_an_embedding_model_of_ones_own_reports_a_failed_query(tmp_pat
     monkeypatch.setattr(demo.cli, "main", lambda argv: 3 if argv[0] == "query" else 0)
     assert demo.main(["--model", str(tmp_path / "my-embedding-model"), "--out", str(tmp_path / "demo")]) == 3
     assert "make demo MODEL=tiny" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs a folder where nothing can be made: /proc")
+def test_an_index_folder_that_cannot_be_made_is_refused_before_any_model_work(tmp_path, sample_folder, monkeypatch,
+                                                                              capsys):
+    """`os.access` said yes where the index could not be written: always for folders on Windows (it reads only the
+    read-only attribute), and for root by the permission bits: the failure came after every file was embedded."""
+    monkeypatch.setattr(cli.os, "access", lambda *args, **kwargs: True)  # Windows' answer for a folder
+    monkeypatch.setattr(cli, "_make_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sample_folder / "red_circle.png", folder)
+    code, _, err = _run(capsys, "index", folder, "--index-dir", "/proc/qwen3vl-index", "--model", "tiny")
+    _assert_one_line_error(code, err, 2, "cannot create or write the index folder")
+    cli._check_index_dir(tmp_path / "new" / "index", folder)  # a folder that can be made: the check leaves nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
