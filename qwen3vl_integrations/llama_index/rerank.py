@@ -7,7 +7,9 @@ file extension). Documents are read from the nodes exactly as the embedding adap
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, Generator, List, Optional
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterator, List, Optional
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -29,6 +31,16 @@ DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-VL-Reranker-2B"
 dispatcher = get_dispatcher(__name__)
 
 __all__ = ["Qwen3VLRerank", "DEFAULT_RERANKER_MODEL"]
+
+
+@dataclass
+class _Reranking:
+    """One rerank in progress: what to score, the scores the model gave, then the nodes kept."""
+
+    query: Any
+    documents: List[Any]
+    scores: Any = None
+    kept: List[NodeWithScore] = field(default_factory=list)
 
 
 class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
@@ -97,17 +109,10 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
         nodes: List[NodeWithScore],
         query_bundle: Optional[QueryBundle] = None,
     ) -> List[NodeWithScore]:
-        steps = self._reranking(nodes, query_bundle)
-        try:
-            query, documents = next(steps)
-            try:
-                scores = self._scores(query, documents, nodes)
-            except BaseException as error:
-                steps.throw(error)
-            steps.send(scores)
-        except StopIteration as done:
-            return done.value
-        raise RuntimeError("reranking did not finish")  # pragma: no cover
+        with self._reranking(nodes, query_bundle) as rerank:
+            if rerank.documents:
+                rerank.scores = self._scores(rerank.query, rerank.documents, nodes)
+        return rerank.kept
 
     async def _apostprocess_nodes(
         self,
@@ -117,33 +122,27 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
         """The model runs in a worker thread so that the event loop stays free; the nodes get their scores back on
         the loop, so that a call given up on (a timeout, a cancelled task) leaves them as they were, although its
         thread runs on to the end."""
-        steps = self._reranking(nodes, query_bundle)
-        try:
-            query, documents = next(steps)
-            try:
-                scores = await reranking_threads.run(self._scores, query, documents, nodes)
-            except BaseException as error:
-                steps.throw(error)
-            steps.send(scores)
-        except StopIteration as done:
-            return done.value
-        raise RuntimeError("reranking did not finish")  # pragma: no cover
+        with self._reranking(nodes, query_bundle) as rerank:
+            if rerank.documents:
+                rerank.scores = await reranking_threads.run(self._scores, rerank.query, rerank.documents, nodes)
+        return rerank.kept
 
-    def _reranking(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle]
-                   ) -> Generator[tuple[Any, List[Any]], Any, List[NodeWithScore]]:
-        """The reranking around its model work: yields the query and documents to score, takes their scores, and
-        returns the kept nodes (events and callbacks span the scoring, wherever it runs)."""
+    @contextlib.contextmanager
+    def _reranking(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle]) -> Iterator[_Reranking]:
+        """The reranking around its model work, which the block does (here or in a worker thread): the block gets the
+        query and documents to score and sets their scores; on leaving, the nodes get them and `kept` holds the
+        nodes kept. Events and callbacks span the block; an error in it leaves the nodes as they were."""
         top_n = self.top_n if self.top_n is not None else len(nodes)
         dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=self.model))
         if query_bundle is None:
             raise ValueError("Missing query bundle in extra info.")
         if len(nodes) == 0:
+            yield _Reranking(query=None, documents=[])
             dispatcher.event(ReRankEndEvent(nodes=[]))
-            return []
+            return
 
-        query = query_bundle_to_item(query_bundle)
-        documents = [node_to_item(node_with_score.node)[1] for node_with_score in nodes]
-
+        rerank = _Reranking(query=query_bundle_to_item(query_bundle),
+                            documents=[node_to_item(node_with_score.node)[1] for node_with_score in nodes])
         with self.callback_manager.event(
             CBEventType.RERANKING,
             payload={
@@ -153,20 +152,20 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
                 EventPayload.TOP_K: top_n,
             },
         ) as event:
-            scores = yield query, documents
-            if len(scores) != len(nodes):  # pragma: no cover - a core contract violation
-                raise RuntimeError(f"the reranker returned {len(scores)} scores for {len(nodes)} nodes")
+            yield rerank
+            scores = rerank.scores
+            if scores is None or len(scores) != len(nodes):  # pragma: no cover - a core contract violation
+                raise RuntimeError(f"the reranker returned no score per node ({len(nodes)} nodes)")
 
             for node_with_score, score in zip(nodes, scores):
                 if self.keep_retrieval_score:
                     node_with_score.node.metadata["retrieval_score"] = node_with_score.score
                 node_with_score.score = float(score)
 
-            new_nodes = sorted(nodes, key=lambda n: n.get_score(raise_error=True), reverse=True)[:top_n]
-            event.on_end(payload={EventPayload.NODES: new_nodes})
+            rerank.kept = sorted(nodes, key=lambda n: n.get_score(raise_error=True), reverse=True)[:top_n]
+            event.on_end(payload={EventPayload.NODES: rerank.kept})
 
-        dispatcher.event(ReRankEndEvent(nodes=new_nodes))
-        return new_nodes
+        dispatcher.event(ReRankEndEvent(nodes=rerank.kept))
 
     def _scores(self, query: Any, documents: List[Any], nodes: List[NodeWithScore]) -> Any:
         try:
