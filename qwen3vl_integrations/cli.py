@@ -527,7 +527,8 @@ def _check_index_dir(index_dir: Path, folder: Path) -> None:
     (its results pictures would be indexed by the next run)."""
     if index_dir.exists() and not index_dir.is_dir():
         raise CLIError(f"--index-dir is a file, not a folder: {index_dir}", code=2)
-    if _identity(index_dir) is not None and _identity(index_dir) == _identity(folder):
+    identity = _identity(index_dir)
+    if identity is not None and identity == _identity(folder):
         raise CLIError(f"--index-dir must not be the folder being indexed ({folder}): the index and its results "
                        "pictures would be read as files next time; use a subfolder or another folder", code=2)
     existing = next(p for p in (index_dir, *index_dir.absolute().parents) if p.exists())

@@ -13,12 +13,12 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import torch
 
+from .async_calls import stop_if_given_up
 from .batching import plan_batches
 from .caching import BoundedCache, owner_cache
 from .compiled_layers import compile_options, compiled_decoder_layers
 from .encoding import EncodedItem, collate, token_counts
 from .errors import Qwen3VLInputError
-from .async_calls import stop_if_given_up
 from .inputs import Item, check_instruction
 from .joining import JoinLimits, can_join, join_rows
 from .loading import (LoadedModel, load_shared, read_config, resolve_attention, resolve_device, resolve_dtype,

@@ -17,8 +17,8 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
 
-from ..core.errors import Qwen3VLInputError
 from ..core.async_calls import embedding_threads
+from ..core.errors import Qwen3VLInputError
 from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
 from ..core.quantization import check_dimensions
 from ._core import HoldsCoreObject
