@@ -522,7 +522,7 @@ Models load lazily on first use and are shared: every object that asks for the s
     code("""
 import numpy as np
 
-from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
+from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLInputError, Qwen3VLReranker
 
 emb = Qwen3VLEmbedder(model_name_or_path=EMBEDDING_MODEL)
 inputs = [
@@ -568,11 +568,18 @@ print("Matryoshka:", emb.embed(["a red circle"], dimensions=64).shape)
     md("""
 ## 3. `try_embed`: skip and report bad inputs
 
-`embed` raises `Qwen3VLInputError` (naming the item) before any model work when an input is bad; `try_embed`
-embeds the good ones and returns the errors.
+`embed` raises `Qwen3VLInputError` before any model work when an input is bad: one error for all the bad inputs of
+the call, naming the first, with every one of them (position and cause) in its `.errors`. `try_embed` embeds the
+good ones and returns the errors.
 """),
     code("""
 (DATA / "broken.png").write_bytes(b"not a picture")
+try:
+    emb.embed(["a red circle", {"image": str(DATA / "broken.png")}, {"image": str(DATA / "missing.png")}])
+except Qwen3VLInputError as err:
+    print(err)
+    print("bad inputs:", [(bad.index, bad.cause) for bad in err.errors])
+
 result = emb.try_embed(["a red circle", {"image": str(DATA / "broken.png")}, {"image": str(DATA / "missing.png")},
                         {"image": str(DATA / "blue_square.png")}])
 print("embedded:", result.indices, result.embeddings.shape)

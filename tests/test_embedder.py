@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import pickle
 import threading
 import unicodedata
 from pathlib import Path
@@ -518,6 +519,38 @@ def test_bad_item_raises_before_any_model_work(tiny_embedding_path, media_dir, c
     assert not e.is_loaded  # raised before the model was even loaded
 
 
+def test_one_error_reports_every_bad_input(tiny_embedding_path, media_dir):
+    """A list with several bad inputs fails once, for all of them: fixing one and running again must not be the way
+    to find the next (it was: the message said only "and 2 more bad input(s)")."""
+    e = fresh(tiny_embedding_path)
+    items = ["fine", {"image": str(media_dir / "nope.png")}, "ok", {"image": str(media_dir / "broken.png")},
+             "caf\udce9"]
+    with pytest.raises(Qwen3VLInputError) as info:
+        e.embed(items)
+    error = info.value
+    assert [(each.index, each.role) for each in error.errors] == [(1, "item"), (3, "item"), (4, "item")]
+    assert error.errors[0] is error and "file not found" in error.cause
+    assert "broken.png" in error.errors[1].cause and "not valid Unicode" in error.errors[2].cause
+    assert str(error).startswith("item 1: ") and "(and 2 more bad inputs: items 3, 4;" in str(error)
+    assert any("try_embed" in note for note in error.__notes__)
+    assert not e.is_loaded
+    skipped = e.try_embed(items)  # reports the same inputs, for the same causes
+    assert [(each.index, each.cause) for each in skipped.errors] == [(each.index, each.cause) for each in error.errors]
+    clone = pickle.loads(pickle.dumps(error))  # a worker process's error reaches its parent whole
+    assert str(clone) == str(error) and clone.__notes__ == error.__notes__
+    assert [(each.index, each.cause) for each in clone.errors] == [(each.index, each.cause) for each in error.errors]
+
+
+def test_the_message_names_a_bounded_number_of_other_bad_inputs():
+    others = [Qwen3VLInputError("file not found", index=i) for i in range(1, 30)]
+    error = Qwen3VLInputError("file not found", index=0, others=others)
+    assert str(error).startswith("item 0: file not found (and 29 more bad inputs: items 1, 2, 3, 4, 5, 6, 7, 8, 9, "
+                                 "10, ...;")
+    assert len(error.errors) == 30
+    moved = error.located(5, "document")
+    assert moved.index == 5 and moved.errors[1:] == error.errors[1:]
+
+
 @pytest.mark.parametrize("instruction, error, cause", [
     ("Find\ud83d", ValueError, "instruction is not valid Unicode"),
     ("<|image_pad|> find", ValueError, "instruction contains the reserved vision placeholder"),
@@ -545,7 +578,7 @@ def test_several_bad_items_are_counted(tiny_embedding_path):
     e = fresh(tiny_embedding_path)
     with pytest.raises(Qwen3VLInputError, match=r"^item 1: .*and 2 more") as info:
         e.embed(["ok", 1, "ok", 2, {"image": "/nope.png"}])
-    assert "try_embed" in str(info.value)
+    assert any("try_embed" in note for note in info.value.__notes__)
 
 
 def test_try_embed_keeps_the_good_items(emb, media_dir, official):

@@ -807,6 +807,32 @@ def test_batch_errors_name_the_position_in_the_callers_list(tiny_embedder, media
         asyncio.run(emb.aget_image_embedding_batch(images))
 
 
+def test_batch_errors_report_every_bad_input_of_the_chunk_by_its_position(tiny_embedder, media_dir):
+    """The other bad inputs an error reports count in the caller's list too, not in LlamaIndex's chunk."""
+    emb = Qwen3VLEmbedding(embedder=tiny_embedder, embed_batch_size=4)
+    red, missing = str(media_dir / "red.png"), str(media_dir / "nope.png")
+    images = [red, red, red, red, red, missing, red, str(media_dir / "broken.png")]  # 2nd chunk: items 4-7
+    with pytest.raises(Qwen3VLInputError, match=r"^item 5: .*file not found.*\(and 1 more bad input: item 7;") as info:
+        emb.get_image_embedding_batch(images)
+    assert [each.index for each in info.value.errors] == [5, 7]
+    assert "broken.png" in info.value.errors[1].cause
+
+
+@pytest.mark.filterwarnings("ignore:.*no embed content:UserWarning")  # nodes built to route, not to index
+def test_errors_name_every_bad_node(tiny_embedder, tiny_reranker, media_dir):
+    red = str(media_dir / "red.png")
+    nodes = [ImageNode(image_path=red, id_="good"), ImageNode(image_path="/no/a.png", id_="bad-a"),
+             ImageNode(image_path="/no/b.png", id_="bad-b"), ImageNode(image_path="/no/c.png", id_="bad-c")]
+    with pytest.raises(Qwen3VLInputError) as info:
+        Qwen3VLEmbedding(embedder=tiny_embedder)(nodes)
+    assert info.value.__notes__[-2:] == ["while embedding node 'bad-a'", "the other bad nodes: 'bad-b', 'bad-c'"]
+    assert [node.embedding for node in nodes] == [None] * 4
+    with pytest.raises(Qwen3VLInputError) as info:
+        Qwen3VLRerank(reranker=tiny_reranker).postprocess_nodes([NodeWithScore(node=n) for n in nodes],
+                                                                 query_str="a red square")
+    assert info.value.__notes__[-2:] == ["while reranking node 'bad-a'", "the other bad nodes: 'bad-b', 'bad-c'"]
+
+
 def test_multimodal_vector_store_index_on_a_folder(tiny_emb, tiny_embedder, library):
     # without llama-index-readers-file, SimpleDirectoryReader would read the images as text
     documents = SimpleDirectoryReader(str(library), file_extractor=media_file_extractor()).load_data()

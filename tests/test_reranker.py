@@ -634,7 +634,8 @@ def test_errors_through_rank_process_and_score_pairs(fresh, media_dir):
         fresh.process({"query": {"text": "q"}, "documents": [missing, {"text": "a"}]})
     with pytest.raises(Qwen3VLInputError) as info:
         fresh.score("q", ["a", missing, "b", {"image": str(media_dir / "broken.png")}])
-    assert info.value.index == 1 and "1 more" in info.value.cause
+    assert info.value.index == 1 and "(and 1 more bad input: document 3;" in str(info.value)
+    assert [(each.role, each.index) for each in info.value.errors] == [("document", 1), ("document", 3)]
     with pytest.raises(Qwen3VLInputError) as info:
         fresh.score_pairs([("q", "a"), ("q2", missing)])
     assert (info.value.role, info.value.index) == ("document", 1)

@@ -9,7 +9,7 @@ import torch
 
 from .encoding import EncodedItem, append_token, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError, position_of
-from .inputs import Item, input_list, official_item, parse_items, raise_first
+from .inputs import Item, input_list, official_item, parse_items, raise_bad_inputs
 from .media import _Invalid
 from .prompts import EMBEDDING_DEFAULT_INSTRUCTION, embedding_conversation, render
 from .runner import Qwen3VLRunner
@@ -71,10 +71,10 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
     ) -> np.ndarray:
         """Embed `items` (str or dict with text/image/video) into an [N, D] array, in the caller's order.
 
-        Raises `Qwen3VLInputError` (naming the item) before any model work if an input is bad; use
-        `try_embed` to skip bad inputs instead. `dimensions` truncates (Matryoshka) and re-normalises;
-        `precision` other than float32 quantizes (see `qwen3vl_integrations.quantization`). Both apply to each
-        micro-batch as it comes, so the returned array is the only one that grows with `items`.
+        Raises `Qwen3VLInputError` before any model work if inputs are bad (naming the first, with all of them in
+        its `.errors`); use `try_embed` to skip bad inputs instead. `dimensions` truncates (Matryoshka) and
+        re-normalises; `precision` other than float32 quantizes (see `qwen3vl_integrations.quantization`). Both
+        apply to each micro-batch as it comes, so the returned array is the only one that grows with `items`.
         """
         finish = self._output_rows(dimensions, normalize, precision, ranges)
         return self._embed(items, instruction, normalize, batch_size, show_progress, strict=True,
@@ -138,7 +138,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
                 errors.append(Qwen3VLInputError(str(exc), index=position))
         errors.sort(key=position_of)
         if strict:
-            raise_first(errors, hint="; use try_embed to skip bad inputs")
+            raise_bad_inputs(errors, hint="Qwen3VLEmbedder.try_embed embeds the good inputs and reports the bad ones")
         good = [position for position in good if position in costs]
         if not items or not good:
             return EmbeddingResult(np.zeros((0, row.shape[1]), row.dtype), np.zeros(0, np.int64), errors)

@@ -1,26 +1,60 @@
 """The one error type for bad user input."""
 from __future__ import annotations
 
+from typing import Sequence
+
+POSITIONS_SHOWN = 10  # positions of the other bad inputs named in the message; `.errors` holds them all
+
 
 class Qwen3VLInputError(ValueError):
     """An input item cannot be used. Names the item (by its index in the caller's list) and the cause.
 
-    ``role`` is ``"item"`` for embedder inputs, ``"query"`` or ``"document"`` for the reranker.
+    ``role`` is ``"item"`` for embedder inputs, ``"query"`` or ``"document"`` for the reranker. A call that checks
+    all its inputs before any model work raises one error for all the bad ones: it names the first, and ``errors``
+    lists every one of them (this one first), each with its own ``index`` and ``cause``.
     """
 
-    def __init__(self, cause: str, index: int | None = None, role: str = "item") -> None:
+    def __init__(self, cause: str, index: int | None = None, role: str = "item",
+                 others: Sequence["Qwen3VLInputError"] = ()) -> None:
         self.cause = cause
         self.index = index
         self.role = role
-        where = role if index is None else f"{role} {index}"
-        super().__init__(f"{where}: {cause}")
+        self.others = tuple(others)
+        super().__init__(f"{_where(role, index)}: {cause}{_more(self.others)}")
 
-    def located(self, index: int | None, role: str) -> "Qwen3VLInputError":
-        """The same cause, attributed to another position (used when items are nested or reordered)."""
-        return Qwen3VLInputError(self.cause, index=index, role=role)
+    @property
+    def errors(self) -> list["Qwen3VLInputError"]:
+        """Every bad input this error reports, in the caller's order: this one, then the others."""
+        return [self, *self.others]
+
+    def located(self, index: int | None, role: str,
+                others: Sequence["Qwen3VLInputError"] | None = None) -> "Qwen3VLInputError":
+        """The same cause, attributed to another position (used when items are nested or reordered); `others`
+        replaces the other bad inputs' errors (relocated the same way), which are otherwise kept, as are the notes."""
+        moved = Qwen3VLInputError(self.cause, index=index, role=role, others=self.others if others is None else others)
+        for note in getattr(self, "__notes__", ()):
+            moved.add_note(note)
+        return moved
 
     def __reduce__(self):  # keep pickling (multiprocessing, caching) working with the custom __init__
-        return (type(self), (self.cause, self.index, self.role))
+        notes = getattr(self, "__notes__", None)
+        return (type(self), (self.cause, self.index, self.role, self.others), {"__notes__": notes} if notes else None)
+
+
+def _where(role: str, index: int | None) -> str:
+    return role if index is None else f"{role} {index}"
+
+
+def _more(others: Sequence[Qwen3VLInputError]) -> str:
+    if not others:
+        return ""
+    shown = [str(error.index) if error.index is not None else error.role for error in others[:POSITIONS_SHOWN]]
+    roles = {error.role for error in others}
+    plural = "s" if len(others) > 1 else ""
+    label = f"{roles.pop()}{plural} " if len(roles) == 1 else ""
+    etc = ", ..." if len(others) > POSITIONS_SHOWN else ""
+    return (f" (and {len(others)} more bad input{plural}: {label}{', '.join(shown)}{etc};"
+            " each with its cause in this error's .errors)")
 
 
 def position_of(error: Qwen3VLInputError) -> int:

@@ -231,12 +231,13 @@ def parse_items(
     return items, errors
 
 
-def raise_first(errors: list[Qwen3VLInputError], hint: str = "") -> None:
-    """Raise the first error, mentioning how many more there are."""
+def raise_bad_inputs(errors: list[Qwen3VLInputError], hint: str = "") -> None:
+    """Raise one error for all of `errors` (in the caller's order): it names the first, lists the others' positions
+    and holds them all in `.errors`; `hint` becomes a note on it (shown under the traceback)."""
     if not errors:
         return
     first = errors[0]
-    cause = first.cause
-    if len(errors) > 1:
-        cause += f" (and {len(errors) - 1} more bad input(s){hint})"
-    raise Qwen3VLInputError(cause, index=first.index, role=first.role)
+    error = Qwen3VLInputError(first.cause, index=first.index, role=first.role, others=errors[1:])
+    if hint:
+        error.add_note(hint)
+    raise error

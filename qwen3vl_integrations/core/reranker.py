@@ -8,7 +8,7 @@ import torch
 
 from .encoding import EncodedItem, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError, position_of
-from .inputs import Item, input_list, official_item, parse_items, raise_first
+from .inputs import Item, input_list, official_item, parse_items, raise_bad_inputs
 from .media import _Invalid
 from .options import flag, whole_number
 from .prefix import VISION_END, QueryPrefix, inputs_after_prefix
@@ -143,7 +143,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
             except _Invalid as exc:
                 errors.append(Qwen3VLInputError(str(exc), index=position, role="document"))
         errors.sort(key=position_of)
-        raise_first(errors)
+        raise_bad_inputs(errors)
         documents = [document for document in parsed_documents if document is not None]  # all of them: none failed
 
         loaded = self.load()

@@ -23,7 +23,7 @@ from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
 from ..core.quantization import check_dimensions
 from ._core import HoldsCoreObject
 from .embeddings_cache import SeparatedEmbeddingsCache, cache_namespace
-from .nodes import node_to_item
+from .nodes import name_the_nodes, node_to_item
 
 if TYPE_CHECKING:
     from ..core.embedder import Qwen3VLEmbedder
@@ -37,45 +37,52 @@ DEFAULT_EMBED_BATCH_SIZE = 256
 __all__ = ["Qwen3VLEmbedding", "image_query_bundle", "video_query_bundle", "DEFAULT_EMBEDDING_MODEL"]
 
 
-_FAILED_INPUT = "_qwen3vl_failed_input"  # set on a chunk call's input error: the input object it names
+_FAILED_INPUT = "_qwen3vl_failed_input"  # set on a chunk call's input errors: the input object each names
 _UNMARKED = object()
 
 
 @contextlib.contextmanager
 def _naming_the_input(chunk: Sequence[Any]) -> Iterator[None]:
-    """Around one chunk call: an input error carries the input object it names (`_positions_in` locates it)."""
+    """Around one chunk call: each input error carries the input object it names (`_positions_in` locates it)."""
     try:
         yield
     except Qwen3VLInputError as error:
-        if isinstance(error.index, int) and 0 <= error.index < len(chunk):
-            setattr(error, _FAILED_INPUT, chunk[error.index])
+        for each in error.errors:
+            if isinstance(each.index, int) and 0 <= each.index < len(chunk):
+                setattr(each, _FAILED_INPUT, chunk[each.index])
         raise
 
 
 @contextlib.contextmanager
 def _positions_in(inputs: Sequence[Any]) -> Iterator[None]:
     """Around a ``get_*_batch`` method: LlamaIndex calls us per chunk of ``embed_batch_size`` (or per cache miss
-    list), so an error's index counts within that chunk. Found by identity, the input it names gets its position in
-    the caller's list (the first, if the same object is there twice: the same input, the same cause)."""
+    list), so an error's indices count within that chunk. Found by identity, each input an error names gets its
+    position in the caller's list (the first, if the same object is there twice: the same input, the same cause)."""
     try:
         yield
     except Qwen3VLInputError as error:
-        failed = getattr(error, _FAILED_INPUT, _UNMARKED)
-        position = next((p for p, value in enumerate(inputs) if value is failed), None)
+        positions: dict[int, int] = {}
+        for place, value in enumerate(inputs):
+            positions.setdefault(id(value), place)
+
+        def position_of_input(each: Qwen3VLInputError) -> int | None:
+            failed = getattr(each, _FAILED_INPUT, _UNMARKED)
+            return None if failed is _UNMARKED else positions.get(id(failed))
+
+        position = position_of_input(error)
         if position is None:
             raise
-        raise error.located(position, error.role) from None
+        others = [other.located(position_of_input(other), other.role) for other in error.others]
+        raise error.located(position, error.role, others=others) from None
 
 
 @contextlib.contextmanager
 def _naming_the_node(nodes: Sequence[BaseNode], group: List[tuple]) -> Iterator[None]:
-    """Attach "while embedding node <id>" to a core input error whose index points into `group`."""
+    """Name the nodes behind a core input error whose indices point into `group`."""
     try:
         yield
     except ValueError as error:
-        index = getattr(error, "index", None)
-        if isinstance(index, int) and 0 <= index < len(group):
-            error.add_note(f"while embedding node {nodes[group[index][0]].node_id!r}")
+        name_the_nodes(error, [nodes[position].node_id for position, _ in group], "embedding")
         raise
 
 

@@ -24,9 +24,11 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
-from typing import Any, Literal, Optional, Tuple, Union
+from typing import Any, Literal, Optional, Sequence, Tuple, Union
 
 from llama_index.core.schema import BaseNode, ImageNode, MetadataMode, Node, QueryBundle
+
+from ..core.errors import POSITIONS_SHOWN
 
 from ..core.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, has_extension
 
@@ -158,3 +160,21 @@ def query_bundle_to_item(query_bundle: QueryBundle) -> Item:
     if text.strip():
         item["text"] = text
     return item
+
+
+def name_the_nodes(error: BaseException, node_ids: Sequence[str], doing: str, role: Optional[str] = None) -> None:
+    """Notes on a core input error whose indices point into `node_ids`: the node it names ("while <doing> node
+    <id>") and the ids of the other bad nodes it reports. Errors about another `role` (a query) are left alone."""
+    node_id = _node_id_at(getattr(error, "index", None), node_ids)
+    if (role is not None and getattr(error, "role", None) != role) or node_id is None:
+        return
+    error.add_note(f"while {doing} node {node_id!r}")
+    others = [_node_id_at(other.index, node_ids) for other in getattr(error, "others", ())]
+    shown = [repr(other) for other in others if other is not None]
+    if shown:
+        etc = f" and {len(shown) - POSITIONS_SHOWN} more" if len(shown) > POSITIONS_SHOWN else ""
+        error.add_note(f"the other bad nodes: {', '.join(shown[:POSITIONS_SHOWN])}{etc}")
+
+
+def _node_id_at(index: Any, node_ids: Sequence[str]) -> Optional[str]:
+    return node_ids[index] if isinstance(index, int) and 0 <= index < len(node_ids) else None

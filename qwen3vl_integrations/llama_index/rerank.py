@@ -21,7 +21,7 @@ from pydantic import AliasChoices
 
 from ..core.async_calls import reranking_threads
 from ._core import HoldsCoreObject
-from .nodes import node_to_item, query_bundle_to_item
+from .nodes import name_the_nodes, node_to_item, query_bundle_to_item
 
 if TYPE_CHECKING:
     from ..core.reranker import Qwen3VLReranker
@@ -170,8 +170,6 @@ class Qwen3VLRerank(HoldsCoreObject, BaseNodePostprocessor):
     def _scores(self, query: Any, documents: List[Any], nodes: List[NodeWithScore]) -> Any:
         try:
             return self.reranker.score(query, documents, instruction=self.instruction, batch_size=self.batch_size)
-        except ValueError as error:  # Qwen3VLInputError: say which node it was
-            index = getattr(error, "index", None)
-            if getattr(error, "role", None) == "document" and isinstance(index, int) and 0 <= index < len(nodes):
-                error.add_note(f"while reranking node {nodes[index].node.node_id!r}")
+        except ValueError as error:  # Qwen3VLInputError: say which nodes it was
+            name_the_nodes(error, [n.node.node_id for n in nodes], "reranking", role="document")
             raise
