@@ -71,6 +71,9 @@ def transparent_red(image: Image.Image) -> Image.Image:
 @pytest.mark.parametrize("make", [lambda i: i.convert("RGBA"), lambda i: i.convert("L"), transparent_red,
                                   lambda i: np.asarray(i), lambda i: i.crop((0, 0, 48, 64))],
                          ids=["RGBA", "L", "RGB with a transparent colour", "array", "not a multiple of 32"])
+# np.asarray(PIL image) is read-only, and the processor's torch.from_numpy warns about it: this test hands the array
+# to the processor as it is (the package turns a caller's array into a PIL image before the processor sees it).
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable:UserWarning")
 def test_images_only_the_processor_can_cut_are_left_to_it(image_processor, make):
     """Other modes, a transparent colour (which the processor's RGB conversion paints white), arrays and sizes the
     processor rejects are not cut here: encoding hands them to the processor, whose values (or error) they get."""
