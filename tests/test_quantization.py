@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import qwen3vl_integrations.core.quantization as cq
+import qwen3vl_integrations.core.search as cs
 from qwen3vl_integrations.quantization import (
     PRECISIONS,
     Ranges,
@@ -51,11 +52,11 @@ def brute_hamming(qbits, xbits):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Tiny working sets so that every search crosses many corpus/query blocks and merges pools."""
-    monkeypatch.setattr(cq, "_BLOCK_ELEMS", 64 * 97)
-    monkeypatch.setattr(cq, "_QUERY_BLOCK", 3)
-    monkeypatch.setattr(cq, "_HAMMING_ELEMS", 3 * 8 * 41)
-    monkeypatch.setattr(cq, "_FAISS_BINARY_BLOCK_BYTES", 8 * 150)
-    monkeypatch.setattr(cq, "_CANON_ELEMS", 4096)
+    monkeypatch.setattr(cs, "_BLOCK_ELEMS", 64 * 97)
+    monkeypatch.setattr(cs, "_QUERY_BLOCK", 3)
+    monkeypatch.setattr(cs, "_HAMMING_ELEMS", 3 * 8 * 41)
+    monkeypatch.setattr(cs, "_FAISS_BINARY_BLOCK_BYTES", 8 * 150)
+    monkeypatch.setattr(cs, "_CANON_ELEMS", 4096)
     monkeypatch.setattr(cq, "_QUANT_ROWS_ELEMS", 500)
 
 
