@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qwen3vl_integrations.core import rotary
-from qwen3vl_integrations.core.loading import use_grouped_vision_attention
+from qwen3vl_integrations.core.vision_levers import use_grouped_vision_attention
 
 
 def _axial_cos_sin(tokens: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

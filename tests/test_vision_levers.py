@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from qwen3vl_integrations.core.loading import use_grouped_vision_attention, use_linear_patch_embed
+from qwen3vl_integrations.core.vision_levers import use_grouped_vision_attention, use_linear_patch_embed
 
 
 def test_linear_patch_embed_matches_conv3d():
@@ -132,7 +132,7 @@ def test_indexed_deepstack_matches_stock(tiny_embedding_path):
     """Deep-stacked vision features added at integer positions found once per pass: the stock values, bit for bit."""
     from transformers import AutoModel
 
-    from qwen3vl_integrations.core.loading import use_indexed_deepstack
+    from qwen3vl_integrations.core.vision_levers import use_indexed_deepstack
 
     model = AutoModel.from_pretrained(str(tiny_embedding_path), dtype=torch.float32).eval()
     language_model = model.language_model

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .caching import BoundedCache, owner_cache
-from .loading import chunk_runs
+from .vision_levers import chunk_runs
 
 # (modality prefix of the precomputed inputs, the batch's grid key)
 MODALITIES = (("image", "image_grid_thw"), ("video", "video_grid_thw"))
@@ -84,7 +84,7 @@ def layout_of(module: ModuleType, visual: Any, grid: torch.Tensor) -> tuple[torc
 def vision_layout(backbone: Any, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The vision tower's precomputed inputs for `batch`: (CPU tensors for the model's device, Python values).
 
-    The values are the chunk runs of our grouped vision attention (`loading.py`) and, under FlashAttention, the
+    The values are the chunk runs of our grouped vision attention (`vision_levers.py`) and, under FlashAttention, the
     longest chunk. Both empty for a batch without media or a tower that computes its own layout."""
     visual = getattr(backbone, "visual", None)
     module = layout_helpers(visual) if any(key in batch for _, key in MODALITIES) else None
