@@ -856,6 +856,26 @@ def test_registry_shares_one_model(tiny_embedding_path):
     assert np.isfinite(half.embed(["x"])).all() and half.embed(["x"]).dtype == np.float32
 
 
+def test_one_folder_under_two_spellings_loads_once(tiny_embedding_path, tmp_path, monkeypatch):
+    """On a case-insensitive disk (macOS, Windows) `Path.resolve()` keeps the case it is given, so `~/Models/X` and
+    `~/models/x` are two names of one folder; stood in for here by a symlink that `resolve` does not follow, as
+    `resolve` does not fold the case there."""
+    import os
+
+    from qwen3vl_integrations.core import loading
+
+    other_spelling = tmp_path / "Tiny-Embedding"
+    other_spelling.symlink_to(tiny_embedding_path, target_is_directory=True)
+    monkeypatch.setattr(loading.Path, "resolve", lambda self, strict=False: loading.Path(os.path.abspath(self)))
+    a = Qwen3VLEmbedder(str(tiny_embedding_path), device="cpu")
+    b = Qwen3VLEmbedder(str(other_spelling), device="cpu")
+    assert a.load() is b.load()
+    # a folder deleted since leaves its identity to whatever reuses its inode: that is another folder
+    identity = (os.stat(tiny_embedding_path).st_dev, os.stat(tiny_embedding_path).st_ino)
+    monkeypatch.setitem(loading._SPELLINGS, identity, str(tmp_path / "deleted-since"))
+    assert loading._normalise_path(str(other_spelling)) == str(other_spelling)
+
+
 def test_backbone_has_no_lm_head(emb):
     loaded = emb.load()
     assert type(loaded.backbone).__name__ == "Qwen3VLModel"

@@ -250,9 +250,32 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# The first spelling seen of each local checkpoint folder, by the folder's (device, inode): on case-insensitive disks
+# (macOS, Windows) `resolve()` keeps the case it is given, so `~/Models/X` and `~/models/x` would load twice.
+_SPELLINGS: dict[tuple[int, int], str] = {}
+
+
 def _normalise_path(path: str) -> str:
     local = Path(path).expanduser()
-    return str(local.resolve()) if local.exists() else path
+    if not local.exists():
+        return path  # a hub id
+    resolved = str(local.resolve())
+    identity = _identity_of(resolved)
+    if identity is None or identity[1] == 0:  # no inode numbers (some network or FAT drives): no identity
+        return resolved
+    known = _SPELLINGS.get(identity)
+    if known is not None and known != resolved and _identity_of(known) == identity:
+        return known
+    _SPELLINGS[identity] = resolved  # first seen, or the folder known by that identity is gone (its inode reused)
+    return resolved
+
+
+def _identity_of(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def load_shared(path: str, role: str, device: torch.device, dtype: torch.dtype, attn_implementation: str,
