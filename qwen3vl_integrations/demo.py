@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli
+from .cli.models import _is_tiny
 from .sample_data import generate_sample_data
 
 DEFAULT_OUT = "demo-output"
@@ -43,7 +44,7 @@ def run_demo(model: str = "real", *, reranker: str | None = None, out: str | Pat
     """Run the demo; returns the exit status of the first failing step, or 0."""
     if model == "real":
         model, reranker = cli.REAL_EMBEDDING_MODEL, reranker or cli.REAL_RERANKER_MODEL
-    elif cli._is_tiny(model):
+    elif _is_tiny(model):
         model, reranker = cli.TINY, reranker or cli.TINY
     else:  # the user's embedding model: the reranker `qwen3vl-search query` picks for its index
         reranker = reranker or cli.REAL_RERANKER_MODEL
@@ -82,13 +83,13 @@ def run_demo(model: str = "real", *, reranker: str | None = None, out: str | Pat
     print("\nDone. Results pictures (thumbnails with scores):")
     for p in pictures:
         print(f"  {p}")
-    if cli._is_tiny(model):
+    if _is_tiny(model):
         print("\n" + cli.TINY_WARNING)
     return 0
 
 
 def _offline_hint(model: str) -> None:
-    if cli._is_tiny(model) or Path(model).exists():
+    if _is_tiny(model) or Path(model).exists():
         return
     print("\nThe real models could not be loaded (see the message above). Options:\n"
           "  make demo MODEL=tiny          offline, tiny random checkpoints (the pipeline runs; rankings are "

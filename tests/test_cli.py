@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from qwen3vl_integrations import cli
+from qwen3vl_integrations.cli import indexing
 from qwen3vl_integrations.sample_data import SAMPLE_FILES, generate_sample_data
 
 
@@ -256,7 +257,7 @@ def test_nothing_readable(tmp_path, tiny_embedding_path, capsys):
 
 def test_index_folder_is_checked_before_any_model_work(tmp_path, sample_folder, monkeypatch, capsys):
     """A file as --index-dir, or the indexed folder itself, fails at once: not after every file was embedded."""
-    monkeypatch.setattr(cli, "_make_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(indexing, "_make_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
     folder = tmp_path / "photos"
     folder.mkdir()
     shutil.copy(sample_folder / "red_circle.png", folder)
@@ -301,7 +302,7 @@ def test_interrupts_wait_for_the_moves(monkeypatch):
 
     moved = []
     with pytest.raises(KeyboardInterrupt):
-        with cli._interrupts_deferred():
+        with indexing._interrupts_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             moved.append("after the signal")
     assert moved == ["after the signal"]
@@ -456,7 +457,7 @@ def test_demo_with_real_models_offline_says_how_to_run_offline(tmp_path, monkeyp
 def test_text_files_saved_with_a_byte_order_mark_embed_as_their_text(tmp_path):
     """Notepad's "UTF-8 with BOM" (and PowerShell 5's utf8): the BOM stayed at the start of the text, 3 more tokens."""
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + "A red circle".encode())
-    assert cli._read_text(tmp_path / "bom.txt") == "A red circle"
+    assert indexing._read_text(tmp_path / "bom.txt") == "A red circle"
 
 
 def test_output_outside_the_consoles_code_page_is_escaped(index_dir, monkeypatch):
@@ -477,8 +478,8 @@ def test_the_index_folder_is_recognised_under_another_spelling(tmp_path, sample_
     """On macOS' case-insensitive disks `photos` is the folder `Photos`, and `resolve()` keeps the case it was given:
     the guard against indexing into the indexed folder, and the index folder's exclusion from the scan, compared
     resolved names and missed it. A symlink stands in for the second spelling, with `resolve()` leaving it as is."""
-    monkeypatch.setattr(cli.Path, "resolve", lambda self, strict=False: cli.Path(os.path.abspath(self)))
-    monkeypatch.setattr(cli, "_make_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(indexing.Path, "resolve", lambda self, strict=False: indexing.Path(os.path.abspath(self)))
+    monkeypatch.setattr(indexing, "_make_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
     folder = tmp_path / "Photos"
     (folder / "Index").mkdir(parents=True)
     shutil.copy(sample_folder / "red_circle.png", folder)
@@ -521,12 +522,12 @@ def test_an_index_folder_that_cannot_be_made_is_refused_before_any_model_work(tm
                                                                               capsys):
     """`os.access` said yes where the index could not be written: always for folders on Windows (it reads only the
     read-only attribute), and for root by the permission bits: the failure came after every file was embedded."""
-    monkeypatch.setattr(cli.os, "access", lambda *args, **kwargs: True)  # Windows' answer for a folder
-    monkeypatch.setattr(cli, "_make_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(indexing.os, "access", lambda *args, **kwargs: True)  # Windows' answer for a folder
+    monkeypatch.setattr(indexing, "_make_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
     folder = tmp_path / "photos"
     folder.mkdir()
     shutil.copy(sample_folder / "red_circle.png", folder)
     code, _, err = _run(capsys, "index", folder, "--index-dir", "/proc/qwen3vl-index", "--model", "tiny")
     _assert_one_line_error(code, err, 2, "cannot create or write the index folder")
-    cli._check_index_dir(tmp_path / "new" / "index", folder)  # a folder that can be made: the check leaves nothing
+    indexing._check_index_dir(tmp_path / "new" / "index", folder)  # a folder that can be made: the check leaves nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
