@@ -93,13 +93,33 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files from the media folder, plus /nolength/<name> (no Content-Length), /slow/<name> and
-    /trickle/<name> (a few bytes at a time, each within any read timeout, for 30 s)."""
+    """Static files from the media folder, plus /nolength/<name> (no Content-Length), /slow/<name>,
+    /trickle/<name> (a few bytes at a time, each within any read timeout, for 30 s), /trickled-headers/<name> (the
+    same in the headers) and /hops/<n>/<name> (n redirects, each 0.3 s late, then the file)."""
 
     def log_message(self, *args):  # keep test output clean
         pass
 
     def do_GET(self):
+        if self.path.startswith("/trickled-headers/"):
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(150):
+                    self.wfile.write(b"X-Slow: a\r\n")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:  # the client gave up
+                pass
+            self.close_connection = True
+            return
+        if self.path.startswith("/hops/"):
+            hops, _, name = self.path[len("/hops/"):].partition("/")
+            time.sleep(0.3)
+            self.send_response(302)
+            self.send_header("Location", f"/hops/{int(hops) - 1}/{name}" if int(hops) > 1 else f"/{name}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path.startswith("/trickle/"):
             self.send_response(200)
             self.end_headers()
@@ -422,6 +442,18 @@ def test_http_timeout(http_base):
     with pytest.raises(_Invalid, match=r"took over 2 s to download .*remote_timeout=0.5 s per read"):
         resolve_image(f"{http_base}/trickle/red.png", MediaPolicy(allow_remote=True, timeout=0.5))
     assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("path", ["trickled-headers/red.png", "hops/12/red.png"])
+def test_http_deadline_covers_headers_and_redirects(http_base, path):
+    """The whole fetch has its deadline, not only the body: headers sent a line at a time, or a chain of slow
+    redirects, each read within the per-read timeout, held the call for as long as the server liked (30 s and
+    3.6 s here; days, for a hostile server)."""
+    start = time.perf_counter()
+    with pytest.raises(_Invalid, match=r"took over 2 s to download .*redirects included"):
+        resolve_image(f"{http_base}/{path}", MediaPolicy(allow_remote=True, timeout=0.5))
+    assert time.perf_counter() - start < 3
+    assert resolve_image(f"{http_base}/hops/2/red.png", MediaPolicy(timeout=5)).size == (160, 120)
 
 
 # ------------------------------------------------------------------------------------------ videos: unit

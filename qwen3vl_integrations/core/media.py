@@ -9,17 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import os
 import re
-import sys
-import tempfile
-import time
 import urllib.parse
 import urllib.request
 import warnings
-import weakref
 from dataclasses import dataclass
-from pathlib import Path, PosixPath, WindowsPath
+from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -57,72 +52,6 @@ def has_extension(name: str, extensions: tuple[str, ...]) -> bool:
 
 def is_remote(value: str) -> bool:
     return value.startswith(("http://", "https://"))
-
-
-def fetch_remote(url: str, policy: MediaPolicy) -> bytes:
-    """GET an http(s) URL with timeouts (connect, each read, the whole file) and a byte cap."""
-    if not policy.allow_remote:
-        raise _Invalid(f"remote fetching is disabled (allow_remote=False): {url!r}")
-    import requests
-
-    deadline = time.monotonic() + DOWNLOAD_TIMEOUTS * policy.timeout
-    try:
-        with requests.get(url, stream=True, timeout=(policy.timeout, policy.timeout)) as response:
-            response.raise_for_status()
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > policy.max_remote_bytes:
-                raise _Invalid(f"{url!r} is {int(declared)} bytes, over the {policy.max_remote_bytes}-byte cap")
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                # read1 returns what has arrived (iter_content would wait for a full chunk, which a server
-                # trickling bytes delays without ever passing the per-read timeout)
-                chunk = response.raw.read1(1 << 16, decode_content=True)
-                if not chunk:
-                    return b"".join(chunks)
-                size += len(chunk)
-                if size > policy.max_remote_bytes:
-                    raise _Invalid(f"{url!r} exceeds the {policy.max_remote_bytes}-byte cap")
-                if time.monotonic() > deadline:
-                    raise _Invalid(f"{url!r} took over {DOWNLOAD_TIMEOUTS * policy.timeout:g} s to download "
-                                   f"({size} bytes so far; remote_timeout={policy.timeout:g} s per read, "
-                                   f"{DOWNLOAD_TIMEOUTS}x that per file)")
-                chunks.append(chunk)
-    except _Invalid:
-        raise
-    except Exception as exc:  # requests' and urllib3's many exception types, all meaning "could not fetch"
-        raise _Invalid(f"could not fetch {url!r}: {exc}") from None
-
-
-# Path itself cannot be subclassed before Python 3.12: the concrete class that Path() makes here is.
-if sys.platform == "win32":
-    _ConcretePath = WindowsPath
-else:
-    _ConcretePath = PosixPath
-
-
-class _FetchedFile(_ConcretePath):
-    """A temporary file holding fetched remote content; removed once nothing refers to this path any more."""
-
-
-def _kept_on_disk(data: bytes, kind: str) -> Path:
-    """Remote content in a temporary file: every input of a call is resolved before the model runs, and a call
-    with thousands of image URLs held them all in memory (500 URLs of 1 MiB: 516 MiB)."""
-    if not data:
-        raise _Invalid(f"empty {kind} data")
-    handle, name = tempfile.mkstemp(prefix="qwen3vl-fetched-")
-    with os.fdopen(handle, "wb") as file:
-        file.write(data)
-    path = _FetchedFile(name)
-    weakref.finalize(path, _remove, name)
-    return path
-
-
-def _remove(name: str) -> None:
-    try:
-        os.unlink(name)
-    except OSError:
-        pass
 
 
 def decode_data_uri(uri: str) -> bytes:
@@ -301,7 +230,9 @@ def locate(value: Any, policy: MediaPolicy, kind: str) -> tuple[Path | None, byt
         if not value.strip():
             raise _Invalid(f"empty string where {'an' if kind[0] in 'aeiou' else 'a'} {kind} was expected")
         if is_remote(value):
-            return _kept_on_disk(fetch_remote(value, policy), kind), None
+            from .fetching import fetch_remote  # imports requests: only when something is fetched
+
+            return fetch_remote(value, policy, kind), None
         elif value.startswith("data:"):
             data = decode_data_uri(value)
         elif "://" in value and not value.startswith("file://"):
