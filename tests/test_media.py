@@ -100,18 +100,21 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
+    def _trickle(self, piece: bytes) -> None:
+        """`piece` every 0.2 s for 30 s, or until the client gives up."""
+        try:
+            for _ in range(150):
+                self.wfile.write(piece)
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:  # the client gave up
+            pass
+        self.close_connection = True
+
     def do_GET(self):
         if self.path.startswith("/trickled-headers/"):
-            try:
-                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
-                for _ in range(150):
-                    self.wfile.write(b"X-Slow: a\r\n")
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            except OSError:  # the client gave up
-                pass
-            self.close_connection = True
-            return
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            return self._trickle(b"X-Slow: a\r\n")
         if self.path.startswith("/hops/"):
             hops, _, name = self.path[len("/hops/"):].partition("/")
             time.sleep(0.3)
@@ -123,15 +126,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if self.path.startswith("/trickle/"):
             self.send_response(200)
             self.end_headers()
-            try:
-                for _ in range(150):
-                    self.wfile.write(b"\x89PNG" * 4)
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            except OSError:  # the client gave up
-                pass
-            self.close_connection = True
-            return
+            return self._trickle(b"\x89PNG" * 4)
         if self.path.startswith("/slow/"):
             time.sleep(3)
             self.path = "/" + self.path[len("/slow/"):]
