@@ -313,6 +313,26 @@ def test_bad_image_files(media_dir):
         resolve_image(str(media_dir), POLICY)
 
 
+@pytest.mark.parametrize("kind", ["TIFF", "WEBP", "GIF", "BMP", "JPEG2000", "PPM", "TGA"])
+def test_common_image_formats_are_read(kind):
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buffer, kind)
+    assert resolve_image(buffer.getvalue(), POLICY).size == (40, 30)
+
+
+def test_icons_are_not_read(tmp_path):
+    """An icon's directory may name a 16x16 image while Pillow decodes the large PNG inside it within `Image.open`,
+    before the pixel cap could refuse it (a 687 KB icon holding 13,300 x 13,300 pixels: 1.7 s and 678 MB): icons
+    (and the other formats without a trustworthy header) are not read at all."""
+    inside = io.BytesIO()
+    Image.new("RGBA", (1200, 1200)).save(inside, "PNG", compress_level=9)
+    png = inside.getvalue()
+    icon = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22) + png
+    with pytest.raises(_Invalid, match=r"unreadable image \(not one of JPEG, .*PNG"):
+        resolve_image(icon, MediaPolicy(allow_remote=False, max_image_pixels=1_000_000))
+    assert not is_single_video([icon, icon])  # not taken for a frame list either
+
+
 def test_pixel_cap_is_checked_before_decoding(media_dir):
     # Our own cap: the header of red.png (160x120 = 19,200 px) is enough to refuse it.
     with pytest.raises(_Invalid, match="max_image_pixels"):

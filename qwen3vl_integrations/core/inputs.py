@@ -20,6 +20,7 @@ from .media import (
     VideoSource,
     _Invalid,
     has_extension,
+    open_image,
     resolve_image,
     resolve_video,
 )
@@ -66,7 +67,7 @@ def _is_image_data(value: Any) -> bool:
             return False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(stream):
+            with open_image(stream):
                 return True
     except Image.DecompressionBombError:
         return True  # an image (refused later, with the cause, when the frame is resolved)

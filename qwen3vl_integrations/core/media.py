@@ -163,11 +163,30 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray((values.astype(np.float32) / 257.0).round().astype(np.uint8), mode="L")
 
 
+# The image formats read: raster formats whose header gives the size before any pixel is decoded, so that the
+# max_image_pixels check comes first. Not ICO/ICNS (an icon's directory may name a 16x16 image while Pillow decodes
+# a 13,300-pixel-wide PNG inside `Image.open`: 680 MB), not EPS (Pillow hands it to Ghostscript), nor the rarer
+# formats Pillow knows. HEIF (iPhone photos) with a Pillow plugin such as pillow-heif.
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "AVIF", "HEIF", "JPEG2000", "PPM", "TGA",
+                 "QOI")
+
+
+def readable_image_formats() -> tuple[str, ...]:
+    """The IMAGE_FORMATS this Pillow reads (plugins register theirs when imported, so asked at each open)."""
+    Image.init()
+    return tuple(name for name in IMAGE_FORMATS if name in Image.OPEN)
+
+
+def open_image(fp: Any) -> Image.Image:
+    """`Image.open` restricted to the formats read here (UnidentifiedImageError for the others)."""
+    return Image.open(fp, formats=readable_image_formats())
+
+
 def _open_pil(fp: Any, policy: MediaPolicy, load: bool) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+            img = open_image(fp)
             width, height = img.size
             if width * height > policy.max_image_pixels:
                 raise _Invalid(
@@ -180,7 +199,9 @@ def _open_pil(fp: Any, policy: MediaPolicy, load: bool) -> Image.Image:
         raise
     except Image.DecompressionBombError as exc:
         raise _Invalid(f"image refused as a decompression bomb: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
+        raise _Invalid(f"unreadable image (not one of {', '.join(readable_image_formats())}): {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise _Invalid(f"unreadable image: {exc}") from None
 
 
