@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from qwen_vl_utils import vision_process as qvu
@@ -91,38 +91,46 @@ def _downsample_frames(frames: list, max_frames: int) -> list:
     return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, max_frames, dtype=int)]
 
 
+# Frames decoded and resized at a time: the sampled frames at full size are never all held at once (64 frames of a
+# 16 KB video of 2048x2048 held 1.8 GB; of 1080p, 2.7 GB in float32), only the resized ones. Each frame is resized
+# on its own, so the result is the same.
 RESIZE_CHUNK_FRAMES = 4
 
 
-def _read_frames_pyav(source: VideoFileSource, indices: list[int]) -> torch.Tensor:
+def _decord_chunks(reader: Any, indices: list[int]) -> Iterator[torch.Tensor]:
+    """The sampled frames as uint8 [k, 3, H, W], a chunk at a time (decord applies the display rotation)."""
+    for start in range(0, len(indices), RESIZE_CHUNK_FRAMES):
+        yield torch.from_numpy(reader.get_batch(indices[start:start + RESIZE_CHUNK_FRAMES]).asnumpy()).permute(
+            0, 3, 1, 2)
+
+
+def _pyav_chunks(source: VideoFileSource, indices: list[int]) -> Iterator[torch.Tensor]:
+    """The same from PyAV: frames at the sampled positions (increasing, repeats allowed), in order; where the file
+    has fewer decodable frames than its header counts, the last one stands in for the rest, as decord does."""
     import av
     import numpy as np
 
-    rows_of: dict[int, list[int]] = {}
-    for row, index in enumerate(indices):
-        rows_of.setdefault(index, []).append(row)
-    frames = None  # [T, H, W, 3], filled in place: one copy of the sampled frames
-    filled = np.zeros(len(indices), dtype=bool)
+    pending: list[Any] = []  # HxWx3 frames not yet handed out
+    row = 0  # the next sampled position to find
     last = None
     with av.open(source.stream()) as container:
         for position, frame in enumerate(container.decode(video=0)):
             last = frame
-            if position in rows_of:  # only the sampled frames are converted (a 20 s clip: 3x faster)
+            if indices[row] == position:  # only the sampled frames are converted (a 20 s clip: 3x faster)
                 rgb = _upright_rgb(frame)
-                if frames is None:
-                    frames = np.empty((len(indices), *rgb.shape), dtype=np.uint8)
-                frames[rows_of[position]] = rgb
-                filled[rows_of[position]] = True
-            if position >= indices[-1]:
+                while row < len(indices) and indices[row] == position:
+                    pending.append(rgb)
+                    row += 1
+            while len(pending) >= RESIZE_CHUNK_FRAMES:
+                yield torch.from_numpy(np.stack(pending[:RESIZE_CHUNK_FRAMES])).permute(0, 3, 1, 2)
+                del pending[:RESIZE_CHUNK_FRAMES]
+            if row == len(indices):
                 break
     if last is None:
         raise _Invalid("video has no decodable frames")
-    if not filled.all():  # fewer decodable frames than packets: reuse the last one
-        rgb = _upright_rgb(last)
-        if frames is None:
-            frames = np.empty((len(indices), *rgb.shape), dtype=np.uint8)
-        frames[~filled] = rgb
-    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+    pending += [_upright_rgb(last)] * (len(indices) - row)
+    for start in range(0, len(pending), RESIZE_CHUNK_FRAMES):
+        yield torch.from_numpy(np.stack(pending[start:start + RESIZE_CHUNK_FRAMES])).permute(0, 3, 1, 2)
 
 
 def _upright_rgb(frame: Any) -> Any:
@@ -137,45 +145,43 @@ def _upright_rgb(frame: Any) -> Any:
 
 def read_video_file(source: VideoFileSource, item_fps: float | None, item_max_frames: int | None,
                     limits: VisionLimits) -> PreparedVideo:
-    """Sample frames like qwen-vl-utils' decord reader, then resize under `total_pixels`."""
+    """Sample frames like qwen-vl-utils' decord reader, then resize under `total_pixels`, a few frames at a time."""
     try:
         import decord  # noqa: F401
 
         have_decord = True
     except ImportError:
         have_decord = False
+    resized: list[torch.Tensor] = []
     try:
         if have_decord:
             import decord
 
             reader = decord.VideoReader(source.stream())
-            total, video_fps = len(reader), reader.get_avg_fps()
-            nframes = frame_count(item_fps, item_max_frames, total, video_fps, limits)
-            indices = torch.linspace(0, total - 1, nframes).round().long().tolist()
-            video = torch.from_numpy(reader.get_batch(indices).asnumpy()).permute(0, 3, 1, 2)
-            backend = "decord"
+            total, video_fps, backend = len(reader), reader.get_avg_fps(), "decord"
         else:
-            total, video_fps = source.total_frames, source.fps
-            nframes = frame_count(item_fps, item_max_frames, total, video_fps, limits)
-            indices = torch.linspace(0, total - 1, nframes).round().long().tolist()
-            video = _read_frames_pyav(source, indices)
-            backend = "pyav"
+            total, video_fps, backend = source.total_frames, source.fps, "pyav"
+        nframes = frame_count(item_fps, item_max_frames, total, video_fps, limits)
+        indices = torch.linspace(0, total - 1, nframes).round().long().tolist()
+        chunks = _decord_chunks(reader, indices) if have_decord else _pyav_chunks(source, indices)
+        size: tuple[int, int] | None = None
+        for chunk in chunks:
+            if size is None:  # from the frames, not the header: a rotated video's are turned
+                size = _resized_frame_size(nframes, chunk.shape[2], chunk.shape[3], limits)
+            resized.append(TF.resize(chunk, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True))
     except _Invalid:
         raise
     except Exception as exc:  # decoder errors
         raise _Invalid(f"unreadable video: {exc}") from None
-    height, width = video.shape[2], video.shape[3]
+    metadata = {"fps": video_fps, "frames_indices": indices, "total_num_frames": total, "video_backend": backend}
+    return PreparedVideo(torch.cat(resized).float(), metadata)
+
+
+def _resized_frame_size(nframes: int, height: int, width: int, limits: VisionLimits) -> tuple[int, int]:
     try:
-        new_h, new_w = _frame_budget(video.shape[0], height, width, limits.total_pixels)
+        return _frame_budget(nframes, height, width, limits.total_pixels)
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
-    # In chunks: the resize works in float32 on whole frames (64 frames of 1080p: 1.5 GB at once); each frame is
-    # resized on its own, so the result is the same.
-    frames = torch.cat([TF.resize(video[start:start + RESIZE_CHUNK_FRAMES], [new_h, new_w],
-                                  interpolation=InterpolationMode.BICUBIC, antialias=True)
-                        for start in range(0, video.shape[0], RESIZE_CHUNK_FRAMES)]).float()
-    metadata = {"fps": video_fps, "frames_indices": indices, "total_num_frames": total, "video_backend": backend}
-    return PreparedVideo(frames, metadata)
 
 
 def prepare_frame_list(source: FrameListSource, limits: VisionLimits, policy: MediaPolicy) -> PreparedVideo:
