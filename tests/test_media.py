@@ -695,6 +695,21 @@ def test_video_frames_are_resized_a_few_at_a_time(media_dir, monkeypatch):
     assert torch_equal(prepare_video(source, 8.0, None, limits, POLICY).frames, chunked.frames)
 
 
+@pytest.mark.parametrize("listing", [
+    ("clips.m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2,\n{uri}\n#EXT-X-ENDLIST\n"),
+    ("clips.txt", "ffconcat version 1.0\nfile '{path}'\n"),
+])
+def test_video_files_that_name_other_files_are_not_read(tmp_path, listing):
+    """An HLS playlist (or an ffconcat list) is a video to FFmpeg, which then opens the files and URLs it names: one
+    path read a file the caller never named (and fetched URLs under allow_remote=False)."""
+    name, text = listing
+    segment = _clip(tmp_path / "segment.mkv", "matroska")
+    (tmp_path / name).write_text(text.format(uri=segment.as_uri(), path=segment))
+    assert resolve_video(segment, POLICY).total_frames == 16
+    with pytest.raises(_Invalid, match=r"unreadable video \(containers read: MP4/MOV, Matroska"):
+        resolve_video(tmp_path / name, POLICY)
+
+
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_video_frames_are_decoded_a_few_at_a_time(tmp_path, monkeypatch, backend):
     """The sampled frames at full size are never all held at once: a 16 KB file of 64 frames of 2048x2048 took

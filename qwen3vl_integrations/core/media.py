@@ -321,12 +321,28 @@ class FrameListSource:
 VideoSource = Union[VideoFileSource, FrameListSource]
 
 
-def probe_video_file(stream: Any) -> tuple[int, float, int, int]:
-    """(total_frames, fps, width, height) from the container header, via PyAV (no frame decoding)."""
+# The containers read (FFmpeg demuxer names). Not the formats whose files name other files or URLs that FFmpeg then
+# opens itself (an HLS playlist read `file:///...` segments and fetched with allow_remote=False; ffconcat lists).
+VIDEO_CONTAINERS = "mov,matroska,avi,mpeg,mpegts,flv,asf,ogg"
+VIDEO_CONTAINERS_SHOWN = "MP4/MOV, Matroska/WebM, AVI, MPEG, MPEG-TS, FLV, ASF/WMV, Ogg"
+
+
+def open_video_container(stream: Any) -> Any:
+    """`av.open` restricted to VIDEO_CONTAINERS."""
     import av
 
+    return av.open(stream, options={"format_whitelist": VIDEO_CONTAINERS})
+
+
+def probe_video_file(stream: Any) -> tuple[int, float, int, int]:
+    """(total_frames, fps, width, height) from the container header, via PyAV (no frame decoding). Every video file
+    is probed before anything else opens it, so decord never sees a container outside VIDEO_CONTAINERS."""
     try:
-        with av.open(stream) as container:
+        container = open_video_container(stream)
+    except Exception as exc:  # av raises many error types for unreadable files
+        raise _Invalid(f"unreadable video (containers read: {VIDEO_CONTAINERS_SHOWN}): {exc}") from None
+    try:
+        with container:
             if not container.streams.video:
                 raise _Invalid("no video stream in file")
             vs = container.streams.video[0]

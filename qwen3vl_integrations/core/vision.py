@@ -16,7 +16,8 @@ from qwen_vl_utils import vision_process as qvu
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from .media import FrameListSource, ImageSource, MediaPolicy, VideoFileSource, VideoSource, _Invalid
+from .media import (FrameListSource, ImageSource, MediaPolicy, VideoFileSource, VideoSource, _Invalid,
+                    open_video_container)
 
 PATCH_SIZE = 16
 IMAGE_FACTOR = 32  # patch 16 x spatial merge 2
@@ -107,13 +108,12 @@ def _decord_chunks(reader: Any, indices: list[int]) -> Iterator[torch.Tensor]:
 def _pyav_chunks(source: VideoFileSource, indices: list[int]) -> Iterator[torch.Tensor]:
     """The same from PyAV: frames at the sampled positions (increasing, repeats allowed), in order; where the file
     has fewer decodable frames than its header counts, the last one stands in for the rest, as decord does."""
-    import av
     import numpy as np
 
     pending: list[Any] = []  # HxWx3 frames not yet handed out
     row = 0  # the next sampled position to find
     last = None
-    with av.open(source.stream()) as container:
+    with open_video_container(source.stream()) as container:
         for position, frame in enumerate(container.decode(video=0)):
             last = frame
             if indices[row] == position:  # only the sampled frames are converted (a 20 s clip: 3x faster)
