@@ -541,6 +541,17 @@ def test_one_error_reports_every_bad_input(tiny_embedding_path, media_dir):
     assert [(each.index, each.cause) for each in clone.errors] == [(each.index, each.cause) for each in error.errors]
 
 
+def test_a_frame_list_reads_only_the_frames_max_frames_keeps(tiny_embedding_path, tmp_path):
+    """The constructor's max_frames samples a frame list when it is resolved: frames it drops are never read."""
+    red, blue = str(tmp_path / "red.png"), str(tmp_path / "blue.png")
+    Image.new("RGB", (96, 64), (200, 30, 30)).save(red)
+    Image.new("RGB", (96, 64), (30, 30, 200)).save(blue)
+    e = fresh(tiny_embedding_path, max_frames=4)
+    given = [red, "/never/read.png", "/never/read.png", blue] * 3  # sampled: 0, 3, 7, 11
+    given[7], given[11] = red, blue
+    np.testing.assert_allclose(e.embed([{"video": given}]), e.embed([{"video": [red, blue, red, blue]}]), atol=1e-6)
+
+
 def test_the_message_names_a_bounded_number_of_other_bad_inputs():
     others = [Qwen3VLInputError("file not found", index=i) for i in range(1, 30)]
     error = Qwen3VLInputError("file not found", index=0, others=others)

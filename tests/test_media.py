@@ -556,6 +556,26 @@ def test_frame_list_downsampled_to_constructor_max_frames(frame_dir):
     assert odd.metadata["fps"] == 2.0 and list(odd.metadata["frames_indices"]) == list(range(4))
 
 
+def test_a_frame_list_resolves_only_its_sampled_frames(frame_dir):
+    """A list of 2,000 frame URLs was fetched whole, one after another, for the 64 frames used: only the frames the
+    sampling keeps are fetched and read now (the others are never looked at), and a bad one is named by its place
+    in the list."""
+    folder, frames = frame_dir
+    policy = MediaPolicy(allow_remote=False, max_frames=4)
+    given = ["/never/read.png"] * 20
+    for position in (0, 6, 12, 19):  # np.linspace(0, 19, 4, dtype=int)
+        given[position] = frames[position % len(frames)]
+    source = resolve_video(given, policy)
+    assert len(source.frames) == 4
+    limits = VisionLimits(max_frames=4, total_pixels=TINY_LIMITS.total_pixels)
+    assert torch_equal(prepare_video(source, None, None, limits, policy).frames,
+                       prepare_video(resolve_video([given[p] for p in (0, 6, 12, 19)], POLICY), None, None, limits,
+                                     POLICY).frames)
+    given[19] = "/no/such/frame.png"
+    with pytest.raises(_Invalid, match=r"^frame 19: .*not found"):
+        resolve_video(given, policy)
+
+
 def test_a_video_array_converts_only_its_sampled_frames(monkeypatch):
     """Every frame of a [T, H, W, 3] array became a PIL image though max_frames of them are used (a 396 MiB array
     cost 600 MB more)."""

@@ -33,6 +33,7 @@ class MediaPolicy:
     timeout: float = 15.0  # seconds, for connecting and for each read; a whole file gets DOWNLOAD_TIMEOUTS of them
     max_remote_bytes: int = 256 * 2**20  # per fetched file (images and videos)
     max_image_pixels: int = 100_000_000  # width*height cap, checked from the header before decoding
+    max_frames: int = 64  # a frame list is sub-sampled to this many when resolved: only those are fetched and read
 
 
 DOWNLOAD_TIMEOUTS = 4  # a server trickling bytes passes every per-read timeout: the whole file has a deadline too
@@ -334,6 +335,13 @@ def open_video_container(stream: Any) -> Any:
     return av.open(stream, options={"format_whitelist": VIDEO_CONTAINERS})
 
 
+def sampled_positions(count: int, max_frames: int) -> list[int]:
+    """The frames a list of `count` keeps (REFERENCE.md §3 step 6): all, or `max_frames` evenly spread."""
+    if count <= max_frames:
+        return list(range(count))
+    return [int(i) for i in np.linspace(0, count - 1, max_frames, dtype=int)]
+
+
 def probe_video_file(stream: Any) -> tuple[int, float, int, int]:
     """(total_frames, fps, width, height) from the container header, via PyAV (no frame decoding). Every video file
     is probed before anything else opens it, so decord never sees a container outside VIDEO_CONTAINERS."""
@@ -374,15 +382,18 @@ def resolve_video(value: Any, policy: MediaPolicy) -> VideoSource:
         _check_image_array(value)
         height, width = value.shape[1:3]
         _has_pixels(width, height)
-        # Frames stay views of the array: only those sampled (max_frames) are ever converted to images.
-        return FrameListSource([ImageSource(width, height, array=frame) for frame in value])
+        # Frames stay views of the array: only those sampled are ever converted to images.
+        return FrameListSource([ImageSource(width, height, array=value[position])
+                                for position in sampled_positions(len(value), policy.max_frames)])
     if isinstance(value, (list, tuple)):
         if not value:
             raise _Invalid("empty frame list")
+        # Only the sampled frames are resolved: a list of 2,000 frame URLs was fetched whole, one after another,
+        # for the 64 frames used.
         frames = []
-        for position, frame in enumerate(value):
+        for position in sampled_positions(len(value), policy.max_frames):
             try:
-                frames.append(resolve_image(frame, policy))
+                frames.append(resolve_image(value[position], policy))
             except _Invalid as exc:
                 raise _Invalid(f"frame {position}: {exc}") from None
         return FrameListSource(frames)

@@ -185,7 +185,7 @@ class Qwen3VLRunner:
         self.max_batch_tokens = whole_number("max_batch_tokens", max_batch_tokens, 1)
         self.policy = MediaPolicy(flag("allow_remote", allow_remote), positive_number("remote_timeout", remote_timeout),
                                   whole_number("max_remote_bytes", max_remote_bytes, 1),
-                                  whole_number("max_image_pixels", max_image_pixels, 1))
+                                  whole_number("max_image_pixels", max_image_pixels, 1), self.limits.max_frames)
         self.preprocess_workers = whole_number("preprocess_workers", preprocess_workers, 0)
         # This object's calls that wait for the model while another call's pass runs (a service embedding its users'
         # queries from several threads) run their rows in one pass with the others' when it frees up

@@ -17,7 +17,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .media import (FrameListSource, ImageSource, MediaPolicy, VideoFileSource, VideoSource, _Invalid,
-                    open_video_container)
+                    open_video_container, sampled_positions)
 
 PATCH_SIZE = 16
 IMAGE_FACTOR = 32  # patch 16 x spatial merge 2
@@ -84,12 +84,9 @@ def _frame_budget(nframes: int, height: int, width: int, total_pixels: int) -> t
 
 
 def _downsample_frames(frames: list, max_frames: int) -> list:
-    """Frame lists longer than the constructor's max_frames are sub-sampled (REFERENCE.md §3 step 6)."""
-    if len(frames) <= max_frames:
-        return frames
-    import numpy as np
-
-    return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, max_frames, dtype=int)]
+    """Frame lists longer than the constructor's max_frames are sub-sampled (REFERENCE.md §3 step 6). Resolving
+    did it already where the media policy has the same max_frames (the core objects' own)."""
+    return [frames[position] for position in sampled_positions(len(frames), max_frames)]
 
 
 # Frames decoded and resized at a time: the sampled frames at full size are never all held at once (64 frames of a
