@@ -304,6 +304,30 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
     assert (pixels(resolve_image(ramp, POLICY)) == 255).all(-1).mean() < 0.01
 
 
+def test_local_files_can_be_refused_or_kept_to_one_folder(media_dir, tmp_path):
+    """A service whose users send strings would otherwise read any file they name (and tell them which exist)."""
+    red = media_dir / "red.png"
+    data = red.read_bytes()
+    closed = MediaPolicy(allow_remote=False, local_files=False)
+    for form in (str(red), red, red.as_uri(), "/etc/passwd", "/no/such/file.png"):
+        with pytest.raises(_Invalid, match=r"^local files are disabled \(allow_local_files=False\)"):
+            resolve_image(form, closed)
+    assert resolve_image(data, closed).size == resolve_image(data_uri(data, "image/png"), closed).size == (160, 120)
+
+    inside = tmp_path / "allowed"
+    inside.mkdir()
+    (inside / "red.png").write_bytes(data)
+    (inside / "link.png").symlink_to(red)  # inside by name, outside once followed
+    folder = MediaPolicy(allow_remote=False, local_files=inside.resolve())
+    assert resolve_image(inside / "red.png", folder).size == (160, 120)
+    assert resolve_image((inside / "red.png").as_uri(), folder).size == (160, 120)
+    for form in (red, inside / "link.png", inside / ".." / "allowed" / ".." / "x.png", "/etc/passwd"):
+        with pytest.raises(_Invalid, match="outside the folder of allow_local_files"):
+            resolve_image(form, folder)
+    with pytest.raises(_Invalid, match="^frame 0: local files are disabled"):
+        resolve_video([str(red), str(red)], closed)
+
+
 def test_bad_image_files(media_dir):
     with pytest.raises(_Invalid, match="unreadable image"):
         resolve_image(media_dir / "broken.png", POLICY)

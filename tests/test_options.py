@@ -31,6 +31,9 @@ from qwen3vl_integrations.core.loading import load_shared, resolve_device
     ("max_remote_bytes", -1, ValueError, "max_remote_bytes must be at least 1"),
     ("max_image_pixels", 0, ValueError, "max_image_pixels must be at least 1"),
     ("preprocess_workers", -3, ValueError, "preprocess_workers must be at least 0, got -3"),
+    ("allow_local_files", "false", ValueError, "allow_local_files must be True, False or an existing folder, got "
+                                               "'false' (no such folder)"),
+    ("allow_local_files", 1, TypeError, "allow_local_files must be True, False or a folder, got 1"),
     ("attn_implementation", "flash_attention_2", ValueError, "needs a CUDA device, the flash-attn 2 package and"),
     ("attn_implementation", 2, TypeError, "attn_implementation must be a str or None"),
 ])
@@ -43,6 +46,23 @@ def test_good_option_values_of_other_types_are_taken(tiny_embedding_path):
     e = Qwen3VLEmbedder(str(tiny_embedding_path), device="cpu", batch_size=np.int64(4), fps=2,
                         allow_remote=np.bool_(False), preprocess_workers=0)
     assert e.batch_size == 4 and type(e.batch_size) is int and e.limits.fps == 2.0 and e.policy.allow_remote is False
+
+
+def test_allow_local_files_reaches_every_input(tiny_embedding_path, tiny_reranker_path, media_dir, tmp_path):
+    """The adapters pass it in core_options; the reranker's query and documents obey it as the embedder's items."""
+    from qwen3vl_integrations.langchain import Qwen3VLEmbeddings
+
+    red = media_dir / "red.png"
+    closed = Qwen3VLEmbeddings(model_name=str(tiny_embedding_path), core_options={"allow_local_files": False})
+    with pytest.raises(ValueError, match="local files are disabled"):
+        closed.embed_image(uris=[str(red)])
+    assert len(closed.embed_documents(["text needs no file"])) == 1
+    kept = Qwen3VLReranker(str(tiny_reranker_path), device="cpu", allow_local_files=str(tmp_path))
+    assert kept.policy.local_files == tmp_path.resolve()
+    with pytest.raises(ValueError, match=r"^document 0: .*outside the folder of allow_local_files"):
+        kept.score("a red square", [{"image": str(red)}])
+    with pytest.raises(ValueError, match=r"^query: .*outside the folder of allow_local_files"):
+        kept.score({"image": str(red)}, ["a red square"])
 
 
 def test_share_query_prefix_takes_a_bool_or_none(tiny_reranker_path):

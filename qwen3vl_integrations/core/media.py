@@ -34,6 +34,9 @@ class MediaPolicy:
     max_remote_bytes: int = 256 * 2**20  # per fetched file (images and videos)
     max_image_pixels: int = 100_000_000  # width*height cap, checked from the header before decoding
     max_frames: int = 64  # a frame list is sub-sampled to this many when resolved: only those are fetched and read
+    # Local files named by a path or file:// URL: True (any), False (none: a service's users send bytes or URLs), or
+    # a folder (only files inside it, links followed), as vLLM's allowed_local_media_path.
+    local_files: Union[bool, Path] = True
 
 
 DOWNLOAD_TIMEOUTS = 4  # a server trickling bytes passes every per-read timeout: the whole file has a deadline too
@@ -98,14 +101,18 @@ def _shown(text: str, limit: int = 100) -> str:
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
-def local_path(value: Union[str, Path]) -> Path:
-    """A local path from a bare path or a file:// URL; must exist and be a regular file."""
+def local_path(value: Union[str, Path], policy: MediaPolicy) -> Path:
+    """A local path from a bare path or a file:// URL; must be allowed by the policy, exist and be a regular file."""
     text = str(value)
+    if policy.local_files is False:  # before any look at the disk: whether a file exists is not told either
+        raise _Invalid(f"local files are disabled (allow_local_files=False): {_shown(text)}")
     if text.startswith("file://"):
         decoded, raw = file_url_path(text), text[len("file://"):]
         # "file://" + path, as upstream builds it, with '#', '?' or '%' in a name: upstream opens the raw rest.
         text = raw if not _exists(decoded) and _exists(raw) else decoded
     path = Path(text).expanduser()
+    if isinstance(policy.local_files, Path) and not _inside(path, policy.local_files):
+        raise _Invalid(f"outside the folder of allow_local_files ({str(policy.local_files)!r}): {_shown(text)}")
     try:
         found, regular = path.exists(), path.is_file()
     except OSError as exc:  # a name too long for the filesystem: often image data passed as a bare string
@@ -117,6 +124,15 @@ def local_path(value: Union[str, Path]) -> Path:
     if not regular:
         raise _Invalid(f"not a regular file: {_shown(text)}")
     return path
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, its links followed, is in `folder` (resolved); a relative path counts from the working
+    directory."""
+    try:
+        return path.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):  # a name the system refuses, a loop of links
+        return False
 
 
 def _exists(text: str) -> bool:
@@ -247,7 +263,7 @@ def locate(value: Any, policy: MediaPolicy, kind: str) -> tuple[Path | None, byt
             raise _Invalid(f"file-like {kind} objects must be opened in binary mode")
         data = bytes(data)
     elif isinstance(value, Path):
-        return local_path(value), None
+        return local_path(value, policy), None
     elif isinstance(value, str):
         if not value.strip():
             raise _Invalid(f"empty string where {'an' if kind[0] in 'aeiou' else 'a'} {kind} was expected")
@@ -260,7 +276,7 @@ def locate(value: Any, policy: MediaPolicy, kind: str) -> tuple[Path | None, byt
         elif "://" in value and not value.startswith("file://"):
             raise _Invalid(f"unsupported URL scheme (only http, https, file and data): {value!r}")
         else:
-            return local_path(value), None
+            return local_path(value, policy), None
     else:
         raise _Invalid(f"unsupported {kind} type {type(value).__name__}")
     if not data:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,18 @@ def flag(name: str, value: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def flag_or_folder(name: str, value: Any) -> bool | Path:
+    """True, False, or an existing folder (a str or path), resolved: links in its name cannot lead elsewhere later."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be True, False or a folder, got {value!r}")
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"{name} must be True, False or an existing folder, got {value!r} (no such folder)")
+    return folder.resolve()
 
 
 def whole_number(name: str, value: Any, minimum: int) -> int:

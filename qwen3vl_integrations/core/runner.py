@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 import weakref
 from collections import deque
@@ -24,7 +25,7 @@ from .joining import JoinLimits, can_join, join_rows
 from .loading import (LoadedModel, load_shared, read_config, resolve_attention, resolve_device, resolve_dtype,
                       usable_attention)
 from .media import MediaPolicy, _Invalid
-from .options import flag, positive_number, whole_number
+from .options import flag, flag_or_folder, positive_number, whole_number
 from .pixels import normalize_pixels
 from .pooled_layer import can_pool_last_layer, pooled_tokens
 from .vision import VisionLimits, image_tokens, prepare_image, prepare_video, video_tokens
@@ -158,6 +159,7 @@ class Qwen3VLRunner:
         batch_size: int = 32,
         max_batch_tokens: int = 16384,
         allow_remote: bool = True,
+        allow_local_files: bool | str | os.PathLike[str] = True,
         remote_timeout: float = 15.0,
         max_remote_bytes: int = 256 * 2**20,
         max_image_pixels: int = 100_000_000,
@@ -185,7 +187,8 @@ class Qwen3VLRunner:
         self.max_batch_tokens = whole_number("max_batch_tokens", max_batch_tokens, 1)
         self.policy = MediaPolicy(flag("allow_remote", allow_remote), positive_number("remote_timeout", remote_timeout),
                                   whole_number("max_remote_bytes", max_remote_bytes, 1),
-                                  whole_number("max_image_pixels", max_image_pixels, 1), self.limits.max_frames)
+                                  whole_number("max_image_pixels", max_image_pixels, 1), self.limits.max_frames,
+                                  flag_or_folder("allow_local_files", allow_local_files))
         self.preprocess_workers = whole_number("preprocess_workers", preprocess_workers, 0)
         # This object's calls that wait for the model while another call's pass runs (a service embedding its users'
         # queries from several threads) run their rows in one pass with the others' when it frees up
