@@ -495,6 +495,101 @@ def test_http_deadline_covers_headers_and_redirects(http_base, path):
     assert resolve_image(f"{http_base}/hops/2/red.png", MediaPolicy(timeout=5)).size == (160, 120)
 
 
+@pytest.fixture
+def https_trickling_headers(tmp_path, monkeypatch):
+    """An HTTPS server on 127.0.0.1 (its self-signed certificate trusted through REQUESTS_CA_BUNDLE) that sends a
+    header line every 0.2 s for 30 s."""
+    import shutil
+    import socket
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer(connection: socket.socket) -> None:
+        try:
+            with context.wrap_socket(connection, server_side=True) as tls:
+                tls.recv(4096)
+                tls.sendall(b"HTTP/1.1 200 OK\r\n")
+                for line in range(150):
+                    time.sleep(0.2)
+                    tls.sendall(b"X-Slow-%d: a\r\n" % line)
+        except OSError:  # the client gave up
+            pass
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=answer, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    yield f"https://localhost:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_https_deadline_covers_the_headers(https_trickling_headers):
+    """TLS wraps the socket a connection opens and detaches it: shutting that one down did nothing, and headers
+    trickled over HTTPS held the call for as long as the server liked."""
+    start = time.perf_counter()
+    with pytest.raises(_Invalid, match=r"took over 2 s to download"):
+        resolve_image(f"{https_trickling_headers}/red.png", MediaPolicy(allow_remote=True, timeout=0.5))
+    assert time.perf_counter() - start < 3
+
+
+def test_a_socks_proxy_keeps_its_own_connections():
+    """Plain urllib3 pools (direct, or through an HTTP proxy) record their sockets for the deadline; a SOCKS proxy's
+    pools hold connections of another kind, and replacing them failed every fetch through such a proxy."""
+    from qwen3vl_integrations.core import fetching
+
+    adapter = fetching._RecordingAdapter()
+    assert adapter.poolmanager.pool_classes_by_scheme is fetching._RECORDED_POOLS
+    assert adapter.proxy_manager_for("http://127.0.0.1:9").pool_classes_by_scheme is fetching._RECORDED_POOLS
+    socks_pools = {"http": object, "https": object}
+    stand_in = type("SOCKSProxyManager", (), {"pool_classes_by_scheme": socks_pools})()
+    assert fetching._record_connections_of(stand_in).pool_classes_by_scheme is socks_pools
+    if importlib.util.find_spec("socks") is not None:  # PySocks: requests' SOCKS support
+        manager = adapter.proxy_manager_for("socks5://127.0.0.1:9")
+        assert manager.pool_classes_by_scheme is not fetching._RECORDED_POOLS
+
+
+def test_failed_fetches_leave_no_temporary_file(tmp_path, monkeypatch):
+    """A refused connection's exception held the fetch's frame (and so its temporary file) until the collector ran."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    unused = socket_port_nobody_listens_on()
+    gc.disable()
+    try:
+        with pytest.raises(_Invalid, match="could not fetch"):
+            resolve_image(f"http://127.0.0.1:{unused}/x.png", MediaPolicy(allow_remote=True, timeout=1))
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        gc.enable()
+
+
+def socket_port_nobody_listens_on() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 # ------------------------------------------------------------------------------------------ videos: unit
 
 

@@ -3,7 +3,9 @@
 `remote_timeout` bounds connecting and each read; the whole fetch (redirects, headers and body) has a deadline of
 `DOWNLOAD_TIMEOUTS` times that. Per-read timeouts alone let a server that sends a byte now and then hold a call for
 as long as it likes, in the headers and redirects as well as in the body: at the deadline, a watchdog shuts the
-fetch's sockets down, which ends whatever read is waiting on them.
+fetch's connections down (HTTP and HTTPS, direct or through an HTTP proxy), which ends whatever read is waiting on
+them. Connecting itself (the name lookup, then `remote_timeout` for each address tried) comes before a connection
+exists and is bounded by those timeouts alone; through a SOCKS proxy only the body loop checks the deadline.
 
 Imported on the first remote fetch only (it imports requests).
 """
@@ -21,8 +23,11 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3 import poolmanager
+from urllib3.connection import HTTPConnection as _StockHTTPConnection
+from urllib3.connection import HTTPSConnection as _StockHTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool as _StockHTTPConnectionPool
+from urllib3.connectionpool import HTTPSConnectionPool as _StockHTTPSConnectionPool
 
 from .media import DOWNLOAD_TIMEOUTS, MediaPolicy, _Invalid
 
@@ -48,6 +53,19 @@ def fetch_remote(url: str, policy: MediaPolicy, kind: str) -> Path:
     handle, name = tempfile.mkstemp(prefix="qwen3vl-fetched-")
     path = FetchedFile(name)
     weakref.finalize(path, _remove, name)
+    try:
+        size = _download(url, policy, handle, limit)
+    except BaseException:
+        _remove(name)  # at once: the exception's traceback can keep `path` alive until the collector runs
+        raise
+    if not size:
+        _remove(name)
+        raise _Invalid(f"empty {kind} data")
+    return path
+
+
+def _download(url: str, policy: MediaPolicy, handle: int, limit: float) -> int:
+    """The body of `url` into the open file `handle`; its size. Raises _Invalid."""
     size = 0
     deadline = _Deadline(limit)
     try:
@@ -74,9 +92,7 @@ def fetch_remote(url: str, policy: MediaPolicy, kind: str) -> Path:
     if deadline.passed:  # a body cut short by the watchdog can look complete: never keep one
         raise _Invalid(f"{url!r} took over {limit:g} s to download ({size} bytes so far; remote_timeout="
                        f"{policy.timeout:g} s per read, {DOWNLOAD_TIMEOUTS}x that per file, redirects included)")
-    if not size:
-        raise _Invalid(f"empty {kind} data")
-    return path
+    return size
 
 
 def _remove(name: str) -> None:
@@ -112,15 +128,22 @@ class _Deadline:
     def __exit__(self, *exc: Any) -> None:
         self.timer.cancel()
         _current.deadline = None
-        if time.monotonic() - self.started > self.seconds:
-            self.passed = True
+        with self.lock:
+            if time.monotonic() - self.started > self.seconds:
+                self.passed = True
+            for sock in self.sockets:
+                sock.close()  # the duplicates only: the connections themselves are closed by their owners
+            self.sockets.clear()
 
     def opened(self, sock: socket.socket) -> None:
+        # A duplicate: TLS wraps the socket it is given and detaches it (its fileno becomes -1); shutting down a
+        # duplicate ends the same connection.
+        duplicate = sock.dup()
         with self.lock:
-            self.sockets.append(sock)
+            self.sockets.append(duplicate)
             if not self.passed:
                 return
-        _shut(sock)  # opened after the deadline
+        _shut(duplicate)  # opened after the deadline
 
     def _expire(self) -> None:
         with self.lock:
@@ -138,7 +161,7 @@ def _shut(sock: socket.socket) -> None:
 
 
 class _Recorded:
-    """A connection that tells the running fetch's deadline about each socket it opens (TLS wraps this one)."""
+    """A connection that tells the running fetch's deadline about each socket it opens."""
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()  # type: ignore[misc]
@@ -148,36 +171,43 @@ class _Recorded:
         return sock
 
 
-class _RecordedHTTP(_Recorded, HTTPConnection):
+class HTTPConnection(_Recorded, _StockHTTPConnection):
     pass
 
 
-class _RecordedHTTPS(_Recorded, HTTPSConnection):
+class HTTPSConnection(_Recorded, _StockHTTPSConnection):
     pass
 
 
-class _RecordedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _RecordedHTTP
+# The stock names: urllib3's errors name the pool ("HTTPConnectionPool(host=..., port=...): Max retries exceeded").
+class HTTPConnectionPool(_StockHTTPConnectionPool):
+    ConnectionCls = HTTPConnection
 
 
-class _RecordedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _RecordedHTTPS
+class HTTPSConnectionPool(_StockHTTPSConnectionPool):
+    ConnectionCls = HTTPSConnection
 
 
-_RECORDED_POOLS = {"http": _RecordedHTTPPool, "https": _RecordedHTTPSPool}
+_RECORDED_POOLS = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
+
+
+def _record_connections_of(manager: Any) -> Any:
+    """`manager` with its connections recorded, where it uses urllib3's plain pools (not a SOCKS proxy's, whose
+    connections are of another kind)."""
+    if manager.pool_classes_by_scheme == poolmanager.pool_classes_by_scheme:
+        manager.pool_classes_by_scheme = _RECORDED_POOLS
+    return manager
 
 
 class _RecordingAdapter(HTTPAdapter):
-    """requests' adapter, with connections (direct or through a proxy) that record their sockets."""
+    """requests' adapter, with connections (direct or through an HTTP proxy) that record their sockets."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _RECORDED_POOLS
+        _record_connections_of(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = _RECORDED_POOLS
-        return manager
+        return _record_connections_of(super().proxy_manager_for(proxy, **proxy_kwargs))
 
 
 def _session() -> requests.Session:
