@@ -30,6 +30,7 @@ from qwen3vl_integrations.core.media import (
     VideoFileSource,
     _Invalid,
     has_extension,
+    probe_video_file,
     resolve_image,
     resolve_video,
 )
@@ -845,8 +846,52 @@ def test_video_files_that_name_other_files_are_not_read(tmp_path, listing):
     segment = _clip(tmp_path / "segment.mkv", "matroska")
     (tmp_path / name).write_text(text.format(uri=segment.as_uri(), path=segment))
     assert resolve_video(segment, POLICY).total_frames == 16
-    with pytest.raises(_Invalid, match=r"unreadable video \(containers read: MP4/MOV, Matroska"):
+    with pytest.raises(_Invalid, match="unreadable video: the file begins as text"):
         resolve_video(tmp_path / name, POLICY)
+    with pytest.raises(_Invalid, match=r"unreadable video \(containers read: MP4/MOV, Matroska"):
+        probe_video_file(str(tmp_path / name))  # the probe's own guard, behind that one
+
+
+def test_frames_that_change_size_are_refused_wherever_the_change_falls(tmp_path, monkeypatch):
+    """Decoded a few frames at a time, a change of size between two chunks was resized to the first chunk's shape
+    (squashed), while one inside a chunk was refused: refused in both places, as when all frames were decoded
+    together."""
+    import av
+
+    parts = []
+    for width, height in ((96, 64), (64, 128)):
+        part = tmp_path / f"{width}x{height}.ts"
+        with av.open(str(part), "w", format="mpegts") as out:
+            stream = out.add_stream("mpeg2video", rate=8)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for _ in range(8):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8),
+                                                                       format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        parts.append(part.read_bytes())
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(parts))
+    monkeypatch.setitem(sys.modules, "decord", None)  # decord scales every frame to the header's size
+    source = resolve_video(joined, POLICY)
+    for max_frames in (8, 6):  # the change between two chunks of 4, then inside one
+        with pytest.raises(_Invalid, match="unreadable video"):
+            prepare_video(source, 8.0, max_frames, VisionLimits(total_pixels=TINY_LIMITS.total_pixels), POLICY)
+
+
+def test_a_playlist_in_front_of_a_video_is_not_read(tmp_path):
+    """A playlist followed by MPEG-TS packets passes this FFmpeg's probe as MPEG-TS, while decord's own, older FFmpeg
+    read it as the playlist and decoded the file it names (outside the folder of allow_local_files)."""
+    named = _clip(tmp_path / "named.ts", "mpegts")
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    playlist = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2.0,\n{named.as_uri()}\n#EXT-X-ENDLIST\n".encode()
+    (uploads / "clip.mp4").write_bytes(playlist + _clip(tmp_path / "shown.ts", "mpegts").read_bytes())
+    policy = MediaPolicy(allow_remote=False, local_files=uploads.resolve())
+    for form in (uploads / "clip.mp4", (uploads / "clip.mp4").read_bytes()):
+        with pytest.raises(_Invalid, match="unreadable video: the file begins as text"):
+            resolve_video(form, policy)
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])

@@ -351,6 +351,24 @@ def open_video_container(stream: Any) -> Any:
     return av.open(stream, options={"format_whitelist": VIDEO_CONTAINERS})
 
 
+HEAD_BYTES = 64
+_TEXT_BYTES = frozenset(range(0x20, 0x7F)) | frozenset(b"\t\n\r")
+
+
+def _head(path: Path | None) -> bytes:
+    if path is None:
+        return b""
+    with open(path, "rb") as file:
+        return file.read(HEAD_BYTES)
+
+
+def _starts_as_text(head: bytes) -> bool:
+    """Whether a file begins as plain text (an HLS playlist, an ffconcat list): every container read here begins
+    with binary bytes."""
+    head = head.removeprefix(b"\xef\xbb\xbf")
+    return bool(head) and all(byte in _TEXT_BYTES for byte in head)
+
+
 def sampled_positions(count: int, max_frames: int) -> list[int]:
     """The frames a list of `count` keeps (REFERENCE.md §3 step 6): all, or `max_frames` evenly spread."""
     if count <= max_frames:
@@ -360,7 +378,8 @@ def sampled_positions(count: int, max_frames: int) -> list[int]:
 
 def probe_video_file(stream: Any) -> tuple[int, float, int, int]:
     """(total_frames, fps, width, height) from the container header, via PyAV (no frame decoding). Every video file
-    is probed before anything else opens it, so decord never sees a container outside VIDEO_CONTAINERS."""
+    is probed before decord opens it, which then sees only files that this FFmpeg reads as one of VIDEO_CONTAINERS
+    and that do not begin as text."""
     try:
         container = open_video_container(stream)
     except Exception as exc:  # av raises many error types for unreadable files
@@ -414,6 +433,10 @@ def resolve_video(value: Any, policy: MediaPolicy) -> VideoSource:
                 raise _Invalid(f"frame {position}: {exc}") from None
         return FrameListSource(frames)
     path, data = locate(value, policy, "video")
+    if _starts_as_text(data[:HEAD_BYTES] if data is not None else _head(path)):
+        # decord's own (older) FFmpeg reads such a file as a playlist even where the probe's sees a video after it
+        raise _Invalid("unreadable video: the file begins as text (playlists such as HLS, and lists of files, are "
+                       "not read)")
     total_frames, fps, width, height = probe_video_file(str(path) if path is not None else _bytes_file(data))
     if width * height > policy.max_image_pixels:  # every decoded frame would be this large
         raise _Invalid(f"video frames of {width}x{height} pixels exceed max_image_pixels={policy.max_image_pixels}")

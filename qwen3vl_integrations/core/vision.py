@@ -161,10 +161,15 @@ def read_video_file(source: VideoFileSource, item_fps: float | None, item_max_fr
         nframes = frame_count(item_fps, item_max_frames, total, video_fps, limits)
         indices = torch.linspace(0, total - 1, nframes).round().long().tolist()
         chunks = _decord_chunks(reader, indices) if have_decord else _pyav_chunks(source, indices)
-        size: tuple[int, int] | None = None
+        first: tuple[int, ...] = ()
+        size = (0, 0)
         for chunk in chunks:
-            if size is None:  # from the frames, not the header: a rotated video's are turned
-                size = _resized_frame_size(nframes, chunk.shape[2], chunk.shape[3], limits)
+            if not first:  # the size from the frames, not the header: a rotated video's are turned
+                first = tuple(chunk.shape[2:])
+                size = _resized_frame_size(nframes, first[0], first[1], limits)
+            elif tuple(chunk.shape[2:]) != first:  # as within a chunk: never squashed to the first frames' shape
+                raise _Invalid(f"unreadable video: its frames change size ({first[1]}x{first[0]}, then "
+                               f"{chunk.shape[3]}x{chunk.shape[2]})")
             resized.append(TF.resize(chunk, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True))
     except _Invalid:
         raise
