@@ -560,6 +560,11 @@ def test_the_message_names_a_bounded_number_of_other_bad_inputs():
     assert len(error.errors) == 30
     moved = error.located(5, "document")
     assert moved.index == 5 and moved.errors[1:] == error.errors[1:]
+    mixed = Qwen3VLInputError("no such file", index=None, role="query",
+                              others=[Qwen3VLInputError("no such file", index=3, role="document")])
+    assert str(mixed) == ("query: no such file (and 1 more bad input: document 3; each with its cause in this "
+                          "error's .errors)")
+    assert "(and 1 more bad input: query;" in str(Qwen3VLInputError("x", 1, "document", others=mixed.errors[:1]))
 
 
 @pytest.mark.parametrize("instruction, error, cause", [

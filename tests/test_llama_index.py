@@ -816,6 +816,9 @@ def test_batch_errors_report_every_bad_input_of_the_chunk_by_its_position(tiny_e
         emb.get_image_embedding_batch(images)
     assert [each.index for each in info.value.errors] == [5, 7]
     assert "broken.png" in info.value.errors[1].cause
+    with pytest.raises(Qwen3VLInputError) as info:  # one object twice (an interned string): both places
+        emb.get_image_embedding_batch([red, missing, red, missing])
+    assert [each.index for each in info.value.errors] == [1, 3]
 
 
 @pytest.mark.filterwarnings("ignore:.*no embed content:UserWarning")  # nodes built to route, not to index

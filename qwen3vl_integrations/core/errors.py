@@ -9,9 +9,10 @@ POSITIONS_SHOWN = 10  # positions of the other bad inputs named in the message; 
 class Qwen3VLInputError(ValueError):
     """An input item cannot be used. Names the item (by its index in the caller's list) and the cause.
 
-    ``role`` is ``"item"`` for embedder inputs, ``"query"`` or ``"document"`` for the reranker. A call that checks
-    all its inputs before any model work raises one error for all the bad ones: it names the first, and ``errors``
-    lists every one of them (this one first), each with its own ``index`` and ``cause``.
+    ``role`` is ``"item"`` for embedder inputs, ``"query"`` or ``"document"`` for the reranker. The checks before
+    any model work raise one error for all the bad items of an embedder call, or all the bad documents of a reranker
+    call (a bad query is reported alone): it names the first, and ``errors`` lists every one of them (this one
+    first), each with its own ``index`` and ``cause``.
     """
 
     def __init__(self, cause: str, index: int | None = None, role: str = "item",
@@ -48,13 +49,14 @@ def _where(role: str, index: int | None) -> str:
 def _more(others: Sequence[Qwen3VLInputError]) -> str:
     if not others:
         return ""
-    shown = [str(error.index) if error.index is not None else error.role for error in others[:POSITIONS_SHOWN]]
-    roles = {error.role for error in others}
     plural = "s" if len(others) > 1 else ""
-    label = f"{roles.pop()}{plural} " if len(roles) == 1 else ""
+    roles = {error.role for error in others}
+    if len(roles) == 1 and all(error.index is not None for error in others):  # "items 3, 7"
+        shown = f"{roles.pop()}{plural} " + ", ".join(str(error.index) for error in others[:POSITIONS_SHOWN])
+    else:  # "query, document 3"
+        shown = ", ".join(_where(error.role, error.index) for error in others[:POSITIONS_SHOWN])
     etc = ", ..." if len(others) > POSITIONS_SHOWN else ""
-    return (f" (and {len(others)} more bad input{plural}: {label}{', '.join(shown)}{etc};"
-            " each with its cause in this error's .errors)")
+    return f" (and {len(others)} more bad input{plural}: {shown}{etc}; each with its cause in this error's .errors)"
 
 
 def position_of(error: Qwen3VLInputError) -> int:

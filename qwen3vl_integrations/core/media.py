@@ -111,8 +111,10 @@ def local_path(value: Union[str, Path], policy: MediaPolicy) -> Path:
         # "file://" + path, as upstream builds it, with '#', '?' or '%' in a name: upstream opens the raw rest.
         text = raw if not _exists(decoded) and _exists(raw) else decoded
     path = Path(text).expanduser()
-    if isinstance(policy.local_files, Path) and not _inside(path, policy.local_files):
-        raise _Invalid(f"outside the folder of allow_local_files ({str(policy.local_files)!r}): {_shown(text)}")
+    if isinstance(policy.local_files, Path):
+        if not _inside(path, policy.local_files):
+            raise _Invalid(f"outside the folder of allow_local_files ({str(policy.local_files)!r}): {_shown(text)}")
+        path = path.resolve()  # read what was checked: a link put in its place afterwards is not followed
     try:
         found, regular = path.exists(), path.is_file()
     except OSError as exc:  # a name too long for the filesystem: often image data passed as a bare string

@@ -57,17 +57,23 @@ def _naming_the_input(chunk: Sequence[Any]) -> Iterator[None]:
 def _positions_in(inputs: Sequence[Any]) -> Iterator[None]:
     """Around a ``get_*_batch`` method: LlamaIndex calls us per chunk of ``embed_batch_size`` (or per cache miss
     list), so an error's indices count within that chunk. Found by identity, each input an error names gets its
-    position in the caller's list (the first, if the same object is there twice: the same input, the same cause)."""
+    position in the caller's list; an object there several times (an interned string) gets its places in order."""
     try:
         yield
     except Qwen3VLInputError as error:
-        positions: dict[int, int] = {}
+        places: dict[int, list[int]] = {}
         for place, value in enumerate(inputs):
-            positions.setdefault(id(value), place)
+            places.setdefault(id(value), []).append(place)
+        named: dict[int, int] = {}  # how many errors have named each object so far
 
         def position_of_input(each: Qwen3VLInputError) -> int | None:
             failed = getattr(each, _FAILED_INPUT, _UNMARKED)
-            return None if failed is _UNMARKED else positions.get(id(failed))
+            found = places.get(id(failed)) if failed is not _UNMARKED else None
+            if not found:
+                return None
+            times = named.get(id(failed), 0)
+            named[id(failed)] = times + 1
+            return found[min(times, len(found) - 1)]
 
         position = position_of_input(error)
         if position is None:
