@@ -531,3 +531,22 @@ def test_an_index_folder_that_cannot_be_made_is_refused_before_any_model_work(tm
     _assert_one_line_error(code, err, 2, "cannot create or write the index folder")
     indexing._check_index_dir(tmp_path / "new" / "index", folder)  # a folder that can be made: the check leaves nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_folders_on_a_disk_without_inode_numbers_are_told_apart(tmp_path, monkeypatch):
+    """Some network and FAT drives give every file inode 0: compared by (device, inode), every folder was the
+    indexed folder (and excluded from its own scan); there the resolved paths are compared."""
+    from qwen3vl_integrations.core import paths
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "note.txt").write_text("a note")
+    (tmp_path / "index").mkdir()
+    real_stat = os.stat
+    monkeypatch.setattr(paths.os, "stat", lambda p, *a, **k: os.stat_result((*real_stat(p, *a, **k)[:1], 0,
+                                                                              *real_stat(p, *a, **k)[2:10])))
+    assert paths.path_identity(folder) is None
+    indexing._check_index_dir(tmp_path / "index", folder)
+    with pytest.raises(cli.CLIError, match="must not be the folder being indexed"):
+        indexing._check_index_dir(folder, folder)
+    assert [p.name for p, _ in cli.scan_folder(folder, exclude=[tmp_path / "index"]).files] == ["note.txt"]

@@ -14,11 +14,12 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..core.paths import path_identity
 from ..sample_data import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, VIDEO_EXTENSIONS
 from .constants import DEFAULT_INDEX_DIR, MANIFEST_FORMAT, MANIFEST_NAME, PROG, REAL_EMBEDDING_MODEL, TINY_WARNING
 from .errors import CLIError, _cause, _one_line
 from .models import _embed_model, _is_tiny, _llama_index, _make_embedder
-from .scanning import _identity, scan_folder
+from .scanning import scan_folder
 
 
 def _progress(iterable=None, **kwargs):
@@ -216,8 +217,10 @@ def _check_index_dir(index_dir: Path, folder: Path) -> None:
     (its results pictures would be indexed by the next run)."""
     if index_dir.exists() and not index_dir.is_dir():
         raise CLIError(f"--index-dir is a file, not a folder: {index_dir}", code=2)
-    identity = _identity(index_dir)
-    if identity is not None and identity == _identity(folder):
+    identity = path_identity(index_dir)
+    same = (identity == path_identity(folder) if identity is not None  # one folder under two spellings too
+            else index_dir.exists() and index_dir.resolve() == folder.resolve())  # no inode numbers there
+    if same:
         raise CLIError(f"--index-dir must not be the folder being indexed ({folder}): the index and its results "
                        "pictures would be read as files next time; use a subfolder or another folder", code=2)
     existing = next(p for p in (index_dir, *index_dir.absolute().parents) if p.exists())

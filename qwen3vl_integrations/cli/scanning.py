@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..core.paths import path_identity
 from ..sample_data import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, VIDEO_EXTENSIONS
 
 
@@ -27,27 +28,17 @@ def _modality(path: Path) -> str | None:
     return None
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """What names one folder or file whatever the spelling (None if it does not exist): on macOS' case-insensitive
-    disks `photos` and `Photos` are one folder, and `resolve()` keeps the case it was given."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
 def scan_folder(folder: str | Path, exclude: Sequence[str | Path] = ()) -> ScanResult:
     """Every image, video and text file under ``folder`` (recursively; hidden files and folders skipped).
 
     Symlinked folders are listed, not followed: a link can loop back or reach far outside the folder.
     """
     folder = Path(folder)
-    excluded = {_identity(Path(p)) for p in exclude} - {None}
+    excluded = {path_identity(Path(p)) for p in exclude} - {None}
     result = ScanResult()
     for root, dirs, names in os.walk(folder):
         root_path = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and _identity(root_path / d) not in excluded)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and path_identity(root_path / d) not in excluded)
         result.linked_folders.extend(root_path / d for d in dirs if (root_path / d).is_symlink())
         for name in sorted(names):
             if name.startswith("."):

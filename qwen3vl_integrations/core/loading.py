@@ -20,6 +20,7 @@ import torch
 from .fused_projections import use_fused_gate_up
 from .joining import ForwardJoiner
 from .lower_right_attention import use_lower_right_attention
+from .paths import path_identity
 from .pixels import normalizes_on_device
 from .pooled_layer import use_pooled_last_layer
 from .rms_norm import use_fused_rms_norm
@@ -260,22 +261,14 @@ def _normalise_path(path: str) -> str:
     if not local.exists():
         return path  # a hub id
     resolved = str(local.resolve())
-    identity = _identity_of(resolved)
-    if identity is None or identity[1] == 0:  # no inode numbers (some network or FAT drives): no identity
+    identity = path_identity(resolved)
+    if identity is None:
         return resolved
     known = _SPELLINGS.get(identity)
-    if known is not None and known != resolved and _identity_of(known) == identity:
+    if known is not None and known != resolved and path_identity(known) == identity:
         return known
     _SPELLINGS[identity] = resolved  # first seen, or the folder known by that identity is gone (its inode reused)
     return resolved
-
-
-def _identity_of(path: str) -> tuple[int, int] | None:
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return status.st_dev, status.st_ino
 
 
 def load_shared(path: str, role: str, device: torch.device, dtype: torch.dtype, attn_implementation: str,
