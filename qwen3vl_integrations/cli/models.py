@@ -141,37 +141,27 @@ def _quiet_transformers():
 def _make_embedder(name: str, *, device: str | None, batch_size: int | None, max_frames: int | None = None):
     from .. import Qwen3VLEmbedder
 
-    resolved = resolve_model_name(name, "embedding")
-    kwargs: dict[str, Any] = {"device": device}
-    if batch_size:
-        kwargs["batch_size"] = batch_size
-    if max_frames:
-        kwargs["max_frames"] = max_frames
-    embedder = Qwen3VLEmbedder(model_name_or_path=resolved, **kwargs)
-    _hub_preflight(name, resolved, "embedding")
-    try:
-        with _quiet_transformers():
-            embedder.load()
-    except Exception as exc:  # noqa: BLE001 - anything that stops loading is reported on one line
-        raise _load_failure(name, resolved, "embedding", exc) from None
-    return embedder, resolved
+    return _loaded(Qwen3VLEmbedder, name, "embedding", device=device, batch_size=batch_size, max_frames=max_frames)
 
 
 def _make_reranker(name: str, *, device: str | None, batch_size: int | None = None):
     from .. import Qwen3VLReranker
 
-    resolved = resolve_model_name(name, "reranker")
-    kwargs: dict[str, Any] = {"device": device}
-    if batch_size:
-        kwargs["batch_size"] = batch_size
-    reranker = Qwen3VLReranker(model_name_or_path=resolved, **kwargs)
-    _hub_preflight(name, resolved, "reranker")
+    return _loaded(Qwen3VLReranker, name, "reranker", device=device, batch_size=batch_size)
+
+
+def _loaded(cls: Any, name: str, role: str, *, device: str | None, **options: Any) -> tuple[Any, str]:
+    """A core object of `cls` for the model `name` (options left out where not given), its weights loaded, and the
+    checkpoint it resolved to; a model that cannot be loaded is reported on one line, with what to do."""
+    resolved = resolve_model_name(name, role)
+    core_object = cls(model_name_or_path=resolved, device=device, **{k: v for k, v in options.items() if v})
+    _hub_preflight(name, resolved, role)
     try:
         with _quiet_transformers():
-            reranker.load()
-    except Exception as exc:  # noqa: BLE001
-        raise _load_failure(name, resolved, "reranker", exc) from None
-    return reranker, resolved
+            core_object.load()
+    except Exception as exc:  # noqa: BLE001 - anything that stops loading is reported on one line
+        raise _load_failure(name, resolved, role, exc) from None
+    return core_object, resolved
 
 
 def _llama_index():
