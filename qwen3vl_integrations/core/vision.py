@@ -105,8 +105,6 @@ def _decord_chunks(reader: Any, indices: list[int]) -> Iterator[torch.Tensor]:
 def _pyav_chunks(source: VideoFileSource, indices: list[int]) -> Iterator[torch.Tensor]:
     """The same from PyAV: frames at the sampled positions (increasing, repeats allowed), in order; where the file
     has fewer decodable frames than its header counts, the last one stands in for the rest, as decord does."""
-    import numpy as np
-
     pending: list[Any] = []  # HxWx3 frames not yet handed out
     row = 0  # the next sampled position to find
     last = None
@@ -119,7 +117,7 @@ def _pyav_chunks(source: VideoFileSource, indices: list[int]) -> Iterator[torch.
                     pending.append(rgb)
                     row += 1
             while len(pending) >= RESIZE_CHUNK_FRAMES:
-                yield torch.from_numpy(np.stack(pending[:RESIZE_CHUNK_FRAMES])).permute(0, 3, 1, 2)
+                yield _channels_first(pending[:RESIZE_CHUNK_FRAMES])
                 del pending[:RESIZE_CHUNK_FRAMES]
             if row == len(indices):
                 break
@@ -127,7 +125,14 @@ def _pyav_chunks(source: VideoFileSource, indices: list[int]) -> Iterator[torch.
         raise _Invalid("video has no decodable frames")
     pending += [_upright_rgb(last)] * (len(indices) - row)
     for start in range(0, len(pending), RESIZE_CHUNK_FRAMES):
-        yield torch.from_numpy(np.stack(pending[start:start + RESIZE_CHUNK_FRAMES])).permute(0, 3, 1, 2)
+        yield _channels_first(pending[start:start + RESIZE_CHUNK_FRAMES])
+
+
+def _channels_first(frames: list[Any]) -> torch.Tensor:
+    """HxWx3 uint8 frames as one [k, 3, H, W] tensor."""
+    import numpy as np
+
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
 
 
 def _upright_rgb(frame: Any) -> Any:
