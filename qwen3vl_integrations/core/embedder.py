@@ -142,6 +142,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         good = [position for position in good if position in costs]
         if not items or not good:
             return EmbeddingResult(np.zeros((0, row.shape[1]), row.dtype), np.zeros(0, np.int64), errors)
+        valid.update((position, self._cut_long_texts(valid[position])) for position in good)
 
         text_costs = self._text_cost([" ".join(valid[p].texts) + (valid[p].instruction or "") for p in good])
         order_costs = [costs[p] + t + PROMPT_OVERHEAD for p, t in zip(good, text_costs)]

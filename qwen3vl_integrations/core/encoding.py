@@ -153,8 +153,14 @@ def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
 def _backend_as_is(tokenizer: Any) -> Any:
     """The fast tokenizer's Rust backend where calling it directly gives what the tokenizer's call gives (and
     TOKEN_IDS_FROM_BACKEND is on), else None."""
+    return fast_backend(tokenizer) if TOKEN_IDS_FROM_BACKEND else None
+
+
+def fast_backend(tokenizer: Any) -> Any:
+    """The fast tokenizer's Rust backend where calling it directly gives what the tokenizer's call gives, else
+    None."""
     backend = getattr(tokenizer, "_tokenizer", None)
-    if not TOKEN_IDS_FROM_BACKEND or backend is None:
+    if backend is None:
         return None
     try:
         from transformers.tokenization_utils_base import PreTrainedTokenizerBase

@@ -19,6 +19,7 @@ import torch
 
 from .fused_projections import use_fused_gate_up
 from .joining import ForwardJoiner
+from .long_texts import LongTextCut
 from .lower_right_attention import use_lower_right_attention
 from .paths import path_identity
 from .pixels import normalizes_on_device
@@ -169,6 +170,7 @@ class LoadedModel:
     _processors_lock: threading.Lock = field(default_factory=threading.Lock)
     _idle_processors: list[Any] = field(default_factory=list)  # processors lent out one borrower at a time
     _pools: dict[int, ThreadPoolExecutor] = field(default_factory=dict)
+    _long_text_cut: list[LongTextCut | None] = field(default_factory=list)  # found on first use
 
     def __post_init__(self) -> None:
         self._idle_processors.append(self.processor)  # the first borrower needs no copy
@@ -207,6 +209,14 @@ class LoadedModel:
         """What right padding fills in (masked out; any id would do when the tokenizer has none)."""
         pad_id = self.processor.tokenizer.pad_token_id
         return pad_id if pad_id is not None else 0
+
+    @property
+    def long_text_cut(self) -> LongTextCut | None:
+        """What cuts long texts before they are tokenised (core/long_texts.py); None for a tokenizer it does not
+        know."""
+        if not self._long_text_cut:
+            self._long_text_cut.append(LongTextCut.for_tokenizer(self.tokenizer))
+        return self._long_text_cut[0]
 
     @property
     def special_ids(self) -> torch.Tensor:

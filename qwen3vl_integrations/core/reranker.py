@@ -147,6 +147,8 @@ class Qwen3VLReranker(Qwen3VLRunner):
         documents = [document for document in parsed_documents if document is not None]  # all of them: none failed
 
         loaded = self.load()
+        queries = [self._cut_long_texts(query) for query in queries]
+        documents = [self._cut_long_texts(document) for document in documents]
         score_weight = loaded.score_weight
         if score_weight is None:  # (only an embedding model lacks it)
             raise RuntimeError(f"{self.model_name_or_path} was loaded without the reranker's score head")

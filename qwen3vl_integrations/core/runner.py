@@ -3,6 +3,7 @@ batched forward loop (length-sorted micro-batches, preprocessing in worker threa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import threading
@@ -268,6 +269,17 @@ class Qwen3VLRunner:
                 f"needs {needed} special/vision tokens, more than max_length allows ({budget}); "
                 "lower max_pixels/total_pixels or max_frames, or raise max_length"
             )
+
+    def _cut_long_texts(self, item: Item) -> Item:
+        """`item` with each long text cut to a head that gives the same kept tokens (core/long_texts.py): megabytes
+        that truncation drops are never tokenised."""
+        cut = self.load().long_text_cut
+        if cut is None:
+            return item
+        texts = [cut.cut(text, self.max_length) for text in item.texts]
+        if all(new is old for new, old in zip(texts, item.texts)):
+            return item
+        return dataclasses.replace(item, texts=texts)
 
     def _text_cost(self, texts: Sequence[str]) -> list[int]:
         return token_counts(self.load().tokenizer, texts)
