@@ -1112,3 +1112,127 @@ def test_empty_video_list_is_an_error_not_null(tiny_embedding_path):
     with pytest.raises(Qwen3VLInputError, match=r"^item 1: video is an empty list"):
         emb.embed(["fine", {"video": []}])
     assert not emb.is_loaded
+
+
+# ------------------------------------------------------------------------- more images than max_length holds
+
+
+def test_fewest_tokens_bound_every_image_and_video():
+    """fewest_image_tokens / fewest_video_tokens never exceed what `image_tokens` / `video_tokens` count (the count
+    check before fetching must refuse nothing that `_check_fits` accepts), and the image bound is met by a small
+    image under the default limits."""
+    from qwen3vl_integrations.core.vision import fewest_image_tokens, fewest_video_tokens, video_tokens
+
+    rng = np.random.default_rng(0)
+    sides = [1, 2, 31, 32, 33, 63, 64, 65, 100, 224, 500, 1000, 3000, 6400, 12800, 20000]
+    sizes = [(w, h) for w in sides for h in sides] + [tuple(int(v) for v in rng.integers(1, 15000, 2))
+                                                     for _ in range(400)]
+    for limits in (VisionLimits(), TINY_LIMITS, VisionLimits(4096, 4096, 16384, 1.0, 8),
+                   VisionLimits(50_000, 200_000, 1_000_000, 1.0, 16), VisionLimits(1, 1000, 100_000, 2.0, 4)):
+        least_image, least_video = fewest_image_tokens(limits), fewest_video_tokens(limits)
+        for width, height in sizes:
+            try:
+                assert image_tokens(width, height, limits) + 2 >= least_image, (limits, width, height)
+            except _Invalid:  # aspect ratio over 200
+                continue
+            for total, fps in ((2, 1.0), (16, 8.0), (300, 30.0), (5000, 25.0)):
+                for max_frames in (None, 2, 64, 10_000):
+                    tokens = video_tokens(VideoFileSource(total, fps, width, height), None, max_frames, limits,
+                                          timestamps=False)
+                    assert tokens >= least_video, (limits, width, height, total, fps, max_frames)
+    assert fewest_image_tokens(VisionLimits()) == image_tokens(10, 10, VisionLimits()) + 2 == 6
+    # Under a small max_pixels an image of ratio 200 is shrunk to no row of patches: 2 tokens, which the bound allows.
+    assert image_tokens(12800, 64, TINY_LIMITS) == 0 and fewest_image_tokens(TINY_LIMITS) == 2
+
+
+@pytest.fixture
+def counted_fetches(monkeypatch, tmp_path):
+    """Every http(s) fetch counted, none made: each gives an 8x8 PNG (4 visual tokens under the tests' limits)."""
+    from qwen3vl_integrations.core import fetching
+
+    small = tmp_path / "small.png"
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(small)
+    urls: list[str] = []
+    lock = threading.Lock()
+
+    def fetch(url, policy, kind):
+        with lock:
+            urls.append(url)
+        return small
+
+    monkeypatch.setattr(fetching, "fetch_remote", fetch)
+    return urls
+
+
+def _unserved(count: int, extension: str = "png") -> list[str]:
+    return [f"http://127.0.0.1:9/{position}.{extension}" for position in range(count)]  # port 9: nothing answers
+
+
+def test_an_item_of_more_images_than_max_length_holds_is_refused_before_any_fetch(tiny_embedding_path,
+                                                                                 counted_fetches):
+    """5,000 image URLs cost 5,000 fetches before the vision tokens were counted. With max_length=64 the embedder
+    has 64 - 6 (suffix) - 3 (template) = 55 tokens for media, and an image takes at least 6 under these limits:
+    9 images can fit, 10 cannot."""
+    from qwen3vl_integrations import Qwen3VLEmbedder
+
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), device="cpu", min_pixels=4096, max_pixels=256 * 32 * 32,
+                          max_length=64)
+    with pytest.raises(Qwen3VLInputError) as info:
+        emb.embed(["fine", {"image": _unserved(5000)}, {"image": _unserved(10), "text": "ten"},
+                   {"video": _unserved(5000, "mp4")}])
+    assert counted_fetches == []
+    assert [each.index for each in info.value.errors] == [1, 2, 3]
+    first, ten, videos = info.value.errors
+    assert str(first).startswith("item 1: has 5000 images, which need at least 30003 special/vision tokens, more "
+                                 "than max_length allows (58): at most 9 images fit, at 6 tokens each at least")
+    assert "at most 9 images fit" in ten.cause and "lower min_pixels" in ten.cause
+    assert videos.cause.startswith("has 5000 videos, ") and "at most 0 videos fit" in videos.cause
+    assert not emb.is_loaded
+    # At the bound: fetched, and embedded (9 x (4 + 2) + 3 = 57 tokens of 58)
+    vectors = emb.embed([{"image": _unserved(9)}])
+    assert len(counted_fetches) == 9 and vectors.shape == (1, emb.embedding_dim)
+
+
+def test_the_count_check_allows_what_the_vision_token_check_allows(tiny_embedding_path, counted_fetches):
+    """Under the tests' max_pixels an image can take as few as 2 tokens (a 200:1 strip): 27 images (27 x 2 + 3 = 57 of
+    58) reach the fetch, and only the count of their real tokens refuses them; 28 are refused unfetched."""
+    from qwen3vl_integrations import Qwen3VLEmbedder
+
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), max_length=64, device="cpu", min_pixels=4096,
+                          max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, max_frames=8)
+    with pytest.raises(Qwen3VLInputError, match=r"^item 0: has 28 images, .*at most 27 images fit, at 2 tokens"):
+        emb.embed([{"image": _unserved(28)}])
+    assert counted_fetches == []
+    with pytest.raises(Qwen3VLInputError, match=r"^item 0: needs 165 special/vision tokens"):
+        emb.embed([{"image": _unserved(27)}])
+    assert len(counted_fetches) == 27
+
+
+def test_a_frame_list_is_one_video_and_only_its_sampled_frames_are_fetched(tiny_embedding_path, counted_fetches):
+    from qwen3vl_integrations import Qwen3VLEmbedder
+
+    emb = Qwen3VLEmbedder(str(tiny_embedding_path), device="cpu", min_pixels=4096, max_pixels=65536,
+                          total_pixels=262144, max_frames=8)
+    result = emb.try_embed([{"video": _unserved(5000)}])
+    assert len(counted_fetches) == 8 and result.errors == []
+
+
+def test_a_document_shares_max_length_with_its_query(tiny_reranker_path, counted_fetches, tmp_path):
+    """The reranker's query and document share max_length (64 - 3 template tokens = 61): beside a query of one image
+    (6 tokens), a document of 9 images fits (61 - 6 = 55) and is fetched; one of 10 is refused unfetched."""
+    from qwen3vl_integrations import Qwen3VLReranker
+
+    query = tmp_path / "query.png"
+    Image.new("RGB", (8, 8), (200, 10, 30)).save(query)
+    rr = Qwen3VLReranker(str(tiny_reranker_path), device="cpu", min_pixels=4096, max_pixels=256 * 32 * 32,
+                         max_length=64)
+    with pytest.raises(Qwen3VLInputError) as info:
+        rr.score({"image": str(query)}, [{"image": _unserved(9)}, {"image": _unserved(10)}, "fine"])
+    assert [(each.role, each.index) for each in info.value.errors] == [("document", 1)]
+    assert "(the query's 6 included)" in info.value.cause and "at most 9 images fit" in info.value.cause
+    assert len(counted_fetches) == 9
+    with pytest.raises(Qwen3VLInputError, match=r"^query: has 11 images, .*\(64\): at most 10 images fit"):
+        rr.score({"image": _unserved(11)}, ["fine"])
+    assert len(counted_fetches) == 9
+    scores = rr.score({"image": str(query)}, [{"image": _unserved(9)}, "fine"])
+    assert scores.shape == (2,) and len(counted_fetches) == 18

@@ -125,7 +125,8 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         items = input_list(items, "embed() takes a list of inputs; wrap a single input in a list")
         batch_size = self._check_call(instruction, batch_size)
         row = finish(np.zeros((1, self.embedding_dim), np.float32))  # checks the options; the output's width, dtype
-        parsed, errors = parse_items(items, self.policy)
+        parsed, errors = parse_items(items, self.policy, check_count=lambda _, images, videos: self._check_count(
+            images, videos, self.max_length - EMBEDDING_SUFFIX))
         valid = {position: item for position, item in enumerate(parsed) if item is not None}
         good = list(valid)
         costs: dict[int, int] = {}

@@ -1,13 +1,14 @@
 """Turning user inputs (strings and dicts) into validated multimodal items (REFERENCE.md §1.3 and §3)."""
 from __future__ import annotations
 
+import functools
 import io
 import numbers
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -144,8 +145,11 @@ def check_instruction(instruction: Any, what: str = "instruction") -> None:
         raise ValueError(str(exc)) from None
 
 
-def parse_item(raw: Any, policy: MediaPolicy) -> Item:
-    """Validate one input and resolve its media. Raises _Invalid with the cause."""
+def parse_item(raw: Any, policy: MediaPolicy, check_count: Callable[[int, int], None] | None = None) -> Item:
+    """Validate one input and resolve its media. Raises _Invalid with the cause.
+
+    `check_count(images, videos)` sees how many images and videos the item holds before any of them is opened or
+    fetched, and raises _Invalid for an item that holds too many."""
     if isinstance(raw, str):
         _check_text(raw, "text")
         return Item(texts=[raw])
@@ -163,13 +167,7 @@ def parse_item(raw: Any, policy: MediaPolicy) -> Item:
             raise _Invalid(f"text {position} is {type(text).__name__}, not str")
         _check_text(text, f"text {position}")
 
-    images = []
-    for position, value in enumerate(_as_list(raw.get("image"))):
-        try:
-            images.append(resolve_image(value, policy))
-        except _Invalid as exc:
-            raise _Invalid(f"image {position}: {exc}") from None
-
+    image_values = _as_list(raw.get("image"))
     video_value = raw.get("video")
     if video_value is None:
         video_values: list = []
@@ -183,6 +181,14 @@ def parse_item(raw: Any, policy: MediaPolicy) -> Item:
         video_values = list(video_value)
     else:
         raise _Invalid(f"unsupported video type {type(video_value).__name__}")
+    if check_count is not None:  # before any image or video is opened or fetched
+        check_count(len(image_values), len(video_values))
+    images = []
+    for position, value in enumerate(image_values):
+        try:
+            images.append(resolve_image(value, policy))
+        except _Invalid as exc:
+            raise _Invalid(f"image {position}: {exc}") from None
     videos = []
     for position, value in enumerate(video_values):
         try:
@@ -213,12 +219,15 @@ def parse_item(raw: Any, policy: MediaPolicy) -> Item:
 
 
 def parse_items(
-    raws: Sequence[Any], policy: MediaPolicy, role: str = "item", workers: int = 8
+    raws: Sequence[Any], policy: MediaPolicy, role: str = "item", workers: int = 8,
+    check_count: Callable[[int, int, int], None] | None = None,
 ) -> tuple[list[Item | None], list[Qwen3VLInputError]]:
-    """Validate every input (concurrently: remote fetches overlap). Failed positions are None, with an error each."""
+    """Validate every input (concurrently: remote fetches overlap). Failed positions are None, with an error each.
+    `check_count(position, images, videos)`: as parse_item's, for the input at `position`."""
     def one(position: int) -> Item | Qwen3VLInputError:
         try:
-            return parse_item(raws[position], policy)
+            return parse_item(raws[position], policy,
+                              None if check_count is None else functools.partial(check_count, position))
         except _Invalid as exc:
             return Qwen3VLInputError(str(exc), index=position, role=role)
 

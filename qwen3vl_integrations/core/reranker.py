@@ -117,12 +117,13 @@ class Qwen3VLReranker(Qwen3VLRunner):
         def query_index(q: int) -> int | None:
             return None if _one_query else first_pair[q]
 
-        parsed_queries, query_errors = parse_items(raw_queries, self.policy, role="query")
+        parsed_queries, query_errors = parse_items(raw_queries, self.policy, role="query",
+                                                   check_count=lambda _, images, videos: self._check_count(
+                                                       images, videos, self.max_length))
         if query_errors:
             error = query_errors[0]
             raise Qwen3VLInputError(error.cause, index=query_index(position_of(error)), role="query")
         queries = [query for query in parsed_queries if query is not None]  # all of them: none failed
-        parsed_documents, errors = parse_items([document for _, document in pairs], self.policy, role="document")
         query_costs, query_specials = [], []
         for q, item in enumerate(queries):
             try:
@@ -131,6 +132,11 @@ class Qwen3VLReranker(Qwen3VLRunner):
                 self._check_fits(query_specials[-1], self.max_length)
             except _Invalid as exc:
                 raise Qwen3VLInputError(str(exc), index=query_index(q), role="query") from None
+        # A document shares max_length with its query: its count of images and videos is checked against the rest.
+        parsed_documents, errors = parse_items(
+            [document for _, document in pairs], self.policy, role="document",
+            check_count=lambda position, images, videos: self._check_count(
+                images, videos, self.max_length, query_specials[pair_query[position]]))
         document_costs: list[int] = []
         for position, document in enumerate(parsed_documents):
             if document is None:

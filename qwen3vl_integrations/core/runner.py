@@ -29,7 +29,8 @@ from .media import MediaPolicy, _Invalid
 from .options import flag, flag_or_folder, positive_number, whole_number
 from .pixels import normalize_pixels
 from .pooled_layer import can_pool_last_layer, pooled_tokens
-from .vision import VisionLimits, image_tokens, prepare_image, prepare_video, video_tokens
+from .vision import (VisionLimits, fewest_image_tokens, fewest_video_tokens, image_tokens, prepare_image,
+                     prepare_video, video_tokens)
 from .vision_layout import vision_layout
 
 TEXT_TOKENS_PER_CHAR = 0.34  # a cheap upper-ish estimate used only before the tokenizer is loaded
@@ -280,6 +281,29 @@ class Qwen3VLRunner:
         if all(new is old for new, old in zip(texts, item.texts)):
             return item
         return dataclasses.replace(item, texts=texts)
+
+    def _check_count(self, images: int, videos: int, budget: int, taken: int = 0) -> None:
+        """Refuse, before any of them is opened or fetched, images and videos too many for the sequence budget even
+        at the fewest tokens each can take under the vision limits (`taken`: tokens of the budget already spoken
+        for, a reranker query's for its document). Refuses nothing that `_check_fits` would accept."""
+        image_floor, video_floor = fewest_image_tokens(self.limits), fewest_video_tokens(self.limits)
+        room = budget - TEMPLATE_SPECIAL_TOKENS - taken
+        if images * image_floor + videos * video_floor <= room:
+            return
+        needed = images * image_floor + videos * video_floor + TEMPLATE_SPECIAL_TOKENS + taken
+        media = " and ".join(f"{count} {kind}{'s' if count != 1 else ''}"
+                             for count, kind in ((videos, "video"), (images, "image")) if count)
+        if videos * video_floor > room:
+            most = f"at most {max(room, 0) // video_floor} videos fit, at {video_floor} tokens each at least"
+        else:
+            beside = " beside its videos" if videos else ""
+            most = f"at most {(room - videos * video_floor) // image_floor} images fit{beside}, at {image_floor} " \
+                   "tokens each at least"
+        query = f" (the query's {taken} included)" if taken else ""
+        raise _Invalid(
+            f"has {media}, which need at least {needed} special/vision tokens{query}, more than max_length allows "
+            f"({budget}): {most}; send fewer{', lower min_pixels' if images else ''} or raise max_length"
+        )
 
     def _text_cost(self, texts: Sequence[str]) -> list[int]:
         return token_counts(self.load().tokenizer, texts)

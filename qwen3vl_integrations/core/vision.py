@@ -7,6 +7,7 @@ applied, which the reference forgets for files (REFERENCE.md §11 #2, a delibera
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -62,6 +63,35 @@ def image_tokens(width: int, height: int, limits: VisionLimits) -> int:
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
     return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR)
+
+
+
+# A hair's breadth off the exact bounds below, which smart_resize's float arithmetic may miss by rounding.
+_SLACK = 1 - 1e-9
+
+
+def fewest_grid_tokens(min_pixels: int, max_pixels: float) -> int:
+    """At most the visual tokens, (h // 32) * (w // 32), of every (h, w) = smart_resize(height, width, 32,
+    min_pixels, max_pixels) that does not raise (aspect ratio at most MAX_RATIO): a lower bound, exact for the
+    limits of images.
+
+    A size kept or enlarged ends on at least `min_pixels` (its sides rounded to the grid, each at least one cell).
+    A size shrunk under `max_pixels` has sides of a and p / a cells before flooring (p = max_pixels / 32², the
+    shorter a >= sqrt(p / MAX_RATIO)): with a in [k, k + 1), at least k * floor(p / (k + 1)) cells, which is 0 where
+    a side can fall under one cell."""
+    grown = max(1, math.ceil(min_pixels / IMAGE_FACTOR**2))
+    cells = max_pixels / IMAGE_FACTOR**2
+    shortest = math.floor(math.sqrt(cells / qvu.MAX_RATIO) * _SLACK)
+    shrunk = min(k * math.floor(cells * _SLACK / (k + 1))
+                 for k in range(shortest, math.floor(math.sqrt(cells) / _SLACK) + 1))
+    return min(grown, shrunk)
+
+
+@functools.lru_cache(maxsize=64)
+def fewest_image_tokens(limits: VisionLimits) -> int:
+    """The fewest prompt tokens one image can take under `limits`: its visual tokens at the smallest size the
+    limits allow, and <|vision_start|> <|vision_end|>. `image_tokens(width, height, limits) + 2` is never less."""
+    return fewest_grid_tokens(limits.min_pixels, limits.max_pixels) + 2
 
 
 # ------------------------------------------------------------------------------------------ videos
@@ -237,3 +267,22 @@ def video_tokens(source: VideoSource, item_fps: float | None, item_max_frames: i
     if timestamps:
         per_group += TOKENS_PER_GROUP_OVERHEAD - 2
     return groups * per_group + 2  # the template's outer <|vision_start|> ... <|vision_end|>
+
+
+@functools.lru_cache(maxsize=64)
+def fewest_video_tokens(limits: VisionLimits) -> int:
+    """The fewest prompt tokens one video (a file or frames) can take under `limits`: `video_tokens(...,
+    timestamps=False)` is never less, whatever its frame count, size and fps.
+
+    A video of n frames (n even, at least 2) takes n / 2 groups of (its frames' visual tokens + 2), + 2; the frames'
+    pixel cap falls as n grows, down to a floor, while every group adds at least 2 tokens: past the n whose groups
+    alone cost the fewest found, none can cost fewer."""
+    least = None
+    nframes = FRAME_FACTOR
+    while least is None or (nframes // FRAME_FACTOR) * 2 + 2 < least:
+        cap = max(min(VIDEO_FRAME_MAX_PIXELS, limits.total_pixels / nframes * FRAME_FACTOR),
+                  int(VIDEO_FRAME_MIN_PIXELS * 1.05))  # as _frame_budget
+        tokens = (nframes // FRAME_FACTOR) * (fewest_grid_tokens(VIDEO_FRAME_MIN_PIXELS, cap) + 2) + 2
+        least = tokens if least is None else min(least, tokens)
+        nframes += FRAME_FACTOR
+    return least
