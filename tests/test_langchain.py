@@ -625,6 +625,9 @@ def test_tiny_input_errors_reach_the_user(lc_embeddings, lc_rerank, media_dir):
     with pytest.raises(Qwen3VLInputError) as info:
         lc_rerank.compress_documents(docs, "q")
     assert info.value.index == 1 and info.value.role == "document"
+    with pytest.raises(Qwen3VLInputError) as info:  # a bad query, and the bad document beside it
+        lc_rerank.compress_documents(docs, {"image": "/no/such/query.png"})
+    assert [(each.role, each.index) for each in info.value.errors] == [("query", None), ("document", 1)]
 
     # an image that is None is refused, not embedded as the word NULL
     with pytest.raises(Qwen3VLInputError, match=r"^item 1: image is None"):
@@ -641,6 +644,10 @@ def test_tiny_cross_encoder_error_names_the_pair(tiny_reranker):
     assert info.value.index == 2
     with pytest.raises(Qwen3VLInputError, match=r"^query 1: text is not valid Unicode"):
         ce.score([("q", "a"), ("\ud83d", "b"), ("\ud83d", "c")])
+    # the bad documents of the call are reported with its bad query (equal query strings are one query)
+    with pytest.raises(Qwen3VLInputError, match=r"^query 1: .*\(and 2 more bad inputs: documents 2, 3;") as info:
+        ce.score([("q", "a"), ("\ud83d", "b"), ("\ud83d", None), ("q", None)])
+    assert [(each.role, each.index) for each in info.value.errors] == [("query", 1), ("document", 2), ("document", 3)]
 
 
 @pytest.mark.parametrize("call", [

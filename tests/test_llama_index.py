@@ -834,6 +834,13 @@ def test_errors_name_every_bad_node(tiny_embedder, tiny_reranker, media_dir):
         Qwen3VLRerank(reranker=tiny_reranker).postprocess_nodes([NodeWithScore(node=n) for n in nodes],
                                                                  query_str="a red square")
     assert info.value.__notes__[-2:] == ["while reranking node 'bad-a'", "the other bad nodes: 'bad-b', 'bad-c'"]
+    # a bad query comes first, with the bad nodes reported beside it
+    with pytest.raises(Qwen3VLInputError) as info:
+        Qwen3VLRerank(reranker=tiny_reranker).postprocess_nodes(
+            [NodeWithScore(node=n) for n in nodes], query_bundle=QueryBundle("a red square", image_path="/no/q.png"))
+    assert [(each.role, each.index) for each in info.value.errors] == [
+        ("query", None), ("document", 1), ("document", 2), ("document", 3)]
+    assert info.value.__notes__[-1] == "the bad nodes: 'bad-a', 'bad-b', 'bad-c'"
 
 
 def test_multimodal_vector_store_index_on_a_folder(tiny_emb, tiny_embedder, library):

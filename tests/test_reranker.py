@@ -648,6 +648,37 @@ def test_errors_through_rank_process_and_score_pairs(fresh, media_dir):
     assert not fresh.is_loaded
 
 
+def test_bad_queries_and_bad_documents_are_reported_together(fresh, media_dir):
+    """A bad query was raised alone: the call's bad documents went unreported, and so did every bad query but the
+    first. One error now holds them all, the queries first (each named by the first pair that uses it), then the
+    documents; a document whose query is bad is judged alone."""
+    missing = {"image": str(media_dir / "nope.png")}
+    broken = {"image": str(media_dir / "broken.png")}
+    with pytest.raises(Qwen3VLInputError) as info:
+        fresh.score(missing, ["a", broken, "b", {"text": 5}])
+    error = info.value
+    assert (error.role, error.index) == ("query", None) and "not found" in error.cause
+    assert [(each.role, each.index) for each in error.errors] == [("query", None), ("document", 1), ("document", 3)]
+    assert str(error).startswith("query: image 0: file not found") and "(and 2 more bad inputs: documents 1, 3;" \
+        in str(error)
+    assert "unreadable image" in error.errors[1].cause and "not str" in error.errors[2].cause
+    with pytest.raises(Qwen3VLInputError) as info:
+        fresh.score_pairs([("good", "a"), (missing, "b"), (missing, broken), ("\ud83d", "c"), ("good", None),
+                           ("\ud83d", "d")])
+    assert [(each.role, each.index) for each in info.value.errors] == [
+        ("query", 1), ("query", 3), ("document", 2), ("document", 4)]
+    assert "(and 3 more bad inputs: query 3, document 2, document 4;" in str(info.value)
+    assert "not valid Unicode" in info.value.errors[1].cause
+    # a query too long for max_length, with a bad document of a good query
+    short = Qwen3VLReranker(str(fresh.model_name_or_path), **{**K, "max_length": 48})
+    big = {"image": str(media_dir / "blue.jpg")}  # 49 visual tokens
+    with pytest.raises(Qwen3VLInputError) as info:
+        short.score_pairs([("q", "a"), (big, "b"), ("q", missing)])
+    assert [(each.role, each.index) for each in info.value.errors] == [("query", 1), ("document", 2)]
+    assert "max_length" in info.value.cause
+    assert not fresh.is_loaded and not short.is_loaded
+
+
 def test_empty_inputs(fresh):
     scores = fresh.score("q", [])
     assert isinstance(scores, np.ndarray) and scores.dtype == np.float32 and scores.shape == (0,)

@@ -10,9 +10,9 @@ class Qwen3VLInputError(ValueError):
     """An input item cannot be used. Names the item (by its index in the caller's list) and the cause.
 
     ``role`` is ``"item"`` for embedder inputs, ``"query"`` or ``"document"`` for the reranker. The checks before
-    any model work raise one error for all the bad items of an embedder call, or all the bad documents of a reranker
-    call (a bad query is reported alone): it names the first, and ``errors`` lists every one of them (this one
-    first), each with its own ``index`` and ``cause``.
+    any model work raise one error for all the bad inputs of a call (a reranker's bad queries first, then its bad
+    documents): it names the first, and ``errors`` lists every one of them (this one first), each with its own
+    ``index`` and ``cause``.
     """
 
     def __init__(self, cause: str, index: int | None = None, role: str = "item",

@@ -117,26 +117,29 @@ class Qwen3VLReranker(Qwen3VLRunner):
         def query_index(q: int) -> int | None:
             return None if _one_query else first_pair[q]
 
-        parsed_queries, query_errors = parse_items(raw_queries, self.policy, role="query",
-                                                   check_count=lambda _, images, videos: self._check_count(
-                                                       images, videos, self.max_length))
-        if query_errors:
-            error = query_errors[0]
-            raise Qwen3VLInputError(error.cause, index=query_index(position_of(error)), role="query")
-        queries = [query for query in parsed_queries if query is not None]  # all of them: none failed
-        query_costs, query_specials = [], []
-        for q, item in enumerate(queries):
+        # One error reports every bad query and every bad document, the queries first. A document whose query is bad
+        # is judged alone; one whose query is good shares max_length with it.
+        parsed_queries, bad_queries = parse_items(raw_queries, self.policy, role="query",
+                                                  check_count=lambda _, images, videos: self._check_count(
+                                                      images, videos, self.max_length))
+        query_costs_of: dict[int, int] = {}
+        query_specials: dict[int, int] = {}  # of the good queries
+        for q, item in enumerate(parsed_queries):
+            if item is None:
+                continue
             try:
-                query_costs.append(self._media_tokens(item))
-                query_specials.append(self._media_tokens(item, timestamps=False))
-                self._check_fits(query_specials[-1], self.max_length)
+                query_costs_of[q] = self._media_tokens(item)
+                specials = self._media_tokens(item, timestamps=False)
+                self._check_fits(specials, self.max_length)
+                query_specials[q] = specials
             except _Invalid as exc:
-                raise Qwen3VLInputError(str(exc), index=query_index(q), role="query") from None
-        # A document shares max_length with its query: its count of images and videos is checked against the rest.
+                bad_queries.append(Qwen3VLInputError(str(exc), index=q, role="query"))
+        query_errors = [Qwen3VLInputError(error.cause, index=query_index(position_of(error)), role="query")
+                        for error in sorted(bad_queries, key=position_of)]
         parsed_documents, errors = parse_items(
             [document for _, document in pairs], self.policy, role="document",
             check_count=lambda position, images, videos: self._check_count(
-                images, videos, self.max_length, query_specials[pair_query[position]]))
+                images, videos, self.max_length, query_specials.get(pair_query[position], 0)))
         document_costs: list[int] = []
         for position, document in enumerate(parsed_documents):
             if document is None:
@@ -144,12 +147,14 @@ class Qwen3VLReranker(Qwen3VLRunner):
                 continue
             try:
                 document_costs.append(self._media_tokens(document))
-                self._check_fits(self._media_tokens(document, timestamps=False) + query_specials[pair_query[position]],
-                                 self.max_length)
+                self._check_fits(self._media_tokens(document, timestamps=False)
+                                 + query_specials.get(pair_query[position], 0), self.max_length)
             except _Invalid as exc:
                 errors.append(Qwen3VLInputError(str(exc), index=position, role="document"))
         errors.sort(key=position_of)
-        raise_bad_inputs(errors)
+        raise_bad_inputs(query_errors + errors)
+        queries = [query for query in parsed_queries if query is not None]  # all of them: none failed
+        query_costs = [query_costs_of[q] for q in range(len(queries))]
         documents = [document for document in parsed_documents if document is not None]  # all of them: none failed
 
         loaded = self.load()

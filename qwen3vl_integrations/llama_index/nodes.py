@@ -164,16 +164,25 @@ def query_bundle_to_item(query_bundle: QueryBundle) -> Item:
 
 def name_the_nodes(error: BaseException, node_ids: Sequence[str], doing: str, role: Optional[str] = None) -> None:
     """Notes on a core input error whose indices point into `node_ids`: the node it names ("while <doing> node
-    <id>") and the ids of the other bad nodes it reports. Errors about another `role` (a query) are left alone."""
-    node_id = _node_id_at(getattr(error, "index", None), node_ids)
-    if (role is not None and getattr(error, "role", None) != role) or node_id is None:
+    <id>") and the ids of the other bad nodes it reports. With `role`, only its errors are about nodes: an error
+    that names another input first (the reranker's query) gets the ids of the bad nodes it also reports."""
+    reported = [error, *getattr(error, "others", ())]
+    about_nodes = [_node_id_at(getattr(each, "index", None), node_ids) for each in reported
+                   if role is None or getattr(each, "role", None) == role]
+    if role is not None and getattr(error, "role", None) != role:
+        _note_nodes(error, "the bad nodes", about_nodes)
         return
-    error.add_note(f"while {doing} node {node_id!r}")
-    others = [_node_id_at(other.index, node_ids) for other in getattr(error, "others", ())]
-    shown = [repr(other) for other in others if other is not None]
+    if about_nodes[0] is None:
+        return
+    error.add_note(f"while {doing} node {about_nodes[0]!r}")
+    _note_nodes(error, "the other bad nodes", about_nodes[1:])
+
+
+def _note_nodes(error: BaseException, what: str, node_ids: Sequence[Optional[str]]) -> None:
+    shown = [repr(node_id) for node_id in node_ids if node_id is not None]
     if shown:
         etc = f" and {len(shown) - POSITIONS_SHOWN} more" if len(shown) > POSITIONS_SHOWN else ""
-        error.add_note(f"the other bad nodes: {', '.join(shown[:POSITIONS_SHOWN])}{etc}")
+        error.add_note(f"{what}: {', '.join(shown[:POSITIONS_SHOWN])}{etc}")
 
 
 def _node_id_at(index: Any, node_ids: Sequence[str]) -> Optional[str]:
