@@ -611,6 +611,24 @@ def test_try_embed_keeps_the_good_items(emb, media_dir, official):
                                                                     bounds=TINY), atol=1e-5)
 
 
+def test_check_inputs_finds_what_embed_refuses_without_the_model(tiny_embedding_path, media_dir):
+    """`check_inputs` runs embed's checks before model work, alone: the LlamaIndex adapter reports with it the bad
+    inputs of the chunks it did not embed, so its errors must be the ones embed would raise."""
+    e = fresh(tiny_embedding_path, max_length=64)
+    items = ["fine", {"image": str(media_dir / "nope.png")}, {"image": [media_dir / "blue.jpg", media_dir / "red.png"]},
+             {"text": 5}, "caf\udce9"]
+    found = e.check_inputs(items)
+    with pytest.raises(Qwen3VLInputError) as info:
+        e.embed(items)
+    assert [(each.index, each.role, each.cause) for each in found] == [
+        (each.index, each.role, each.cause) for each in info.value.errors]
+    assert [each.index for each in found] == [1, 2, 3, 4] and "max_length" in found[1].cause  # the token budget too
+    assert e.check_inputs(["fine", {"image": media_dir / "red.png"}]) == []
+    assert not e.is_loaded
+    with pytest.raises(TypeError, match="wrap a single input in a list"):
+        e.check_inputs("fine")
+
+
 def test_try_embed_reports_errors_found_while_decoding(tiny_embedding_path, media_dir):
     """Errors that only show when decoding (a truncated file whose header is fine; vision tokens over
     max_length) are attributed to the right input position, and the other inputs survive."""

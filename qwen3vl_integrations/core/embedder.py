@@ -96,6 +96,14 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         finish = self._output_rows(dimensions, normalize, precision, ranges)
         return self._embed(items, instruction, normalize, batch_size, show_progress, strict=False, finish=finish)
 
+    def check_inputs(self, items: Sequence[Any]) -> list[Qwen3VLInputError]:
+        """The checks `embed` runs on `items` before any model work, without it: one error per bad input (its
+        `index` counts in `items`), in order; [] when all pass. Media are read as `embed` reads them (headers of
+        files, remote media fetched); the model is not loaded. A file damaged after a good header shows only when
+        it is decoded, so only `embed` finds it."""
+        return self._checked(input_list(items, "check_inputs() takes a list of inputs; wrap a single input in a "
+                                                  "list"))[2]
+
     def process(self, inputs: Sequence[dict[str, Any]], normalize: bool = True) -> torch.Tensor:
         """The official API: a list of dicts in, a float32 tensor [N, D] out. Keys other than the official ones are
         ignored, as upstream does."""
@@ -125,22 +133,10 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         items = input_list(items, "embed() takes a list of inputs; wrap a single input in a list")
         batch_size = self._check_call(instruction, batch_size)
         row = finish(np.zeros((1, self.embedding_dim), np.float32))  # checks the options; the output's width, dtype
-        parsed, errors = parse_items(items, self.policy, check_count=lambda _, images, videos: self._check_count(
-            images, videos, self.max_length - EMBEDDING_SUFFIX))
-        valid = {position: item for position, item in enumerate(parsed) if item is not None}
-        good = list(valid)
-        costs: dict[int, int] = {}
-        for position in good:
-            try:
-                self._check_fits(self._media_tokens(valid[position], timestamps=False),
-                                 self.max_length - EMBEDDING_SUFFIX)
-                costs[position] = self._media_tokens(valid[position])
-            except _Invalid as exc:
-                errors.append(Qwen3VLInputError(str(exc), index=position))
-        errors.sort(key=position_of)
+        valid, costs, errors = self._checked(items)
         if strict:
             raise_bad_inputs(errors, hint="Qwen3VLEmbedder.try_embed embeds the good inputs and reports the bad ones")
-        good = [position for position in good if position in costs]
+        good = list(costs)
         if not items or not good:
             return EmbeddingResult(np.zeros((0, row.shape[1]), row.dtype), np.zeros(0, np.int64), errors)
         valid.update((position, self._cut_long_texts(valid[position])) for position in good)
@@ -167,6 +163,22 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         errors.sort(key=position_of)
         kept = np.flatnonzero(done)
         return EmbeddingResult(_close_gaps(vectors, kept), np.asarray(good, dtype=np.int64)[kept], errors)
+
+    def _checked(self, items: list[Any]) -> tuple[dict[int, Item], dict[int, int], list[Qwen3VLInputError]]:
+        """The checks before any model work: the items that pass (by position), their media tokens (a sort cost),
+        and an error per bad input, in order."""
+        parsed, errors = parse_items(items, self.policy, check_count=lambda _, images, videos: self._check_count(
+            images, videos, self.max_length - EMBEDDING_SUFFIX))
+        valid = {position: item for position, item in enumerate(parsed) if item is not None}
+        costs: dict[int, int] = {}
+        for position, item in valid.items():
+            try:
+                self._check_fits(self._media_tokens(item, timestamps=False), self.max_length - EMBEDDING_SUFFIX)
+                costs[position] = self._media_tokens(item)
+            except _Invalid as exc:
+                errors.append(Qwen3VLInputError(str(exc), index=position))
+        errors.sort(key=position_of)
+        return valid, costs, errors
 
     def _encode_item(self, loaded: Any, item: Item, instruction: str | None) -> EncodedItem:
         """Prompt, media and tokens of one item, ending in <|endoftext|>, truncated around vision tokens."""
