@@ -13,6 +13,8 @@ import hashlib
 import io
 import pickle
 import shutil
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, List
@@ -44,6 +46,7 @@ from llama_index.core.schema import (  # noqa: E402
     TextNode,
 )
 
+from qwen3vl_integrations.core.async_calls import CallGivenUp, stop_if_given_up  # noqa: E402
 from qwen3vl_integrations.core.errors import Qwen3VLInputError  # noqa: E402
 from qwen3vl_integrations.core.prompts import DEFAULT_QUERY_INSTRUCTION  # noqa: E402
 from qwen3vl_integrations.llama_index import (  # noqa: E402
@@ -92,12 +95,17 @@ class FakeEmbedder:
         self.batch_size = batch_size
         self.kwargs = kwargs
         self.calls: List[dict] = []
+        self.checked: List[list] = []  # the inputs of each check_inputs call
         self.fail_at: int | None = None
 
     def vector(self, item: Any, instruction: Any = None) -> np.ndarray:
         digest = hashlib.sha256(_key(item) + b"#" + _key(instruction)).digest()
         v = np.frombuffer(digest[: self.embedding_dim], dtype=np.uint8).astype(np.float32) - 127.5
         return v / np.linalg.norm(v)
+
+    def check_inputs(self, items):
+        self.checked.append(list(items))
+        return []
 
     def embed(self, items, *, instruction=None, dimensions=None, batch_size=None, show_progress=False, **kw):
         items = list(items)
@@ -437,6 +445,86 @@ async def test_transformation_async_and_pipeline(png_bytes):
     assert {node.node_id: node.embedding for node in result} == expected
     result = IngestionPipeline(transformations=[emb]).run(nodes=_mixed_nodes(png_bytes))
     assert {node.node_id: node.embedding for node in result} == expected
+
+
+class ChunkedFakeEmbedder(FakeEmbedder):
+    """A fake core whose texts starting with "bad" are bad inputs, refused (all of a call's at once) before any model
+    work, as the core does; a call of good texts runs `passes` forward passes of 10 ms, stopping between them once it
+    is given up. `ended` says how each call ended: "done", "stopped" or "bad"."""
+
+    def __init__(self, passes: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.passes = passes
+        self.ended: List[str] = []
+        self.running = 0
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _bad(items: List[Any]) -> List[Qwen3VLInputError]:
+        return [Qwen3VLInputError(f"bad text {item!r}", index=k) for k, item in enumerate(items)
+                if str(item).startswith("bad")]
+
+    def check_inputs(self, items):
+        self.checked.append(list(items))
+        return self._bad(list(items))
+
+    def embed(self, items, **kwargs):
+        items = list(items)
+        with self.lock:
+            self.running += 1
+        try:
+            bad = self._bad(items)
+            if bad:
+                self.ended.append("bad")
+                raise Qwen3VLInputError(bad[0].cause, index=bad[0].index, others=bad[1:])
+            for _ in range(self.passes):
+                try:
+                    stop_if_given_up()
+                except CallGivenUp:
+                    self.ended.append("stopped")
+                    raise
+                time.sleep(0.01)
+            self.ended.append("done")
+            return super().embed(items, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+CHUNKED_TEXTS = ["a", "b", "bad c", "d", "e", "bad f", "g", "bad h", "i"]  # chunks of 2: 3 of 5 have a bad text
+
+
+def test_batch_errors_report_the_chunks_after_the_failed_one_without_embedding_them():
+    """LlamaIndex embeds the chunks in turn and stops at the first that raises: the bad inputs of the chunks after it
+    are reported too, by their positions in the caller's list, found by the core's checks (nothing embedded)."""
+    fake = ChunkedFakeEmbedder()
+    emb = Qwen3VLEmbedding(embedder=fake, embed_batch_size=2)
+    with pytest.raises(Qwen3VLInputError,
+                       match=r"^item 2: bad text 'bad c' \(and 2 more bad inputs: items 5, 7;") as info:
+        emb.get_text_embedding_batch(CHUNKED_TEXTS)
+    assert [(each.index, each.cause) for each in info.value.errors] == [
+        (2, "bad text 'bad c'"), (5, "bad text 'bad f'"), (7, "bad text 'bad h'")]
+    assert fake.ended == ["done", "bad"]  # the first chunk embedded; the failed one; the others only checked
+    assert fake.checked == [CHUNKED_TEXTS[4:]]
+
+
+def test_async_batch_errors_stop_the_other_chunks_and_report_every_bad_input():
+    """LlamaIndex runs an async batch's chunks at once: after an input error the others stop before their next
+    forward pass (they ran to the end for nothing), and the error reports the bad inputs of every chunk."""
+    fake = ChunkedFakeEmbedder(passes=300)  # 3 s for a good chunk that runs to the end
+    emb = Qwen3VLEmbedding(embedder=fake, embed_batch_size=2)
+
+    async def caller() -> None:  # the loop runs on after the error, as a server's does (asyncio.run's end cancels)
+        with pytest.raises(Qwen3VLInputError,
+                           match=r"^item 2: bad text 'bad c' \(and 2 more bad inputs: items 5, 7;") as info:
+            await emb.aget_text_embedding_batch(CHUNKED_TEXTS)
+        assert [each.index for each in info.value.errors] == [2, 5, 7]
+        deadline = time.monotonic() + 2.5
+        while fake.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    asyncio.run(caller())
+    assert fake.running == 0 and "done" not in fake.ended and fake.ended.count("bad") >= 1
 
 
 @pytest.mark.filterwarnings("ignore:.*no embed content:UserWarning")  # nodes built to route, not to index
@@ -819,6 +907,51 @@ def test_batch_errors_report_every_bad_input_of_the_chunk_by_its_position(tiny_e
     with pytest.raises(Qwen3VLInputError) as info:  # one object twice (an interned string): both places
         emb.get_image_embedding_batch([red, missing, red, missing])
     assert [each.index for each in info.value.errors] == [1, 3]
+
+
+def test_batch_errors_report_every_bad_input_of_every_chunk(tiny_embedder, media_dir):
+    """A bad input in a later chunk than the first bad one is reported in the same error (it was found only on the
+    next run, after fixing the first), by its position in the caller's list; with a cache, sync and async alike."""
+    from llama_index.core.storage.kvstore import SimpleKVStore
+
+    emb = Qwen3VLEmbedding(embedder=tiny_embedder, embed_batch_size=2)
+    cached = Qwen3VLEmbedding(embedder=tiny_embedder, embed_batch_size=2, embeddings_cache=SimpleKVStore())
+    texts = ["a", "b\ud800", "c", "d", "e", "f<|image_pad|>", "g"]
+    cached.get_text_embedding_batch(["a", "c"])  # the cache leaves the core only a chunk's other texts
+    for call in (lambda: emb.get_text_embedding_batch(texts),
+                 lambda: asyncio.run(emb.aget_text_embedding_batch(texts)),
+                 lambda: cached.get_text_embedding_batch(texts),
+                 lambda: asyncio.run(cached.aget_text_embedding_batch(texts))):
+        with pytest.raises(Qwen3VLInputError,
+                           match=r"^item 1: text is not valid Unicode.*\(and 1 more bad input: item 5;") as info:
+            call()
+        assert [each.index for each in info.value.errors] == [1, 5]
+        assert "reserved vision placeholder" in info.value.errors[1].cause
+        assert any("try_embed" in note for note in info.value.__notes__)
+    red, missing, broken = (str(media_dir / name) for name in ("red.png", "nope.png", "broken.png"))
+    images = [red, missing, red, red, red, broken, red, missing]  # chunks of 2: the 1st, 3rd and 4th have one
+    for call in (lambda: emb.get_image_embedding_batch(images),
+                 lambda: asyncio.run(emb.aget_image_embedding_batch(images))):
+        with pytest.raises(Qwen3VLInputError, match=r"^item 1: .*file not found.*\(and 2 more bad inputs: items 5, 7;"):
+            call()
+
+
+@pytest.mark.filterwarnings("ignore:.*no embed content:UserWarning")  # nodes built to fail, not to index
+def test_node_errors_report_every_bad_node_of_every_modality(tiny_embedder, media_dir):
+    """As a transformation, a bad text node no longer hides the bad image and video nodes (embedded after the text
+    nodes, they were never looked at): one error names them all, by position in the nodes given and by id."""
+    nodes = [TextNode(text="fine", id_="good-text"), ImageNode(image_path="/no/a.png", id_="bad-image"),
+             TextNode(text="caf\udce9", id_="bad-text"), ImageNode(image_path=str(media_dir / "red.png"), id_="good"),
+             TextNode(text="", metadata={"video_path": "/no/v.mp4"}, id_="bad-video")]
+    emb = Qwen3VLEmbedding(embedder=tiny_embedder)
+    for call in (lambda: emb(nodes), lambda: asyncio.run(emb.acall(nodes))):
+        with pytest.raises(Qwen3VLInputError, match=r"^item 1: image 0: .*not found.*items 2, 4;") as info:
+            call()
+        assert [each.index for each in info.value.errors] == [1, 2, 4]
+        assert "not valid Unicode" in info.value.errors[1].cause
+        assert info.value.__notes__[-2:] == ["while embedding node 'bad-image'",
+                                             "the other bad nodes: 'bad-text', 'bad-video'"]
+        assert [node.embedding for node in nodes] == [None] * 5
 
 
 @pytest.mark.filterwarnings("ignore:.*no embed content:UserWarning")  # nodes built to route, not to index

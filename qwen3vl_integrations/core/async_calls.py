@@ -14,12 +14,13 @@ before each forward pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -28,6 +29,8 @@ T = TypeVar("T")
 THREADS_PER_POOL = 32
 
 _GIVEN_UP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("qwen3vl_given_up", default=None)
+_GROUP_STOPPED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("qwen3vl_group_stopped",
+                                                                                       default=None)
 
 
 class CallGivenUp(Exception):
@@ -35,10 +38,24 @@ class CallGivenUp(Exception):
 
 
 def stop_if_given_up() -> None:
-    """Raise `CallGivenUp` in a call whose async caller was cancelled (called between forward passes)."""
-    given_up = _GIVEN_UP.get()
-    if given_up is not None and given_up.is_set():
-        raise CallGivenUp("the caller stopped waiting for this call")
+    """Raise `CallGivenUp` in a call whose async caller was cancelled, or whose group was stopped (called between
+    forward passes)."""
+    for given_up in (_GIVEN_UP.get(), _GROUP_STOPPED.get()):
+        if given_up is not None and given_up.is_set():
+            raise CallGivenUp("the caller stopped waiting for this call")
+
+
+@contextlib.contextmanager
+def calls_stopped_together() -> Iterator[threading.Event]:
+    """Around one public call made of several concurrent calls (LlamaIndex's async batch methods run a chunk per
+    call): once the yielded event is set, each of them that the block started, in its threads or in
+    `WorkerThreads.run`, stops before its next forward pass (the copied context carries the event)."""
+    stopped = threading.Event()
+    token = _GROUP_STOPPED.set(stopped)
+    try:
+        yield stopped
+    finally:
+        _GROUP_STOPPED.reset(token)
 
 
 class WorkerThreads:

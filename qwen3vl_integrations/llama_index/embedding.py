@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence
 
 from llama_index.core.base.embeddings.base import Embedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
@@ -17,8 +17,8 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
 
-from ..core.async_calls import embedding_threads
-from ..core.errors import Qwen3VLInputError
+from ..core.async_calls import calls_stopped_together, embedding_threads, stop_if_given_up
+from ..core.errors import Qwen3VLInputError, position_of
 from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
 from ..core.quantization import check_dimensions
 from ._core import HoldsCoreObject
@@ -37,13 +37,15 @@ DEFAULT_EMBED_BATCH_SIZE = 256
 __all__ = ["Qwen3VLEmbedding", "image_query_bundle", "video_query_bundle", "DEFAULT_EMBEDDING_MODEL"]
 
 
+_MODALITIES = ("text", "image", "video")  # the order in which a transformation embeds the node groups
 _FAILED_INPUT = "_qwen3vl_failed_input"  # set on a chunk call's input errors: the input object each names
 _UNMARKED = object()
 
 
 @contextlib.contextmanager
 def _naming_the_input(chunk: Sequence[Any]) -> Iterator[None]:
-    """Around one chunk call: each input error carries the input object it names (`_positions_in` locates it)."""
+    """Around one chunk call: each input error carries the input object it names (`_in_callers_list` locates
+    it)."""
     try:
         yield
     except Qwen3VLInputError as error:
@@ -53,43 +55,48 @@ def _naming_the_input(chunk: Sequence[Any]) -> Iterator[None]:
         raise
 
 
-@contextlib.contextmanager
-def _positions_in(inputs: Sequence[Any]) -> Iterator[None]:
-    """Around a ``get_*_batch`` method: LlamaIndex calls us per chunk of ``embed_batch_size`` (or per cache miss
-    list), so an error's indices count within that chunk. Found by identity, each input an error names gets its
-    position in the caller's list; an object there several times (an interned string) gets its places in order."""
-    try:
-        yield
-    except Qwen3VLInputError as error:
-        places: dict[int, list[int]] = {}
-        for place, value in enumerate(inputs):
-            places.setdefault(id(value), []).append(place)
-        named: dict[int, int] = {}  # how many errors have named each object so far
+def _in_callers_list(error: Qwen3VLInputError, inputs: Sequence[Any]) -> Optional[Qwen3VLInputError]:
+    """`error` from one chunk call of a ``get_*_batch`` method, its positions in the caller's list (None when an
+    input it names is not there). LlamaIndex calls us per chunk of ``embed_batch_size`` (or per cache miss list), so
+    an error's indices count within that chunk. Found by identity, each input an error names gets its position in
+    the caller's list; an object there several times (an interned string) gets its places in order."""
+    places: dict[int, list[int]] = {}
+    for place, value in enumerate(inputs):
+        places.setdefault(id(value), []).append(place)
+    named: dict[int, int] = {}  # how many errors have named each object so far
 
-        def position_of_input(each: Qwen3VLInputError) -> int | None:
-            failed = getattr(each, _FAILED_INPUT, _UNMARKED)
-            found = places.get(id(failed)) if failed is not _UNMARKED else None
-            if not found:
-                return None
-            times = named.get(id(failed), 0)
-            named[id(failed)] = times + 1
-            return found[min(times, len(found) - 1)]
+    def position_of_input(each: Qwen3VLInputError) -> Optional[int]:
+        failed = getattr(each, _FAILED_INPUT, _UNMARKED)
+        found = places.get(id(failed)) if failed is not _UNMARKED else None
+        if not found:
+            return None
+        times = named.get(id(failed), 0)
+        named[id(failed)] = times + 1
+        return found[min(times, len(found) - 1)]
 
-        position = position_of_input(error)
-        if position is None:
-            raise
-        others = [other.located(position_of_input(other), other.role) for other in error.others]
-        raise error.located(position, error.role, others=others) from None
+    positions = [position_of_input(each) for each in error.errors]
+    if any(position is None for position in positions):
+        return None
+    return _joined(error, [each.located(position, each.role) for each, position in zip(error.errors, positions)])
 
 
-@contextlib.contextmanager
-def _naming_the_node(nodes: Sequence[BaseNode], group: List[tuple]) -> Iterator[None]:
-    """Name the nodes behind a core input error whose indices point into `group`."""
-    try:
-        yield
-    except ValueError as error:
-        name_the_nodes(error, [nodes[position].node_id for position, _ in group], "embedding")
-        raise
+def _joined(error: Qwen3VLInputError, errors: Sequence[Qwen3VLInputError]) -> Qwen3VLInputError:
+    """One error for all of `errors` (none of them dropped), in the caller's order: it names the first and keeps the
+    notes of `error`, the one raised."""
+    every = sorted(errors, key=position_of)
+    first = every[0]
+    joined = Qwen3VLInputError(first.cause, index=first.index, role=first.role, others=every[1:])
+    for note in getattr(error, "__notes__", ()):
+        joined.add_note(note)
+    return joined
+
+
+def _text_items(texts: Sequence[Any]) -> List[Any]:
+    return list(texts)
+
+
+def _image_items(images: Sequence[Any]) -> List[Any]:
+    return [{"image": image} for image in images]
 
 
 class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
@@ -190,6 +197,7 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
     ) -> List[Embedding]:
         if len(items) == 0:
             return []
+        stop_if_given_up()  # a chunk of an async batch call that failed meanwhile: no work (see _every_bad_input_of)
         embedder = self.embedder
         core_batch = getattr(embedder, "batch_size", None)  # the core's own cap (its default, or core_options)
         vectors = embedder.embed(
@@ -211,6 +219,62 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
             embeddings = self._embed(items, instruction, show_progress=show_progress)
             event.on_end(payload={EventPayload.CHUNKS: list(chunks), EventPayload.EMBEDDINGS: embeddings})
         return embeddings
+
+    # ------------------------------------------------------------------ every bad input of a batch call
+
+    def _with_bad_inputs_among(self, error: Qwen3VLInputError, inputs: Sequence[Any],
+                               as_items: Callable[[Sequence[Any]], List[Any]],
+                               unchecked: Sequence[int]) -> Qwen3VLInputError:
+        """`error` (positions in `inputs`) and the bad inputs among the positions `unchecked`, found by the core's
+        checks before model work (:meth:`Qwen3VLEmbedder.check_inputs`: no model work, nothing embedded)."""
+        if not unchecked:
+            return error
+        found = self.embedder.check_inputs(as_items([inputs[position] for position in unchecked]))
+        if not found:
+            return error
+        return _joined(error, [*error.errors, *(each.located(unchecked[position_of(each)], each.role)
+                                                for each in found)])
+
+    @contextlib.contextmanager
+    def _every_bad_input_of(self, inputs: Sequence[Any],
+                            as_items: Callable[[Sequence[Any]], List[Any]]) -> Iterator[None]:
+        """Around a sync ``get_*_batch`` method. LlamaIndex embeds the chunks one after another and stops at the
+        first that raises; the inputs of the chunks after it are then checked (the core's checks before model work:
+        no model work, nothing embedded), and one error reports every bad input found, by its position in `inputs`,
+        the first first. The chunks before it were embedded: their inputs are good."""
+        try:
+            yield
+        except Qwen3VLInputError as error:
+            located = _in_callers_list(error, inputs)
+            if located is None:
+                raise
+            size = self.embed_batch_size  # LlamaIndex's chunks: inputs[0:size], inputs[size:2 * size], ...
+            after = range((min(position_of(each) for each in located.errors) // size + 1) * size, len(inputs))
+            raise self._with_bad_inputs_among(located, inputs, as_items, after) from None
+
+    @contextlib.asynccontextmanager
+    async def _aevery_bad_input_of(self, inputs: Sequence[Any],
+                                   as_items: Callable[[Sequence[Any]], List[Any]]) -> AsyncIterator[None]:
+        """Around an async ``aget_*_batch`` method. LlamaIndex runs all the chunks at once and raises the first
+        error; then the other chunks' calls stop before their next forward pass (a chunk not started yet does
+        nothing): nothing waits for what they would compute. Every input the error does not name is then checked,
+        as in :meth:`_every_bad_input_of` (in a worker thread: media may be fetched), and one error reports every
+        bad input found. (Which chunks ran, and how far, is not known here; an object in several chunks, an
+        interned string, makes even the failed chunk's place uncertain.)"""
+        with calls_stopped_together() as stop:
+            try:
+                yield
+            except BaseException as error:
+                stop.set()
+                if not isinstance(error, Qwen3VLInputError):
+                    raise
+                located = _in_callers_list(error, inputs)
+                if located is None:
+                    raise
+                named = {position_of(each) for each in located.errors}
+                others = [position for position in range(len(inputs)) if position not in named]
+                raise await embedding_threads.run(self._with_bad_inputs_among, located, inputs, as_items,
+                                                  others) from None
 
     # ------------------------------------------------------------------ LlamaIndex text / query
 
@@ -256,14 +320,16 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
 
     def get_text_embedding_batch(self, texts: List[str], show_progress: bool = False,
                                  **kwargs: Any) -> List[Embedding]:
-        """LlamaIndex's chunked batch call; an input error names the text's position in ``texts``."""
-        with _positions_in(texts), self._cached_as("document"):
+        """LlamaIndex's chunked batch call; an input error reports every bad text of ``texts`` by its position there
+        (see :meth:`_every_bad_input_of`)."""
+        with self._every_bad_input_of(texts, _text_items), self._cached_as("document"):
             return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
 
     async def aget_text_embedding_batch(self, texts: List[str], show_progress: bool = False,
                                         **kwargs: Any) -> List[Embedding]:
-        with _positions_in(texts), self._cached_as("document"):
-            return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+        async with self._aevery_bad_input_of(texts, _text_items):
+            with self._cached_as("document"):
+                return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
 
     async def _aget_text_embeddings(self, texts: List[str]) -> List[Embedding]:
         return await embedding_threads.run(self._get_text_embeddings, texts)
@@ -290,13 +356,14 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
 
     def get_image_embedding_batch(self, img_file_paths: List[Any],
                                   show_progress: bool = False) -> List[Embedding]:
-        """LlamaIndex's chunked batch call; an input error names the image's position in ``img_file_paths``."""
-        with _positions_in(img_file_paths):
+        """LlamaIndex's chunked batch call; an input error reports every bad image of ``img_file_paths`` by its
+        position there (see :meth:`_every_bad_input_of`)."""
+        with self._every_bad_input_of(img_file_paths, _image_items):
             return super().get_image_embedding_batch(img_file_paths, show_progress=show_progress)
 
     async def aget_image_embedding_batch(self, img_file_paths: List[Any],
                                          show_progress: bool = False) -> List[Embedding]:
-        with _positions_in(img_file_paths):
+        async with self._aevery_bad_input_of(img_file_paths, _image_items):
             return await super().aget_image_embedding_batch(img_file_paths, show_progress=show_progress)
 
     async def _aget_image_embeddings(self, img_file_paths: List[Any]) -> List[Embedding]:
@@ -371,7 +438,7 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
     # ------------------------------------------------------------------ node routing (transformation)
 
     def _route(self, nodes: Sequence[BaseNode]) -> Dict[str, List[tuple]]:
-        groups: Dict[str, List[tuple]] = {"text": [], "image": [], "video": []}
+        groups: Dict[str, List[tuple]] = {kind: [] for kind in _MODALITIES}
         contentless = []
         for position, node in enumerate(nodes):
             kind, item = node_to_item(node)
@@ -387,10 +454,27 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
                 "(media_file_extractor() does both)", UserWarning, stacklevel=3)
         return groups
 
-    def _embed_media_group(self, nodes: Sequence[BaseNode], group: List[tuple], show_progress: bool) -> List[Embedding]:
+    def _embed_media_group(self, group: List[tuple], show_progress: bool) -> List[Embedding]:
         items = [item for _, item in group]
-        with _naming_the_node(nodes, group):
-            return self._embed_with_event(items, items, self.text_instruction, show_progress=show_progress)
+        return self._embed_with_event(items, items, self.text_instruction, show_progress=show_progress)
+
+    def _every_bad_node(self, error: Qwen3VLInputError, nodes: Sequence[BaseNode], groups: Dict[str, List[tuple]],
+                        kind: str) -> Qwen3VLInputError:
+        """`error`, raised by embedding the nodes of `groups[kind]` (its positions count in that group), with its
+        positions in `nodes`, the bad nodes of the groups after it added (the core's checks before model work; no
+        model work), and notes naming the bad nodes."""
+        group = groups[kind]
+        if not all(isinstance(each.index, int) and 0 <= each.index < len(group) for each in error.errors):
+            name_the_nodes(error, [nodes[position].node_id for position, _ in group], "embedding")
+            return error
+        errors = [each.located(group[position_of(each)][0], each.role) for each in error.errors]
+        later = [entry for other in _MODALITIES[_MODALITIES.index(kind) + 1:] for entry in groups[other]]
+        if later:
+            found = self.embedder.check_inputs([item for _, item in later])
+            errors += [each.located(later[position_of(each)][0], each.role) for each in found]
+        every = _joined(error, errors)
+        name_the_nodes(every, [node.node_id for node in nodes], "embedding")
+        return every
 
     @staticmethod
     def _write(nodes: Sequence[BaseNode], groups: Dict[str, List[tuple]],
@@ -402,16 +486,20 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
         return nodes
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
-        """Embed nodes in place by modality (text, image, video), one batch per modality."""
+        """Embed nodes in place by modality (text, image, video), one batch per modality. An input error reports
+        every bad node, by its position in `nodes` and (in notes) its id: once a modality fails, the nodes of the
+        modalities after it are only checked (no model work)."""
         groups = self._route(nodes)
         show_progress = bool(kwargs.get("show_progress", False))
         embeddings: Dict[str, List[Embedding]] = {}
-        if groups["text"]:
-            with _naming_the_node(nodes, groups["text"]):
-                embeddings["text"] = self.get_text_embedding_batch([text for _, text in groups["text"]], **kwargs)
-        for kind in ("image", "video"):
+        for kind in _MODALITIES:
             if groups[kind]:
-                embeddings[kind] = self._embed_media_group(nodes, groups[kind], show_progress)
+                try:
+                    embeddings[kind] = (
+                        self.get_text_embedding_batch([text for _, text in groups[kind]], **kwargs)
+                        if kind == "text" else self._embed_media_group(groups[kind], show_progress))
+                except Qwen3VLInputError as error:
+                    raise self._every_bad_node(error, nodes, groups, kind) from None
         return self._write(nodes, groups, embeddings)
 
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
@@ -419,14 +507,15 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
         groups = await embedding_threads.run(self._route, nodes)  # decodes base64 images: 14-19 ms per 3 MB picture
         show_progress = bool(kwargs.get("show_progress", False))
         embeddings: Dict[str, List[Embedding]] = {}
-        if groups["text"]:
-            with _naming_the_node(nodes, groups["text"]):
-                embeddings["text"] = await self.aget_text_embedding_batch(
-                    [text for _, text in groups["text"]], **kwargs)
-        for kind in ("image", "video"):
+        for kind in _MODALITIES:
             if groups[kind]:
-                embeddings[kind] = await embedding_threads.run(self._embed_media_group, nodes, groups[kind],
-                                                               show_progress)
+                try:
+                    embeddings[kind] = await (
+                        self.aget_text_embedding_batch([text for _, text in groups[kind]], **kwargs)
+                        if kind == "text" else embedding_threads.run(self._embed_media_group, groups[kind],
+                                                                     show_progress))
+                except Qwen3VLInputError as error:
+                    raise await embedding_threads.run(self._every_bad_node, error, nodes, groups, kind) from None
         return self._write(nodes, groups, embeddings)
 
 
