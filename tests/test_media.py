@@ -6,6 +6,7 @@ image; the embedding-level tests check that every form of the same picture or cl
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gc
 import http.server
 import importlib.util
@@ -428,6 +429,15 @@ def test_aspect_ratio_over_200_is_refused():
     with pytest.raises(_Invalid, match="aspect ratio"):
         image_tokens(402, 2, TINY_LIMITS)
     assert image_tokens(400, 2, TINY_LIMITS) > 0
+
+
+def test_an_image_too_narrow_for_max_pixels_is_refused_with_the_limit_that_keeps_it():
+    """smart_resize floors a shrunk image's sides to the grid: under max_pixels below 6400 * 32 * 32 / 32 a 6400x32
+    strip's height becomes 0 (decoding then failed on a 0-pixel size, naming neither cause nor remedy)."""
+    with pytest.raises(_Invalid, match="6400x32 image shrinks to 3616x0 pixels under max_pixels=65536.*at least "
+                                       "204800"):
+        image_tokens(6400, 32, TINY_LIMITS)
+    assert image_tokens(6400, 32, dataclasses.replace(TINY_LIMITS, max_pixels=204_800)) == 200
 
 
 # ------------------------------------------------------------------------------------------ remote

@@ -257,7 +257,12 @@ class Qwen3VLRunner:
         """Prompt tokens of an item's media: special and vision tokens (exact), plus an estimate of the videos'
         timestamp text unless `timestamps` is False, which counts exactly what truncation can never drop.
         Raises _Invalid."""
-        count = sum(image_tokens(image.width, image.height, self.limits) + 2 for image in item.images)
+        count = 0
+        for position, image in enumerate(item.images):
+            try:
+                count += image_tokens(image.width, image.height, self.limits) + 2
+            except _Invalid as exc:
+                raise _Invalid(f"image {position}: {exc}") from None
         count += sum(video_tokens(video, item.fps, item.max_frames, self.limits, timestamps=timestamps)
                      for video in item.videos)
         return count

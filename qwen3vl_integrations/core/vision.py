@@ -57,11 +57,19 @@ def prepare_image(source: ImageSource, limits: VisionLimits, policy: MediaPolicy
 
 
 def image_tokens(width: int, height: int, limits: VisionLimits) -> int:
-    """Visual tokens of one image after smart_resize (raises _Invalid for aspect ratios over 200)."""
+    """Visual tokens of one image after smart_resize (raises _Invalid for aspect ratios over 200, and for images so
+    narrow that shrinking them under max_pixels leaves a side of no pixels)."""
     try:
         h, w = qvu.smart_resize(height, width, IMAGE_FACTOR, limits.min_pixels, limits.max_pixels)
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
+    if not h or not w:
+        # smart_resize floors each side of a shrunk image to the grid: the shorter one reaches 0 where
+        # max_pixels < longer * 32 * 32 / shorter (the image's decoding then failed on a 0-pixel size).
+        needed = math.ceil(max(width, height) * IMAGE_FACTOR**2 / min(width, height))
+        raise _Invalid(f"a {width}x{height} image shrinks to {w}x{h} pixels under max_pixels={limits.max_pixels}, "
+                       f"too narrow for its shorter side to keep a pixel: raise max_pixels to at least {needed} or "
+                       "crop the image")
     return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR)
 
 
