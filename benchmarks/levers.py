@@ -90,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     parser.add_argument("--quick", action="store_true", help="a few tiny inputs per case (smoke test)")
     parser.add_argument("--cache-dir", default=None, help="where random checkpoints and media are kept")
+    parser.add_argument("--texts", default=None, metavar="N,MIN,MAX",
+                        help="embed_text's texts: N texts of MIN to MAX tokens (default: the benchmark's)")
     parser.add_argument("--rerank-docs", default=None, metavar="N,MIN,MAX",
                         help="rerank_text's documents: N texts of MIN to MAX tokens (default: the benchmark's)")
     args = parser.parse_args(argv)
@@ -109,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     emb_path, rr_path, _ = checkpoint_paths(args.model, None, dtype, device, cache_dir, "auto")
     embedder = Qwen3VLEmbedder(emb_path, device=device, dtype=dtype)
     reranker = Qwen3VLReranker(rr_path, device=device, dtype=dtype)
-    sizes = Sizes.for_run(args.quick, device.type).with_rerank_docs(args.rerank_docs)
+    sizes = Sizes.for_run(args.quick, device.type).with_texts(args.texts).with_rerank_docs(args.rerank_docs)
     functions = case_functions(embedder, reranker, sizes, cache_dir / "media")
     switches = ", ".join(describe(lever) for lever in levers)
 
@@ -127,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     text = "\n".join([
         f"Lever `{args.lever}` ({switches}), `{args.model}` model, "
         f"{device.type} ({hardware}), {str(dtype).replace('torch.', '')}, {args.runs} runs per setting, alternating"
+        + (f"; embed_text: {sizes.texts} texts of {sizes.text_min}-{sizes.text_max} tokens" if args.texts else "")
         + (f"; rerank_text: {sizes.rerank_docs} documents of {sizes.rerank_doc_min}-{sizes.rerank_doc_max} tokens"
            if args.rerank_docs else ""),
         "", "| case | on: median s | off: median s | gain | runs on, off | max \\|diff\\| |", "|---|---|---|---|---|---|",

@@ -469,6 +469,7 @@ CORE_SWITCHES: dict[str, tuple[str, Any, Any, str]] = {
     "text-rotary": ("rotary.TEXT_IN_FEWER_PASSES", True, False, "text rotary by transformers' formula"),
     "cpu-long-rows": ("lower_right_attention.CPU_LONG_ROWS_CAUSAL", True, False,
                       "long cached rows with the causal bias (a mask on the CPU)"),
+    "long-text-cut": ("long_texts.CUT_LONG_TEXTS", True, False, "long texts tokenised whole"),
     "fused-projections": ("fused_projections.FUSED_PROJECTIONS", True, False,
                           "one matrix product per projection, q/k norms and rotation per tensor"),
 }
