@@ -1151,8 +1151,11 @@ def test_fewest_tokens_bound_every_image_and_video():
                                           timestamps=False)
                     assert tokens >= least_video, (limits, width, height, total, fps, max_frames)
     assert fewest_image_tokens(VisionLimits()) == image_tokens(10, 10, VisionLimits()) + 2 == 6
-    # Under a small max_pixels an image of ratio 200 is shrunk to no row of patches: 2 tokens, which the bound allows.
-    assert image_tokens(12800, 64, TINY_LIMITS) == 0 and fewest_image_tokens(TINY_LIMITS) == 2
+    # Under a small max_pixels an image of ratio 200 would shrink to no row of patches: it is refused (image_tokens),
+    # and the bound still allows its 2 tokens.
+    with pytest.raises(_Invalid, match="too narrow"):
+        image_tokens(12800, 64, TINY_LIMITS)
+    assert fewest_image_tokens(TINY_LIMITS) == 2
 
 
 @pytest.fixture

@@ -183,18 +183,8 @@ def parse_item(raw: Any, policy: MediaPolicy, check_count: Callable[[int, int], 
         raise _Invalid(f"unsupported video type {type(video_value).__name__}")
     if check_count is not None:  # before any image or video is opened or fetched
         check_count(len(image_values), len(video_values))
-    images = []
-    for position, value in enumerate(image_values):
-        try:
-            images.append(resolve_image(value, policy))
-        except _Invalid as exc:
-            raise _Invalid(f"image {position}: {exc}") from None
-    videos = []
-    for position, value in enumerate(video_values):
-        try:
-            videos.append(resolve_video(value, policy))
-        except _Invalid as exc:
-            raise _Invalid(f"video {position}: {exc}") from None
+    images = _resolved("image", image_values, lambda value: resolve_image(value, policy))
+    videos = _resolved("video", video_values, lambda value: resolve_video(value, policy))
 
     instruction = raw.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
@@ -216,6 +206,17 @@ def parse_item(raw: Any, policy: MediaPolicy, check_count: Callable[[int, int], 
     # A blank instruction is no instruction, "" and "   " alike: the call's (or the default) applies.
     return Item(texts, images, videos, instruction if instruction and instruction.strip() else None,
                 float(fps) if fps is not None else None, int(max_frames) if max_frames is not None else None)
+
+
+def _resolved(kind: str, values: list[Any], resolve: Callable[[Any], Any]) -> list[Any]:
+    """Each of `values` resolved in order; an error names the `kind` and its position in the item."""
+    resolved = []
+    for position, value in enumerate(values):
+        try:
+            resolved.append(resolve(value))
+        except _Invalid as exc:
+            raise _Invalid(f"{kind} {position}: {exc}") from None
+    return resolved
 
 
 def parse_items(
