@@ -149,13 +149,13 @@ def test_cut_texts_keep_the_same_token_ids(tiny_embedding_path, tiny_reranker_pa
         before = random_text(rng, rng.randint(0, 3))
         item = Item(texts=[before, text] if case % 3 == 1 else [text],
                     instruction=random_text(rng, 3) if case % 5 == 0 else None)
-        shorter = embedder._cut_long_texts(item)
+        shorter = embedder._cut_long_texts([item])[0]
         cuts += shorter is not item
         whole = embedder._encode_item(loaded, item, None).input_ids
         assert embedder._encode_item(loaded, shorter, None).input_ids.tolist() == whole.tolist(), (case, text)
 
         query = Item(texts=[random_text(rng, 4)])
-        as_query, as_document = reranker._cut_long_texts(item), reranker._cut_long_texts(Item(texts=[text]))
+        as_query, as_document = reranker._cut_long_texts([item, Item(texts=[text])])
         for q, d, q_cut, d_cut in ((query, Item(texts=[text]), query, as_document), (item, query, as_query, query)):
             whole = reranker._encode_pair(rerank_loaded, q, ([], []), d, None).input_ids
             assert reranker._encode_pair(rerank_loaded, q_cut, ([], []), d_cut, None).input_ids.tolist() \
@@ -180,12 +180,34 @@ def test_a_long_text_is_tokenised_as_a_head_only(tiny_embedding_path, tiny_core_
         return original(backend, texts, *args, **kwargs)
 
     monkeypatch.setattr(type(tokenizer._tokenizer), "encode_batch_fast", counting)
-    vector = embedder.embed([text, "short"])
-    assert seen and max(seen) < 5_000  # the planner's count, on the head
+    inputs = [text, "short", {"text": ["A title.\n", text[1000:]]}]  # two long items: cut on threads
+    vectors = embedder.embed(inputs)
+    assert seen and max(seen) < 5_000  # the cut's and the planner's counts, on heads
     monkeypatch.setattr(long_texts, "CUT_LONG_TEXTS", False)
     seen.clear()
-    np.testing.assert_array_equal(embedder.embed([text, "short"]), vector)
+    np.testing.assert_array_equal(embedder.embed(inputs), vectors)
     assert max(seen) > 2_000_000
+
+
+def test_the_planner_counts_a_long_text_at_most_max_length(tiny_embedding_path, tiny_reranker_path,
+                                                           tiny_core_kwargs, monkeypatch):
+    """Truncation's bound, not a text's whole length, decides its batch (a text of 100k tokens was planned as 100k,
+    alone in its batch; cut or whole, a long text now gets the same plan, so the same vectors bit for bit)."""
+    embedder = Qwen3VLEmbedder(str(tiny_embedding_path), **{**tiny_core_kwargs, "max_length": 64})
+    reranker = Qwen3VLReranker(str(tiny_reranker_path), **{**tiny_core_kwargs, "max_length": 64})
+    planned: list[list[int]] = []
+    for core in (embedder, reranker):
+        original = core._run
+
+        def run(costs, *args, _original=original, **kwargs):
+            planned.append(list(costs))
+            return _original(costs, *args, **kwargs)
+
+        monkeypatch.setattr(core, "_run", run)
+    embedder.embed(["word " * 2000, "short"])
+    reranker.score("query", ["word " * 2000, "short"])
+    assert planned[0][0] == 64 and planned[0][1] < 64
+    assert planned[1][0] == 64 + 5  # a pair: max_length and the 5 tokens of the chat suffix
 
 
 def test_texts_the_cut_cannot_vouch_for_are_kept_whole(cut):

@@ -35,7 +35,7 @@ from qwen3vl_integrations.core.media import (
     resolve_image,
     resolve_video,
 )
-from qwen3vl_integrations.core.vision import VisionLimits, image_tokens, prepare_image, prepare_video
+from qwen3vl_integrations.core.vision import VisionLimits, image_tokens, prepare_image, prepare_video, video_tokens
 
 POLICY = MediaPolicy(allow_remote=False)
 TINY_LIMITS = VisionLimits(min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32, total_pixels=256 * 32 * 32, fps=1.0,
@@ -429,6 +429,16 @@ def test_aspect_ratio_over_200_is_refused():
     with pytest.raises(_Invalid, match="aspect ratio"):
         image_tokens(402, 2, TINY_LIMITS)
     assert image_tokens(400, 2, TINY_LIMITS) > 0
+
+
+def test_a_video_too_narrow_for_its_share_of_total_pixels_is_refused():
+    """The same for video frames: 64 frames of 12800x64 under total_pixels=1,000,000 shrank to 5216x0 each, counted
+    as no visual tokens, and decoding failed once the model work had begun."""
+    limits = dataclasses.replace(TINY_LIMITS, total_pixels=1_000_000, max_frames=64)
+    with pytest.raises(_Invalid, match="12800x64 frames shrink to 5216x0 pixels under total_pixels=1000000 shared "
+                                       "by 64 frames"):
+        video_tokens(VideoFileSource(640, 10.0, 12800, 64), None, None, limits)
+    assert video_tokens(VideoFileSource(640, 10.0, 12800, 64), None, 8, limits) > 0
 
 
 def test_an_image_too_narrow_for_max_pixels_is_refused_with_the_limit_that_keeps_it():
@@ -1147,8 +1157,11 @@ def test_fewest_tokens_bound_every_image_and_video():
                 continue
             for total, fps in ((2, 1.0), (16, 8.0), (300, 30.0), (5000, 25.0)):
                 for max_frames in (None, 2, 64, 10_000):
-                    tokens = video_tokens(VideoFileSource(total, fps, width, height), None, max_frames, limits,
-                                          timestamps=False)
+                    try:
+                        tokens = video_tokens(VideoFileSource(total, fps, width, height), None, max_frames, limits,
+                                              timestamps=False)
+                    except _Invalid:  # frames too narrow for their share of total_pixels: refused, no bound needed
+                        continue
                     assert tokens >= least_video, (limits, width, height, total, fps, max_frames)
     assert fewest_image_tokens(VisionLimits()) == image_tokens(10, 10, VisionLimits()) + 2 == 6
     # Under a small max_pixels an image of ratio 200 would shrink to no row of patches: it is refused (image_tokens),

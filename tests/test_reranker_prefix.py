@@ -173,6 +173,25 @@ def test_truncated_query_text_still_matches(tiny_reranker_path):
                                    atol=ATOL, rtol=0)
 
 
+def test_a_long_query_part_runs_only_as_far_as_pairs_can_share(tiny_reranker_path, monkeypatch):
+    """A query part longer than max_length keeps its first max_length tokens (pairs, truncated, share no more): its
+    keys and values were computed for every token of the query, however long, and the scores are as before."""
+    short = Qwen3VLReranker(str(tiny_reranker_path), max_length=40, share_query_prefix=True, **K)
+    reference = Qwen3VLReranker(str(tiny_reranker_path), max_length=40, share_query_prefix=False, **K)
+    lengths: list[int] = []
+    original = QueryPrefix.keys_values
+
+    def measured(self, loaded):
+        lengths.append(len(self.item))
+        return original(self, loaded)
+
+    monkeypatch.setattr(QueryPrefix, "keys_values", measured)
+    for query in ["word " * 100, {"image": RED, "text": "word " * 60}]:
+        np.testing.assert_allclose(short.score(query, ["x", "y y", "z"]), reference.score(query, ["x", "y y", "z"]),
+                                   atol=ATOL, rtol=0)
+    assert lengths and max(lengths) == 40
+
+
 def test_several_queries_each_run_once(shared, whole, monkeypatch):
     computed = []
     original = QueryPrefix.keys_values

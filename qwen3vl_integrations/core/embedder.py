@@ -139,10 +139,11 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         good = list(costs)
         if not items or not good:
             return EmbeddingResult(np.zeros((0, row.shape[1]), row.dtype), np.zeros(0, np.int64), errors)
-        valid.update((position, self._cut_long_texts(valid[position])) for position in good)
+        valid.update(zip(good, self._cut_long_texts([valid[position] for position in good])))
 
         text_costs = self._text_cost([" ".join(valid[p].texts) + (valid[p].instruction or "") for p in good])
-        order_costs = [costs[p] + t + PROMPT_OVERHEAD for p, t in zip(good, text_costs)]
+        # At most max_length: truncation's bound, not a long text's whole length, decides its batch.
+        order_costs = [min(costs[p] + t + PROMPT_OVERHEAD, self.max_length) for p, t in zip(good, text_costs)]
         loaded = self.load()
         vectors = np.zeros((len(good), row.shape[1]), row.dtype)
         done = np.zeros(len(good), bool)

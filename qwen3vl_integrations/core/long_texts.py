@@ -93,7 +93,7 @@ class LongTextCut:
     def cut(self, text: str, tokens: int) -> str:
         """`text`, or a head of it whose first `tokens` text tokens are the whole text's, wherever it stands in a
         prompt. Long texts only (MIN_CHARS_PER_TOKEN); a text that holds an added token is kept whole."""
-        if not CUT_LONG_TEXTS or len(text) < tokens * MIN_CHARS_PER_TOKEN or self.holds_added_token(text):
+        if not self.is_long(text, tokens) or self.holds_added_token(text):
             return text
         planned = tokens * FIRST_CHARS_PER_TOKEN
         while planned < len(text) // 2:
@@ -106,6 +106,11 @@ class LongTextCut:
             # Grow by the density found so far (at least 1.5x): two or three tries for any script.
             planned = int(planned * max(1.5, 1.2 * tokens / max(found, 1)))
         return text
+
+    @staticmethod
+    def is_long(text: str, tokens: int) -> bool:
+        """Whether `cut` tries to cut `text` (MIN_CHARS_PER_TOKEN; never with CUT_LONG_TEXTS off)."""
+        return CUT_LONG_TEXTS and len(text) >= tokens * MIN_CHARS_PER_TOKEN
 
     def holds_added_token(self, text: str) -> bool:
         """Whether an added token's text occurs in `text`; those whose first character does not are not searched
@@ -122,7 +127,8 @@ class LongTextCut:
         end = settled_end(normalised, pieces)
         if end == 0 or self.holds_added_token(normalised[:end]):
             return 0
-        settled = self.backend.encode_batch([normalised[:end]], add_special_tokens=False)[0]
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)  # without offsets where it can
+        settled = encode([normalised[:end]], add_special_tokens=False)[0]
         return len(settled.ids) - sum(len(piece.encode()) for piece, _ in pieces[:LEADING_PIECES])
 
 

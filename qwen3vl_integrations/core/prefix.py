@@ -11,6 +11,7 @@ tokens that its sequences have in common with the query part.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass, field
@@ -55,8 +56,15 @@ class QueryPrefix:
     _keys_values: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_encoding(cls, item: EncodedItem, text: str, vision_end_id: int) -> "QueryPrefix":
-        """`item` is the encoding of `text`, the prompt up to the document's content."""
+    def from_encoding(cls, item: EncodedItem, text: str, vision_end_id: int, longest: int) -> "QueryPrefix":
+        """`item` is the encoding of `text`, the prompt up to the document's content. Of a query part longer than
+        `longest` (max_length), only the first `longest` tokens are kept: a pair truncated to max_length shares no
+        more (the rest of a long query's text is dropped from every pair), and its keys and values would be computed
+        for nothing. The query's vision tokens come before its text and fit max_length (checked before)."""
+        vision = (item.mm_token_type_ids != 0).nonzero()
+        if len(item) > longest and (not len(vision) or int(vision[-1]) < longest):
+            item = dataclasses.replace(item, input_ids=item.input_ids[:longest],
+                                       mm_token_type_ids=item.mm_token_type_ids[:longest])
         # The processor expands each media placeholder within its own span, so the text's last <|vision_end|> is
         # the encoding's last one.
         ends = (item.input_ids == vision_end_id).nonzero()

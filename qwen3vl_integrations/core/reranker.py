@@ -158,8 +158,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
         documents = [document for document in parsed_documents if document is not None]  # all of them: none failed
 
         loaded = self.load()
-        queries = [self._cut_long_texts(query) for query in queries]
-        documents = [self._cut_long_texts(document) for document in documents]
+        queries, documents = self._cut_long_texts(queries), self._cut_long_texts(documents)
         score_weight = loaded.score_weight
         if score_weight is None:  # (only an embedding model lacks it)
             raise RuntimeError(f"{self.model_name_or_path} was loaded without the reranker's score head")
@@ -169,7 +168,9 @@ class Qwen3VLReranker(Qwen3VLRunner):
                           zip(document_costs, self._text_cost([" ".join(doc.texts) for doc in documents]))]
         # Whole pairs, even where the query part runs once: while a batch runs, each of its rows holds its own copy
         # of that part's keys and values in every layer, so the token budget must count it.
-        costs = [document_parts[p] + query_parts[q] for p, q in enumerate(pair_query)]
+        # At most a truncated pair's length: truncation's bound, not a long text's whole length, decides its batch.
+        costs = [min(document_parts[p] + query_parts[q], self.max_length + RERANK_SUFFIX)
+                 for p, q in enumerate(pair_query)]
         prepared_queries = [self._prepare_or_raise(query, query_index(q), "query")
                             for q, query in enumerate(queries)]
         # The query part of a query with several documents is encoded once: its media go through the processor
@@ -242,7 +243,8 @@ class Qwen3VLReranker(Qwen3VLRunner):
                 item = encode(processor, text, query_media[0], query_media[1], loaded.raw_pixels)
             except Exception as exc:
                 raise Qwen3VLInputError(f"could not encode input: {exc}", index=index, role="query") from None
-        return QueryPrefix.from_encoding(item, text, loaded.tokenizer.convert_tokens_to_ids(VISION_END))
+        return QueryPrefix.from_encoding(item, text, loaded.tokenizer.convert_tokens_to_ids(VISION_END),
+                                         self.max_length)
 
     def _encode_pair(self, loaded: Any, query: Item, query_media: tuple[list[Any], list[Any]], document: Item,
                      instruction: str | None, prefix: QueryPrefix | None = None) -> EncodedItem:

@@ -10,7 +10,7 @@ import threading
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import torch
@@ -19,7 +19,7 @@ from .async_calls import stop_if_given_up
 from .batching import plan_batches
 from .caching import BoundedCache, owner_cache
 from .compiled_layers import compile_options, compiled_decoder_layers
-from .encoding import EncodedItem, collate, token_counts
+from .encoding import COUNT_THREADS, EncodedItem, collate, token_counts
 from .errors import Qwen3VLInputError
 from .inputs import Item, check_instruction
 from .joining import JoinLimits, can_join, join_rows
@@ -257,15 +257,17 @@ class Qwen3VLRunner:
         """Prompt tokens of an item's media: special and vision tokens (exact), plus an estimate of the videos'
         timestamp text unless `timestamps` is False, which counts exactly what truncation can never drop.
         Raises _Invalid."""
-        count = 0
-        for position, image in enumerate(item.images):
+        def tokens(kind: str, position: int, count: Callable[[], int]) -> int:
             try:
-                count += image_tokens(image.width, image.height, self.limits) + 2
+                return count()
             except _Invalid as exc:
-                raise _Invalid(f"image {position}: {exc}") from None
-        count += sum(video_tokens(video, item.fps, item.max_frames, self.limits, timestamps=timestamps)
-                     for video in item.videos)
-        return count
+                raise _Invalid(f"{kind} {position}: {exc}") from None
+
+        return sum(tokens("image", position, functools.partial(image_tokens, image.width, image.height, self.limits))
+                   + 2 for position, image in enumerate(item.images)) \
+            + sum(tokens("video", position, functools.partial(video_tokens, video, item.fps, item.max_frames,
+                                                              self.limits, timestamps=timestamps))
+                  for position, video in enumerate(item.videos))
 
     def _check_fits(self, special_tokens: int, budget: int) -> None:
         """Refuse, before any model work, media whose vision tokens alone exceed the sequence budget."""
@@ -276,16 +278,29 @@ class Qwen3VLRunner:
                 "lower max_pixels/total_pixels or max_frames, or raise max_length"
             )
 
-    def _cut_long_texts(self, item: Item) -> Item:
-        """`item` with each long text cut to a head that gives the same kept tokens (core/long_texts.py): megabytes
-        that truncation drops are never tokenised."""
+    def _cut_long_texts(self, items: Sequence[Item]) -> list[Item]:
+        """`items` with each long text cut to a head that gives the same kept tokens (core/long_texts.py): megabytes
+        that truncation drops are never tokenised. Items with long texts are cut on up to COUNT_THREADS threads (the
+        tokenizer's backend releases the GIL for most of a cut's 20-40 ms), before the planner needs their lengths."""
         cut = self.load().long_text_cut
         if cut is None:
-            return item
-        texts = [cut.cut(text, self.max_length) for text in item.texts]
-        if all(new is old for new, old in zip(texts, item.texts)):
-            return item
-        return dataclasses.replace(item, texts=texts)
+            return list(items)
+
+        def cut_item(item: Item) -> Item:
+            texts = [cut.cut(text, self.max_length) for text in item.texts]
+            return item if all(new is old for new, old in zip(texts, item.texts)) else dataclasses.replace(
+                item, texts=texts)
+
+        long = [k for k, item in enumerate(items) if any(cut.is_long(text, self.max_length) for text in item.texts)]
+        done = list(items)
+        if len(long) > 1 and COUNT_THREADS > 1:
+            with ThreadPoolExecutor(min(COUNT_THREADS, len(long))) as pool:
+                for k, item in zip(long, pool.map(cut_item, [items[k] for k in long])):
+                    done[k] = item
+        else:
+            for k in long:
+                done[k] = cut_item(items[k])
+        return done
 
     def _check_count(self, images: int, videos: int, budget: int, taken: int = 0) -> None:
         """Refuse, before any of them is opened or fetched, images and videos too many for the sequence budget even

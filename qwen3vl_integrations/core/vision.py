@@ -270,6 +270,12 @@ def video_tokens(source: VideoSource, item_fps: float | None, item_max_frames: i
         new_h, new_w = _frame_budget(nframes, height, width, limits.total_pixels)
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
+    if not new_h or not new_w:
+        # As for images (image_tokens): each frame's share of total_pixels floors its shorter side to 0, and
+        # decoding failed after the model work had begun.
+        raise _Invalid(f"its {width}x{height} frames shrink to {new_w}x{new_h} pixels under total_pixels="
+                       f"{limits.total_pixels} shared by {nframes} frames, too narrow for the shorter side to keep a "
+                       "pixel: raise total_pixels, lower max_frames or fps, or crop the video")
     groups = nframes // FRAME_FACTOR
     per_group = (new_h // IMAGE_FACTOR) * (new_w // IMAGE_FACTOR) + 2  # pads plus <|vision_start|> <|vision_end|>
     if timestamps:
