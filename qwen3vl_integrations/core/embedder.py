@@ -9,7 +9,7 @@ import torch
 
 from .encoding import EncodedItem, append_token, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError, position_of
-from .inputs import Item, input_list, official_item, parse_items, raise_bad_inputs
+from .inputs import Item, input_list, official_item, raise_bad_inputs
 from .media import _Invalid
 from .prompts import EMBEDDING_DEFAULT_INSTRUCTION, embedding_conversation, render
 from .runner import Qwen3VLRunner
@@ -101,8 +101,8 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         `index` counts in `items`), in order; [] when all pass. Media are read as `embed` reads them (headers of
         files, remote media fetched); the model is not loaded. A file damaged after a good header shows only when
         it is decoded, so only `embed` finds it."""
-        return self._checked(input_list(items, "check_inputs() takes a list of inputs; wrap a single input in a "
-                                                  "list"))[2]
+        items = input_list(items, "check_inputs() takes a list of inputs; wrap a single input in a list")
+        return self._checked_items(items, "item", self.max_length - EMBEDDING_SUFFIX)[3]
 
     def process(self, inputs: Sequence[dict[str, Any]], normalize: bool = True) -> torch.Tensor:
         """The official API: a list of dicts in, a float32 tensor [N, D] out. Keys other than the official ones are
@@ -133,7 +133,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         items = input_list(items, "embed() takes a list of inputs; wrap a single input in a list")
         batch_size = self._check_call(instruction, batch_size)
         row = finish(np.zeros((1, self.embedding_dim), np.float32))  # checks the options; the output's width, dtype
-        valid, costs, errors = self._checked(items)
+        valid, costs, _, errors = self._checked_items(items, "item", self.max_length - EMBEDDING_SUFFIX)
         if strict:
             raise_bad_inputs(errors, hint="Qwen3VLEmbedder.try_embed embeds the good inputs and reports the bad ones")
         good = list(costs)
@@ -164,22 +164,6 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         errors.sort(key=position_of)
         kept = np.flatnonzero(done)
         return EmbeddingResult(_close_gaps(vectors, kept), np.asarray(good, dtype=np.int64)[kept], errors)
-
-    def _checked(self, items: list[Any]) -> tuple[dict[int, Item], dict[int, int], list[Qwen3VLInputError]]:
-        """The checks before any model work: the items that pass (by position), their media tokens (a sort cost),
-        and an error per bad input, in order."""
-        parsed, errors = parse_items(items, self.policy, check_count=lambda _, images, videos: self._check_count(
-            images, videos, self.max_length - EMBEDDING_SUFFIX))
-        valid = {position: item for position, item in enumerate(parsed) if item is not None}
-        costs: dict[int, int] = {}
-        for position, item in valid.items():
-            try:
-                self._check_fits(self._media_tokens(item, timestamps=False), self.max_length - EMBEDDING_SUFFIX)
-                costs[position] = self._media_tokens(item)
-            except _Invalid as exc:
-                errors.append(Qwen3VLInputError(str(exc), index=position))
-        errors.sort(key=position_of)
-        return valid, costs, errors
 
     def _encode_item(self, loaded: Any, item: Item, instruction: str | None) -> EncodedItem:
         """Prompt, media and tokens of one item, ending in <|endoftext|>, truncated around vision tokens."""

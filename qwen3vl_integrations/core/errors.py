@@ -59,6 +59,13 @@ def _more(others: Sequence[Qwen3VLInputError]) -> str:
     return f" (and {len(others)} more bad input{plural}: {shown}{etc}; each with its cause in this error's .errors)"
 
 
+def one_error(errors: Sequence[Qwen3VLInputError]) -> Qwen3VLInputError:
+    """One error for all of `errors` (non-empty, in the order given): it names the first, lists the others'
+    positions and holds them all in `.errors`."""
+    first = errors[0]
+    return Qwen3VLInputError(first.cause, index=first.index, role=first.role, others=list(errors[1:]))
+
+
 def position_of(error: Qwen3VLInputError) -> int:
     """The position that an error about one of a call's inputs names (every such error names one); a sort key."""
     if error.index is None:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import Qwen3VLInputError
+from .errors import Qwen3VLInputError, one_error
 from .media import (
     IMAGE_EXTENSIONS,
     ImageSource,
@@ -21,6 +21,7 @@ from .media import (
     VideoSource,
     _Invalid,
     has_extension,
+    naming_media,
     open_image,
     resolve_image,
     resolve_video,
@@ -212,10 +213,8 @@ def _resolved(kind: str, values: list[Any], resolve: Callable[[Any], Any]) -> li
     """Each of `values` resolved in order; an error names the `kind` and its position in the item."""
     resolved = []
     for position, value in enumerate(values):
-        try:
+        with naming_media(kind, position):
             resolved.append(resolve(value))
-        except _Invalid as exc:
-            raise _Invalid(f"{kind} {position}: {exc}") from None
     return resolved
 
 
@@ -247,8 +246,7 @@ def raise_bad_inputs(errors: list[Qwen3VLInputError], hint: str = "") -> None:
     and holds them all in `.errors`; `hint` becomes a note on it (shown under the traceback)."""
     if not errors:
         return
-    first = errors[0]
-    error = Qwen3VLInputError(first.cause, index=first.index, role=first.role, others=errors[1:])
+    error = one_error(errors)
     if hint:
         error.add_note(hint)
     raise error

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.util
 import os
 import threading
@@ -170,7 +171,6 @@ class LoadedModel:
     _processors_lock: threading.Lock = field(default_factory=threading.Lock)
     _idle_processors: list[Any] = field(default_factory=list)  # processors lent out one borrower at a time
     _pools: dict[int, ThreadPoolExecutor] = field(default_factory=dict)
-    _long_text_cut: list[LongTextCut | None] = field(default_factory=list)  # found on first use
 
     def __post_init__(self) -> None:
         self._idle_processors.append(self.processor)  # the first borrower needs no copy
@@ -210,13 +210,11 @@ class LoadedModel:
         pad_id = self.processor.tokenizer.pad_token_id
         return pad_id if pad_id is not None else 0
 
-    @property
+    @functools.cached_property
     def long_text_cut(self) -> LongTextCut | None:
         """What cuts long texts before they are tokenised (core/long_texts.py); None for a tokenizer it does not
-        know."""
-        if not self._long_text_cut:
-            self._long_text_cut.append(LongTextCut.for_tokenizer(self.tokenizer))
-        return self._long_text_cut[0]
+        know. Found on first use (two threads may both find it: the same answer)."""
+        return LongTextCut.for_tokenizer(self.tokenizer)
 
     @property
     def special_ids(self) -> torch.Tensor:

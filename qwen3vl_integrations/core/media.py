@@ -7,6 +7,7 @@ Nothing here ever reads a file that the caller did not name explicitly as an ima
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import io
 import re
@@ -15,7 +16,7 @@ import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -44,6 +45,15 @@ DOWNLOAD_TIMEOUTS = 4  # a server trickling bytes passes every per-read timeout:
 
 class _Invalid(Exception):
     """Internal: a cause without an index; converted to Qwen3VLInputError by the caller."""
+
+
+@contextlib.contextmanager
+def naming_media(kind: str, position: int) -> Iterator[None]:
+    """An _Invalid raised within names the item's image or video (`kind`) at `position`: "image 1: ..."."""
+    try:
+        yield
+    except _Invalid as exc:
+        raise _Invalid(f"{kind} {position}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -8,7 +8,7 @@ import torch
 
 from .encoding import EncodedItem, encode, truncate_text_tokens
 from .errors import Qwen3VLInputError, position_of
-from .inputs import Item, input_list, official_item, parse_items, raise_bad_inputs
+from .inputs import Item, input_list, official_item, raise_bad_inputs
 from .media import _Invalid
 from .options import flag, whole_number
 from .prefix import VISION_END, QueryPrefix, inputs_after_prefix
@@ -119,43 +119,16 @@ class Qwen3VLReranker(Qwen3VLRunner):
 
         # One error reports every bad query and every bad document, the queries first. A document whose query is bad
         # is judged alone; one whose query is good shares max_length with it.
-        parsed_queries, bad_queries = parse_items(raw_queries, self.policy, role="query",
-                                                  check_count=lambda _, images, videos: self._check_count(
-                                                      images, videos, self.max_length))
-        query_costs_of: dict[int, int] = {}
-        query_specials: dict[int, int] = {}  # of the good queries
-        for q, item in enumerate(parsed_queries):
-            if item is None:
-                continue
-            try:
-                query_costs_of[q] = self._media_tokens(item)
-                specials = self._media_tokens(item, timestamps=False)
-                self._check_fits(specials, self.max_length)
-                query_specials[q] = specials
-            except _Invalid as exc:
-                bad_queries.append(Qwen3VLInputError(str(exc), index=q, role="query"))
-        query_errors = [Qwen3VLInputError(error.cause, index=query_index(position_of(error)), role="query")
-                        for error in sorted(bad_queries, key=position_of)]
-        parsed_documents, errors = parse_items(
-            [document for _, document in pairs], self.policy, role="document",
-            check_count=lambda position, images, videos: self._check_count(
-                images, videos, self.max_length, query_specials.get(pair_query[position], 0)))
-        document_costs: list[int] = []
-        for position, document in enumerate(parsed_documents):
-            if document is None:
-                document_costs.append(0)
-                continue
-            try:
-                document_costs.append(self._media_tokens(document))
-                self._check_fits(self._media_tokens(document, timestamps=False)
-                                 + query_specials.get(pair_query[position], 0), self.max_length)
-            except _Invalid as exc:
-                errors.append(Qwen3VLInputError(str(exc), index=position, role="document"))
-        errors.sort(key=position_of)
-        raise_bad_inputs(query_errors + errors)
-        queries = [query for query in parsed_queries if query is not None]  # all of them: none failed
-        query_costs = [query_costs_of[q] for q in range(len(queries))]
-        documents = [document for document in parsed_documents if document is not None]  # all of them: none failed
+        queries_of, query_costs_of, query_specials, bad_queries = self._checked_items(raw_queries, "query",
+                                                                                      self.max_length)
+        documents_of, document_costs_of, _, errors = self._checked_items(
+            [document for _, document in pairs], "document", self.max_length,
+            taken=lambda position: query_specials.get(pair_query[position], 0))
+        raise_bad_inputs([error.located(query_index(position_of(error)), "query") for error in bad_queries] + errors)
+        queries = list(queries_of.values())  # all of them, in order: none failed
+        query_costs = list(query_costs_of.values())
+        documents = list(documents_of.values())
+        document_costs = list(document_costs_of.values())
 
         loaded = self.load()
         queries, documents = self._cut_long_texts(queries), self._cut_long_texts(documents)

@@ -20,12 +20,12 @@ from .batching import plan_batches
 from .caching import BoundedCache, owner_cache
 from .compiled_layers import compile_options, compiled_decoder_layers
 from .encoding import COUNT_THREADS, EncodedItem, collate, token_counts
-from .errors import Qwen3VLInputError
-from .inputs import Item, check_instruction
+from .errors import Qwen3VLInputError, position_of
+from .inputs import Item, check_instruction, parse_items
 from .joining import JoinLimits, can_join, join_rows
 from .loading import (LoadedModel, load_shared, read_config, resolve_attention, resolve_device, resolve_dtype,
                       usable_attention)
-from .media import MediaPolicy, _Invalid
+from .media import MediaPolicy, _Invalid, naming_media
 from .options import flag, flag_or_folder, positive_number, whole_number
 from .pixels import normalize_pixels
 from .pooled_layer import can_pool_last_layer, pooled_tokens
@@ -258,16 +258,42 @@ class Qwen3VLRunner:
         timestamp text unless `timestamps` is False, which counts exactly what truncation can never drop.
         Raises _Invalid."""
         def tokens(kind: str, position: int, count: Callable[[], int]) -> int:
-            try:
+            with naming_media(kind, position):
                 return count()
-            except _Invalid as exc:
-                raise _Invalid(f"{kind} {position}: {exc}") from None
 
         return sum(tokens("image", position, functools.partial(image_tokens, image.width, image.height, self.limits))
                    + 2 for position, image in enumerate(item.images)) \
             + sum(tokens("video", position, functools.partial(video_tokens, video, item.fps, item.max_frames,
                                                               self.limits, timestamps=timestamps))
                   for position, video in enumerate(item.videos))
+
+    def _checked_items(self, raws: Sequence[Any], role: str, budget: int,
+                       taken: Callable[[int], int] = lambda position: 0
+                       ) -> tuple[dict[int, Item], dict[int, int], dict[int, int], list[Qwen3VLInputError]]:
+        """The checks before any model work, on every input (`parse_items`, `_check_count`, `_check_fits`): the
+        items that pass by position, their media tokens (a sort cost) and special/vision tokens, and an error per bad
+        input, in order. `taken(position)`: tokens of `budget` already spoken for (a reranker query's, for its
+        documents)."""
+        parsed, errors = parse_items(raws, self.policy, role=role,
+                                     check_count=lambda position, images, videos: self._check_count(
+                                         images, videos, budget, taken(position)))
+        items: dict[int, Item] = {}
+        costs: dict[int, int] = {}
+        specials: dict[int, int] = {}
+        for position, item in enumerate(parsed):
+            if item is None:
+                continue
+            try:
+                specials[position] = self._media_tokens(item, timestamps=False)
+                self._check_fits(specials[position] + taken(position), budget)
+                costs[position] = self._media_tokens(item)
+            except _Invalid as exc:
+                specials.pop(position, None)
+                errors.append(Qwen3VLInputError(str(exc), index=position, role=role))
+                continue
+            items[position] = item
+        errors.sort(key=position_of)
+        return items, costs, specials, errors
 
     def _check_fits(self, special_tokens: int, budget: int) -> None:
         """Refuse, before any model work, media whose vision tokens alone exceed the sequence budget."""
@@ -332,12 +358,13 @@ class Qwen3VLRunner:
         """Decoded and resized images and videos of one item, in prompt order. Raises _Invalid naming the image or
         video of the item, as the checks before the run do."""
         def decoded(kind: str, position: int, prepare: Callable[[], Any]) -> Any:
-            try:
-                return prepare()
-            except _Invalid as exc:
-                raise _Invalid(f"{kind} {position}: {exc}") from None
-            except Exception as exc:  # decoding errors that a header check cannot see
-                raise _Invalid(f"{kind} {position}: could not decode media: {exc}") from None
+            with naming_media(kind, position):
+                try:
+                    return prepare()
+                except _Invalid:
+                    raise
+                except Exception as exc:  # decoding errors that a header check cannot see
+                    raise _Invalid(f"could not decode media: {exc}") from None
 
         images = [decoded("image", k, functools.partial(prepare_image, image, self.limits, self.policy))
                   for k, image in enumerate(item.images)]
