@@ -18,7 +18,7 @@ from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index.core.schema import BaseNode, MetadataMode, QueryBundle
 
 from ..core.async_calls import calls_stopped_together, embedding_threads, stop_if_given_up
-from ..core.errors import Qwen3VLInputError, position_of
+from ..core.errors import Qwen3VLInputError, one_error, position_of
 from ..core.prompts import DEFAULT_QUERY_INSTRUCTION
 from ..core.quantization import check_dimensions
 from ._core import HoldsCoreObject
@@ -83,19 +83,14 @@ def _in_callers_list(error: Qwen3VLInputError, inputs: Sequence[Any]) -> Optiona
 def _joined(error: Qwen3VLInputError, errors: Sequence[Qwen3VLInputError]) -> Qwen3VLInputError:
     """One error for all of `errors` (none of them dropped), in the caller's order: it names the first and keeps the
     notes of `error`, the one raised."""
-    every = sorted(errors, key=position_of)
-    first = every[0]
-    joined = Qwen3VLInputError(first.cause, index=first.index, role=first.role, others=every[1:])
+    joined = one_error(sorted(errors, key=position_of))
     for note in getattr(error, "__notes__", ()):
         joined.add_note(note)
     return joined
 
 
-def _text_items(texts: Sequence[Any]) -> List[Any]:
-    return list(texts)
-
-
 def _image_items(images: Sequence[Any]) -> List[Any]:
+    """Core items of LlamaIndex's image inputs (paths, URLs, bytes, PIL images ...)."""
     return [{"image": image} for image in images]
 
 
@@ -322,12 +317,12 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
                                  **kwargs: Any) -> List[Embedding]:
         """LlamaIndex's chunked batch call; an input error reports every bad text of ``texts`` by its position there
         (see :meth:`_every_bad_input_of`)."""
-        with self._every_bad_input_of(texts, _text_items), self._cached_as("document"):
+        with self._every_bad_input_of(texts, list), self._cached_as("document"):
             return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
 
     async def aget_text_embedding_batch(self, texts: List[str], show_progress: bool = False,
                                         **kwargs: Any) -> List[Embedding]:
-        async with self._aevery_bad_input_of(texts, _text_items):
+        async with self._aevery_bad_input_of(texts, list):
             with self._cached_as("document"):
                 return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
 
@@ -352,7 +347,7 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
     def _get_image_embeddings(self, img_file_paths: List[Any]) -> List[Embedding]:
         """Images as str path / URL, ``pathlib.Path``, ``BytesIO``, bytes or ``PIL.Image``: one batched call."""
         with _naming_the_input(img_file_paths):
-            return self._embed([{"image": image} for image in img_file_paths], self.text_instruction)
+            return self._embed(_image_items(img_file_paths), self.text_instruction)
 
     def get_image_embedding_batch(self, img_file_paths: List[Any],
                                   show_progress: bool = False) -> List[Embedding]:
