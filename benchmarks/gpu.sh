@@ -23,6 +23,9 @@
 # torch_compile option, the decoder layers compiled during an untimed run first (COMPILE_OPTIONS: torch.compile's
 # options as JSON, default torch's). AB_LEVER=name runs benchmarks.levers afterwards (that core switch on and off in
 # alternation, AB_RUNS runs each, on AB_CASES) into gpu_lever.txt; a+b+c switches several together.
+# CASES= (empty) leaves the main run out. LONG_TEXTS=N,MIN,MAX runs embed_text on N texts of MIN-MAX tokens, ours
+# against the official procedure (gpu_long_texts.md), then the interleaved A/B of the long-text cut on them
+# (gpu_long_texts_lever.txt; LONG_TIMEOUT, 150 s each).
 # SHORT_TEXTS=N,MIN,MAX runs embed_text once more on N texts of MIN-MAX tokens, with a row of ours at
 # batch_size=SHORT_BATCH_SIZE (default 256) items per forward pass, into gpu_short_texts.md (SHORT_TIMEOUT, 150 s).
 # CALL_SIZE=N adds rows of ours with the inputs handed to the core in calls of N items, as LlamaIndex's get_*_batch
@@ -115,10 +118,12 @@ COMPILE_ROWS=()
 if [ -n "${COMPILE:-}" ]; then
   COMPILE_ROWS=(--extra-compiled "${COMPILE_CASES:-embed_text}" --compile-options "${COMPILE_OPTIONS:-true}")
 fi
-say "main run: ours vs the official procedure, ${REPEATS:-3} timed runs each"
+CASES="${CASES-embed_text,embed_images,embed_images_448,embed_mixed,embed_query,rerank_text,rerank_images,rerank_image_query}"
 status=0
+if [ -n "$CASES" ]; then
+say "main run: ours vs the official procedure, ${REPEATS:-3} timed runs each"
 timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput "${RUN_ARGS[@]}" ${QUICK_ARGS[@]+"${QUICK_ARGS[@]}"} \
-  --cases "${CASES:-embed_text,embed_images,embed_images_448,embed_mixed,embed_query,rerank_text,rerank_images,rerank_image_query}" \
+  --cases "$CASES" \
   --repeats "${REPEATS:-3}" --case-timeout 75 \
   ${EXTRA_WORKERS:+--extra-workers "$EXTRA_WORKERS" --extra-cases "${EXTRA_CASES:-embed_images_448}"} \
   ${CALL_SIZE:+--extra-call-size "$CALL_SIZE" --extra-call-cases "${CALL_SIZE_CASES:-embed_text,embed_images_448}"} \
@@ -128,6 +133,17 @@ timeout "${MAIN_TIMEOUT:-400}" python3 -m benchmarks.throughput "${RUN_ARGS[@]}"
   --markdown "$OUT/gpu_table.md" --json "$OUT/gpu.json" 2>&1 | tee -a "$LOG" || status=$?
 if [ "$status" -ne 0 ]; then
   say "main run stopped with status $status (a partial table is in $OUT/gpu_table.md)"
+fi
+fi
+if [ -n "${LONG_TEXTS:-}" ]; then
+  say "long texts ($LONG_TEXTS): ours vs the official procedure, then the long-text cut on and off"
+  timeout "${LONG_TIMEOUT:-150}" python3 -m benchmarks.throughput "${RUN_ARGS[@]}" \
+    --cases embed_text --texts "$LONG_TEXTS" --repeats "${REPEATS:-3}" --case-timeout 75 \
+    --markdown "$OUT/gpu_long_texts.md" --json "$OUT/gpu_long_texts.json" 2>&1 | tee -a "$LOG" \
+    || say "long texts stopped with status $?"
+  timeout "${LONG_TIMEOUT:-150}" python3 -m benchmarks.levers --lever long-text-cut "${RUN_ARGS[@]}" \
+    --cases embed_text --texts "$LONG_TEXTS" --runs "${AB_RUNS:-3}" 2>&1 | tee -a "$LOG" "$OUT/gpu_long_texts_lever.txt" \
+    || say "long-text A/B stopped with status $?"
 fi
 if [ -n "${SHORT_TEXTS:-}" ]; then
   say "short texts ($SHORT_TEXTS), then with batch_size=${SHORT_BATCH_SIZE:-256}"

@@ -144,7 +144,7 @@ def build_in_memory(size: str, dtype: torch.dtype, device: torch.device, cache_d
             vocab = processor.tokenizer.get_vocab()
             weight = model.lm_head.weight.detach()
             score_weight = (weight[vocab["yes"]].float() - weight[vocab["no"]].float()).to(device)
-        key = loading.ModelKey(loading._normalise_path(str(path)), role, str(device), dtype_name, attn, ())
+        key = loading.model_key(str(path), role, device, dtype, attn)  # the key load_shared looks up ("cuda:0")
         with loading._REGISTRY_LOCK:
             loading._REGISTRY[key] = loading.LoadedModel(key, backbone, processor, backbone.config, device, dtype,
                                                          score_weight)

@@ -353,3 +353,23 @@ def test_concurrent_queries_benchmark_times_the_three_ways(tmp_path):
         assert 1 <= passes <= 6 and (passes == 6 or row[2] == "ours")
     assert rows[0][7] == "6" and rows[6][7] == "6"  # one client: nothing to join
     assert "6 image queries of 64x64 px" in text
+
+
+def test_a_model_built_in_memory_is_the_one_the_core_objects_load(tmp_path):
+    """`--build memory` (the 2B shape on GPUs) registers the model under the key the core looks up: the folders
+    hold a config and a processor but no weights, so a missed key fails at loading (it did on CUDA: 'cuda'
+    registered, 'cuda:0' looked up)."""
+    import torch
+
+    from benchmarks.throughput import build_in_memory
+    from qwen3vl_integrations import Qwen3VLEmbedder, Qwen3VLReranker
+    from qwen3vl_integrations.core import loading
+
+    embedding_path, reranker_path = build_in_memory("tiny", torch.float32, torch.device("cpu"), tmp_path)
+    try:
+        embedder = Qwen3VLEmbedder(embedding_path, device="cpu", dtype="float32")
+        reranker = Qwen3VLReranker(reranker_path, device="cpu", dtype="float32")
+        assert embedder.load().backbone is reranker.load().backbone  # one model, both roles, nothing read from disk
+        assert embedder.embed(["a short text"]).shape[0] == 1
+    finally:
+        loading.clear_registry()

@@ -279,6 +279,13 @@ def _normalise_path(path: str) -> str:
     return resolved
 
 
+def model_key(path: str, role: str, device: torch.device, dtype: torch.dtype, attn_implementation: str,
+              model_kwargs: dict[str, Any] | None = None) -> ModelKey:
+    """The registry key under which `load_shared` keeps (and finds) a loaded model."""
+    return ModelKey(_normalise_path(path), role, str(_device_to_load_on(device)), str(dtype).replace("torch.", ""),
+                    attn_implementation, tuple(sorted((k, repr(v)) for k, v in (model_kwargs or {}).items())))
+
+
 def load_shared(path: str, role: str, device: torch.device, dtype: torch.dtype, attn_implementation: str,
                 model_kwargs: dict[str, Any] | None = None) -> LoadedModel:
     """Load (or reuse) a checkpoint for `role` ("embedding" loads the backbone only; "reranker" keeps W_yes-W_no)."""
@@ -286,8 +293,7 @@ def load_shared(path: str, role: str, device: torch.device, dtype: torch.dtype, 
         raise ValueError(f"role must be one of {ROLES}")
     model_kwargs = dict(model_kwargs or {})
     device = _device_to_load_on(device)
-    key = ModelKey(_normalise_path(path), role, str(device), str(dtype).replace("torch.", ""), attn_implementation,
-                   tuple(sorted((k, repr(v)) for k, v in model_kwargs.items())))
+    key = model_key(path, role, device, dtype, attn_implementation, model_kwargs)
     with _REGISTRY_LOCK:
         loaded = _REGISTRY.get(key)
         if loaded is None:
