@@ -232,3 +232,18 @@ def test_under_torch_compile_the_checks_that_read_addresses_are_skipped(tiny_emb
     assert fused_projections.joined_weights(attention, "qkv") is not None
     made = _query_key_norm_weight(attention)
     assert made is not cached and torch.equal(made, cached)
+
+
+def test_products_are_joined_on_cpus_and_where_asked(tiny_embedding_path, monkeypatch):
+    """By default the joined products run on CPUs only (eager on a GPU they measured slower); True and False apply
+    everywhere."""
+    assert fused_projections.FUSED_PROJECTIONS is None
+    cpu, gpu, mps = torch.device("cpu"), torch.device("cuda", 0), torch.device("mps")
+    assert fused_projections.joins_on(cpu) and not fused_projections.joins_on(gpu)
+    assert not fused_projections.joins_on(mps)
+    attention = _language_model(tiny_embedding_path, torch.float32).language_model.layers[0].self_attn
+    assert fused_projections.joined_weights(attention, "qkv") is not None  # the default, on this CPU
+    for setting in (True, False):
+        monkeypatch.setattr(fused_projections, "FUSED_PROJECTIONS", setting)
+        assert [fused_projections.joins_on(device) for device in (cpu, gpu, mps)] == [setting] * 3
+        assert (fused_projections.joined_weights(attention, "qkv") is not None) is setting

@@ -4,9 +4,10 @@ projections (`text_attention.py`), and its MLP's gate and up projections (here).
 Each output value is the same dot product of the same operands as before (the models' vectors and scores are
 bit-identical on CPU in float32 and bf16, `tests/test_fused_projections.py`; a BLAS may still pick another kernel
 for the wider product, which can round differently: GPU libraries, and CPUs for products of a few rows). What goes
-is kernel launches: a text batch on a GPU is bound by the host launching every kernel of every layer. The joined
-weight is the only copy: the separate layers' weights become views of its rows, so no memory is added and the
-stock modules still compute the same thing.
+is kernel launches, for which a batch of short texts waits on the host; used on CPUs and in compiled graphs only
+(`FUSED_PROJECTIONS`: eager on a GPU the joined products measured slower). The joined weight is the only copy:
+the separate layers' weights become views of its rows, so no memory is added and the stock modules still compute
+the same thing.
 """
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ from typing import Any, Sequence
 
 import torch
 
-# False: one matrix product per projection, the norms and rotation of queries and keys per tensor (for comparison;
-# the joined weights stay, the separate layers reading their rows).
-FUSED_PROJECTIONS = True
+# None: joined on CPUs and in compiled graphs, separate elsewhere. On an H200 the joined products ran the texts
+# 0.93x as fast (eager, interleaved A/B, 7 of 7 alternations slower; benchmarks/README.md, run 8). Their outputs are
+# column slices, so the SiLU, the gating product and the rotation after them run torch's generic strided
+# elementwise kernel (in the profile, a fifth of the kernel time was `mul` in it), which we take to cost more than
+# the launches saved; torch.compile generates its own kernels for those. True: joined
+# everywhere; False: one matrix product per projection, the norms and rotation of queries and keys per tensor (the
+# joined weights stay either way, the separate layers reading their rows).
+FUSED_PROJECTIONS: bool | None = None
 
 # MLP classes whose forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x)).
 _KNOWN_GATED_MLPS = frozenset({"Qwen3VLTextMLP"})
@@ -63,18 +69,26 @@ def joined_rows(owner: Any, name: str) -> tuple[int, ...]:
     return tuple(rows for _, rows in owner._joined_layouts[name])
 
 
+def joins_on(device: torch.device) -> bool:
+    """Whether joined products run on `device` outside compiled graphs (`FUSED_PROJECTIONS`)."""
+    return FUSED_PROJECTIONS is True or (FUSED_PROJECTIONS is None and device.type == "cpu")
+
+
 def joined_weights(owner: Any, name: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """`owner`'s joined `{name}_weight` and `{name}_bias` when they are in use and its linear layers' weights (and
-    biases) are still their rows; else None (a weight replaced, or the model moved to another device or dtype,
-    which copies each tensor apart, falls back to the separate products: correct, only slower). This runs in every
-    layer of every forward pass, so it reads the modules' own dictionaries rather than their attributes."""
+    """`owner`'s joined `{name}_weight` and `{name}_bias` when they are in use (`FUSED_PROJECTIONS`) and its linear
+    layers' weights (and biases) are still their rows; else None (a weight replaced, or the model moved to another
+    device or dtype, which copies each tensor apart, falls back to the separate products: correct, only slower).
+    This runs in every layer of every forward pass, so it reads the modules' own dictionaries rather than their
+    attributes."""
     layout = vars(owner).get("_joined_layouts", {}).get(name)
     buffers = owner._buffers
     weight, bias = buffers.get(name + "_weight"), buffers.get(name + "_bias")
-    if not FUSED_PROJECTIONS or layout is None or weight is None:
+    if FUSED_PROJECTIONS is False or layout is None or weight is None:
         return None
     if torch.compiler.is_compiling():  # addresses cannot be traced; a compiled model is not moved while it runs
         return weight, bias
+    if not joins_on(weight.device):
+        return None
     modules = owner._modules
     for joined, parameter in ((weight, "weight"), (bias, "bias")):
         if joined is None:
