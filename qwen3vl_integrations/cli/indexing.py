@@ -21,6 +21,8 @@ from .errors import CLIError, _cause, _one_line
 from .models import _embed_model, _is_tiny, _llama_index, _make_embedder
 from .scanning import scan_folder
 
+FILES_PER_CALL = 256  # files per embedding call when no batch_size is given (the progress bar moves per call)
+
 
 def _progress(iterable=None, **kwargs):
     from tqdm.auto import tqdm
@@ -118,7 +120,8 @@ def build_index(
     # Embed in chunks (one progress step per file); unreadable media are reported by the core and skipped.
     from .. import Qwen3VLInputError
 
-    step = max(1, batch_size or getattr(embedder, "batch_size", 8) or 8)
+    # Calls of many files: the core sorts a call's items and prepares the next micro-batch while one runs.
+    step = max(1, batch_size or getattr(embedder, "batch_size", None) or FILES_PER_CALL)
     vectors: dict[int, list[float]] = {}
     bar = _progress(total=len(items), desc="Embedding", unit="file", disable=not progress)
     try:

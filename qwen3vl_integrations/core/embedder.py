@@ -144,6 +144,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         text_costs = self._text_cost([" ".join(valid[p].texts) + (valid[p].instruction or "") for p in good])
         # At most max_length: truncation's bound, not a long text's whole length, decides its batch.
         order_costs = [min(costs[p] + t + PROMPT_OVERHEAD, self.max_length) for p, t in zip(good, text_costs)]
+        batch_size = self._items_per_pass(batch_size, all(not (valid[p].images or valid[p].videos) for p in good))
         loaded = self.load()
         vectors = np.zeros((len(good), row.shape[1]), row.dtype)
         done = np.zeros(len(good), bool)

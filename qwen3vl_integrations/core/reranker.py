@@ -33,6 +33,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
     """
 
     _role = "reranker"
+    _default_batch_size = 16
 
     def __init__(
         self,
@@ -99,7 +100,7 @@ class Qwen3VLReranker(Qwen3VLRunner):
             # A bare pair or a string is iterable too: ("q1", "d1") read as the pairs ("q", "1") and ("d", "1").
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise TypeError(f"score_pairs(): pair {position} must be a (query, document) tuple, got {pair!r:.80}")
-        batch_size = self._check_call(instruction, batch_size)
+        batch_size = self._items_per_pass(self._check_call(instruction, batch_size), texts_only=False)
         if not pairs:
             return np.zeros(0, np.float32)
         query_keys: dict[int, int] = {}

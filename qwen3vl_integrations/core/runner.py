@@ -43,6 +43,12 @@ DEFAULT_BATCH_OVERHEAD_TOKENS = 1024
 # run slower per token there (activations no longer fit the caches) and save nothing, as one forward pass costs
 # little beyond its arithmetic. An item longer than the cap still runs, alone.
 CPU_MAX_BATCH_TOKENS = 2048
+# Items per forward pass of an embedder's call of texts alone on CUDA, where batch_size is left at None (otherwise
+# the role's default, `_default_batch_size`). The token budget still bounds each pass, and short texts were bound by
+# the host's work per pass (2,048 texts of 8-64 tokens on an H200: 1,914 texts/s at 256 against 1,143 at 32;
+# benchmarks/README.md). CPUs ran slower per token with more; passes with images or videos, and reranker pairs,
+# keep the default (not measured with more).
+CUDA_TEXT_BATCH_SIZE = 256
 
 # Attention kernels our CUDA forward passes may use, by torch's SDPBackend names. cuDNN's is left out: torch sends
 # padded (masked) attention to it first on Hopper GPUs, and it builds an execution plan for every new batch shape
@@ -142,6 +148,7 @@ class Qwen3VLRunner:
     """Common constructor options and the batched forward loop. Not used directly."""
 
     _role = "embedding"
+    _default_batch_size = 32  # items per forward pass where batch_size is None (but see CUDA_TEXT_BATCH_SIZE)
 
     def __init__(
         self,
@@ -158,7 +165,7 @@ class Qwen3VLRunner:
         fps: float = 1.0,
         max_frames: int = 64,
         default_instruction: str,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         max_batch_tokens: int = 16384,
         allow_remote: bool = True,
         allow_local_files: bool | str | os.PathLike[str] = True,
@@ -185,7 +192,7 @@ class Qwen3VLRunner:
                                    positive_number("fps", fps), whole_number("max_frames", max_frames, 2))
         check_instruction(default_instruction, "default_instruction")
         self.default_instruction = default_instruction
-        self.batch_size = whole_number("batch_size", batch_size, 1)
+        self.batch_size = None if batch_size is None else whole_number("batch_size", batch_size, 1)
         self.max_batch_tokens = whole_number("max_batch_tokens", max_batch_tokens, 1)
         self.policy = MediaPolicy(flag("allow_remote", allow_remote), positive_number("remote_timeout", remote_timeout),
                                   whole_number("max_remote_bytes", max_remote_bytes, 1),
@@ -215,10 +222,17 @@ class Qwen3VLRunner:
         self.__dict__.update(state)
         self._load_lock = threading.Lock()
 
-    def _check_call(self, instruction: str | None, batch_size: int | None) -> int:
-        """A call's own options, checked before any model work; returns the call's batch size."""
+    def _check_call(self, instruction: str | None, batch_size: int | None) -> int | None:
+        """A call's own options, checked before any model work; returns the call's batch size (None: the default)."""
         check_instruction(instruction)
         return self.batch_size if batch_size is None else whole_number("batch_size", batch_size, 1)
+
+    def _items_per_pass(self, batch_size: int | None, texts_only: bool) -> int:
+        """A call's cap on items per forward pass: its own or the object's `batch_size`, else the default, which
+        on CUDA is larger for a call of texts alone."""
+        if batch_size is not None:
+            return batch_size
+        return CUDA_TEXT_BATCH_SIZE if texts_only and self.device.type == "cuda" else self._default_batch_size
 
     # ------------------------------------------------------------------------------------ loading
     def load(self) -> LoadedModel:

@@ -100,8 +100,8 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
     Args:
         model_name: Hugging Face id or local folder (default ``Qwen/Qwen3-VL-Embedding-2B``).
         embed_batch_size: items per core call (the chunk size of LlamaIndex's ``get_*_batch`` methods, default
-            256) and at most that many per forward pass, where the core's ``batch_size`` (default 32) also
-            caps it.
+            256) and at most that many per forward pass, where the core's ``batch_size`` (default 32; on CUDA 256
+            for a call of texts alone) also caps it.
         device: ``"cuda"``, ``"cpu"``, ... (None: the core picks the best available).
         dtype: ``"bfloat16"``, ``"float32"``, ... (None: the core's default for the device).
         dimensions: Matryoshka output size (None: the full hidden size).
