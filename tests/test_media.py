@@ -26,11 +26,13 @@ from PIL import Image
 from qwen3vl_integrations.core.errors import Qwen3VLInputError
 from qwen3vl_integrations.core.inputs import is_single_video, parse_item, parse_items
 from qwen3vl_integrations.core.media import (
+    MAX_JPEG_SCANS,
     FrameListSource,
     MediaPolicy,
     VideoFileSource,
     _Invalid,
     has_extension,
+    jpeg_scan_count,
     probe_video_file,
     resolve_image,
     resolve_video,
@@ -374,6 +376,41 @@ def test_pixel_cap_is_checked_before_decoding(media_dir):
     assert time.perf_counter() - start < 5
     # A PIL image given directly is accepted whatever the cap (it is decoded already) ...
     assert resolve_image(Image.new("RGB", (200, 200)), MediaPolicy(max_image_pixels=100)).size == (200, 200)
+
+
+def progressive_jpeg(scans: int | None = None, size: int = 32) -> bytes:
+    """A progressive JPEG (libjpeg's script: 10 scans), its last scan repeated to make `scans` in all. A decoder
+    runs a repeated refinement scan as another pass (libjpeg warns of a bogus progression and goes on)."""
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    if scans is None:
+        return data
+    last = data.rindex(b"\xff\xda")  # the last scan runs from its marker to the end of image (FF D9)
+    return data[:-2] + data[last:-2] * (scans - data.count(b"\xff\xda")) + data[-2:]
+
+
+def test_progressive_jpegs_of_too_many_scans_are_refused_before_decoding(tmp_path):
+    """Each scan is another decoding pass over the image, and a scan can be a few bytes: more than MAX_JPEG_SCANS
+    are refused from the file's bytes, named, before any pixel is decoded; libjpeg's own 10 scans, and the limit
+    itself, are read."""
+    assert MAX_JPEG_SCANS == 256
+    plain = progressive_jpeg()
+    assert jpeg_scan_count(None, plain) == 10 and Image.open(io.BytesIO(plain)).info.get("progressive")
+    assert resolve_image(plain, POLICY).size == (32, 32)
+    at_limit = progressive_jpeg(MAX_JPEG_SCANS)
+    assert resolve_image(at_limit, POLICY).open(POLICY).size == (32, 32)  # decodes
+    crafted = progressive_jpeg(MAX_JPEG_SCANS + 1)
+    (tmp_path / "crafted.jpg").write_bytes(crafted)
+    for source in (crafted, tmp_path / "crafted.jpg"):
+        with pytest.raises(_Invalid, match=f"progressive JPEG of {MAX_JPEG_SCANS + 1} scans \\(at most 256"):
+            resolve_image(source, POLICY)
+    items, errors = parse_items(["ok", {"image": crafted}], POLICY)
+    assert items[1] is None and [e.index for e in errors] == [1] and "scans" in str(errors[0])
+    # A file is read in chunks of 1 MiB: a marker across two of them is counted once.
+    (tmp_path / "split").write_bytes(b"\0" * (2**20 - 1) + b"\xff\xda" + b"\0" * 10 + b"\xff\xda")
+    assert jpeg_scan_count(tmp_path / "split", None) == 2
 
 
 def test_file_urls_of_windows_paths(monkeypatch):
