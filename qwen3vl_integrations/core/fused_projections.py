@@ -19,9 +19,9 @@ import torch
 # 0.93x as fast (eager, interleaved A/B, 7 of 7 alternations slower; benchmarks/README.md, run 8). Their outputs are
 # column slices, so the SiLU, the gating product and the rotation after them run torch's generic strided
 # elementwise kernel (in the profile, a fifth of the kernel time was `mul` in it), which we take to cost more than
-# the launches saved; torch.compile generates its own kernels for those. True: joined
-# everywhere; False: one matrix product per projection, the norms and rotation of queries and keys per tensor (the
-# joined weights stay either way, the separate layers reading their rows).
+# the launches saved; torch.compile generates its own kernels for those. True: joined everywhere; False: one matrix
+# product per projection, the norms and rotation of queries and keys per tensor (the joined weights stay either
+# way, the separate layers reading their rows).
 FUSED_PROJECTIONS: bool | None = None
 
 # MLP classes whose forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x)).
