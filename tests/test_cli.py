@@ -550,3 +550,21 @@ def test_folders_on_a_disk_without_inode_numbers_are_told_apart(tmp_path, monkey
     with pytest.raises(cli.CLIError, match="must not be the folder being indexed"):
         indexing._check_index_dir(folder, folder)
     assert [p.name for p, _ in cli.scan_folder(folder, exclude=[tmp_path / "index"]).files] == ["note.txt"]
+
+
+def test_files_are_embedded_in_calls_of_the_batch_size_or_of_many(tmp_path, sample_folder, tiny_embedding_path,
+                                                                     monkeypatch):
+    """Without --batch-size the core object has none (its default is per call and device), so the files go in calls
+    of FILES_PER_CALL (the core sorts and overlaps within a call); with it, in calls of that size."""
+    from qwen3vl_integrations import Qwen3VLEmbedder
+
+    calls = []
+    try_embed = Qwen3VLEmbedder.try_embed
+    monkeypatch.setattr(Qwen3VLEmbedder, "try_embed",
+                        lambda self, items, **kwargs: calls.append(len(items)) or try_embed(self, items, **kwargs))
+    monkeypatch.setattr(indexing, "FILES_PER_CALL", 5)
+    for extra, expected in (([], [5, 5, 3]), (["--batch-size", "6"], [6, 6, 1])):
+        calls.clear()
+        assert cli.main(["index", str(sample_folder), "--index-dir", str(tmp_path / f"index{len(extra)}"),
+                         "--model", str(tiny_embedding_path), "--no-progress", *extra]) == 0
+        assert calls == expected
