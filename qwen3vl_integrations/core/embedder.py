@@ -102,7 +102,7 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         files, remote media fetched); the model is not loaded. A file damaged after a good header shows only when
         it is decoded, so only `embed` finds it."""
         items = input_list(items, "check_inputs() takes a list of inputs; wrap a single input in a list")
-        return self._checked_items(items, "item", self.max_length - EMBEDDING_SUFFIX)[3]
+        return self._checked_items(items, "item", self.max_length - EMBEDDING_SUFFIX).errors
 
     def process(self, inputs: Sequence[dict[str, Any]], normalize: bool = True) -> torch.Tensor:
         """The official API: a list of dicts in, a float32 tensor [N, D] out. Keys other than the official ones are
@@ -133,7 +133,8 @@ class Qwen3VLEmbedder(Qwen3VLRunner):
         items = input_list(items, "embed() takes a list of inputs; wrap a single input in a list")
         batch_size = self._check_call(instruction, batch_size)
         row = finish(np.zeros((1, self.embedding_dim), np.float32))  # checks the options; the output's width, dtype
-        valid, costs, _, errors = self._checked_items(items, "item", self.max_length - EMBEDDING_SUFFIX)
+        checked = self._checked_items(items, "item", self.max_length - EMBEDDING_SUFFIX)
+        valid, costs, errors = checked.items, checked.costs, checked.errors
         if strict:
             raise_bad_inputs(errors, hint="Qwen3VLEmbedder.try_embed embeds the good inputs and reports the bad ones")
         good = list(costs)

@@ -15,9 +15,9 @@ off the raw text, NFC, the Split regex `QWEN2_PIECES`, byte-level BPE on each pi
    characters up to two past the piece's start or one past its end, or up to the end of the whitespace run the piece
    ends in. A piece boundary after a non-whitespace character, two or more characters before the normalised head's
    end, thus has the same pieces before it in the head, in the head cut there, in the whole text and in any prompt
-   that holds the text (after its
-   first pieces: the text's first piece may join the prompt's text before it; each later piece ends where the text's
-   own does, so the two agree from the third piece on, and the first three count for no tokens here).
+   that holds the text (after its first pieces: the text's first piece may join the prompt's text before it; each
+   later piece ends where the text's own does, so the two agree from the third piece on, and the first three count
+   for no tokens here).
 4. *BPE* runs on each piece alone: the same pieces give the same tokens.
 
 So the tokens before that boundary are the whole text's, and when there are at least `max_length` of them,

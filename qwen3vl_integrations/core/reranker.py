@@ -120,19 +120,19 @@ class Qwen3VLReranker(Qwen3VLRunner):
 
         # One error reports every bad query and every bad document, the queries first. A document whose query is bad
         # is judged alone; one whose query is good shares max_length with it.
-        queries_of, query_costs_of, query_specials, bad_queries = self._checked_items(raw_queries, "query",
-                                                                                      self.max_length)
-        documents_of, document_costs_of, _, errors = self._checked_items(
+        checked_queries = self._checked_items(raw_queries, "query", self.max_length)
+        checked_documents = self._checked_items(
             [document for _, document in pairs], "document", self.max_length,
-            taken=lambda position: query_specials.get(pair_query[position], 0))
-        raise_bad_inputs([error.located(query_index(position_of(error)), "query") for error in bad_queries] + errors)
-        queries = list(queries_of.values())  # all of them, in order: none failed
-        query_costs = list(query_costs_of.values())
-        documents = list(documents_of.values())
-        document_costs = list(document_costs_of.values())
+            taken=lambda position: checked_queries.specials.get(pair_query[position], 0))
+        raise_bad_inputs([error.located(query_index(position_of(error)), "query") for error in checked_queries.errors]
+                         + checked_documents.errors)
+        # All of them, in order: none failed. Long texts are cut together (one pool of threads for all).
+        cut = self._cut_long_texts([*checked_queries.items.values(), *checked_documents.items.values()])
+        queries, documents = cut[:len(checked_queries.items)], cut[len(checked_queries.items):]
+        query_costs = list(checked_queries.costs.values())
+        document_costs = list(checked_documents.costs.values())
 
         loaded = self.load()
-        queries, documents = self._cut_long_texts(queries), self._cut_long_texts(documents)
         score_weight = loaded.score_weight
         if score_weight is None:  # (only an embedding model lacks it)
             raise RuntimeError(f"{self.model_name_or_path} was loaded without the reranker's score head")

@@ -11,7 +11,7 @@ import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -144,6 +144,15 @@ class HostCopy:
         return self._host
 
 
+class CheckedInputs(NamedTuple):
+    """What the checks before model work found in a call's inputs; each dict is keyed by the input's position."""
+
+    items: dict[int, Item]  # the inputs that passed, parsed
+    costs: dict[int, int]  # their media tokens, with an estimate of video timestamps (a sort cost)
+    specials: dict[int, int]  # their special and vision tokens, which truncation never drops
+    errors: list[Qwen3VLInputError]  # one per bad input, in order
+
+
 class Qwen3VLRunner:
     """Common constructor options and the batched forward loop. Not used directly."""
 
@@ -271,23 +280,19 @@ class Qwen3VLRunner:
         """Prompt tokens of an item's media: special and vision tokens (exact), plus an estimate of the videos'
         timestamp text unless `timestamps` is False, which counts exactly what truncation can never drop.
         Raises _Invalid."""
-        def tokens(kind: str, position: int, count: Callable[[], int]) -> int:
-            with naming_media(kind, position):
-                return count()
-
-        return sum(tokens("image", position, functools.partial(image_tokens, image.width, image.height, self.limits))
-                   + 2 for position, image in enumerate(item.images)) \
-            + sum(tokens("video", position, functools.partial(video_tokens, video, item.fps, item.max_frames,
-                                                              self.limits, timestamps=timestamps))
-                  for position, video in enumerate(item.videos))
+        count = 0
+        for position, image in enumerate(item.images):
+            with naming_media("image", position):
+                count += image_tokens(image.width, image.height, self.limits) + 2
+        for position, video in enumerate(item.videos):
+            with naming_media("video", position):
+                count += video_tokens(video, item.fps, item.max_frames, self.limits, timestamps=timestamps)
+        return count
 
     def _checked_items(self, raws: Sequence[Any], role: str, budget: int,
-                       taken: Callable[[int], int] = lambda position: 0
-                       ) -> tuple[dict[int, Item], dict[int, int], dict[int, int], list[Qwen3VLInputError]]:
-        """The checks before any model work, on every input (`parse_items`, `_check_count`, `_check_fits`): the
-        items that pass by position, their media tokens (a sort cost) and special/vision tokens, and an error per bad
-        input, in order. `taken(position)`: tokens of `budget` already spoken for (a reranker query's, for its
-        documents)."""
+                       taken: Callable[[int], int] = lambda position: 0) -> CheckedInputs:
+        """The checks before any model work, on every input (`parse_items`, `_check_count`, `_check_fits`).
+        `taken(position)`: tokens of `budget` already spoken for (a reranker query's, for its documents)."""
         parsed, errors = parse_items(raws, self.policy, role=role,
                                      check_count=lambda position, images, videos: self._check_count(
                                          images, videos, budget, taken(position)))
@@ -307,7 +312,7 @@ class Qwen3VLRunner:
                 continue
             items[position] = item
         errors.sort(key=position_of)
-        return items, costs, specials, errors
+        return CheckedInputs(items, costs, specials, errors)
 
     def _check_fits(self, special_tokens: int, budget: int) -> None:
         """Refuse, before any model work, media whose vision tokens alone exceed the sequence budget."""

@@ -73,7 +73,6 @@ def image_tokens(width: int, height: int, limits: VisionLimits) -> int:
     return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR)
 
 
-
 # A hair's breadth off the exact bounds below, which smart_resize's float arithmetic may miss by rounding.
 _SLACK = 1 - 1e-9
 
@@ -114,11 +113,15 @@ def frame_count(item_fps: float | None, item_max_frames: int | None, total_frame
         raise _Invalid(f"video too short to sample: {exc}") from None
 
 
+def _frame_pixel_cap(nframes: int, total_pixels: int) -> float:
+    """Each frame's max_pixels when `nframes` frames share `total_pixels` (REFERENCE.md §6.5)."""
+    return max(min(VIDEO_FRAME_MAX_PIXELS, total_pixels / nframes * FRAME_FACTOR), int(VIDEO_FRAME_MIN_PIXELS * 1.05))
+
+
 def _frame_budget(nframes: int, height: int, width: int, total_pixels: int) -> tuple[int, int]:
     """Per-frame resize target under the total budget (REFERENCE.md §6.5)."""
-    max_pixels = max(min(VIDEO_FRAME_MAX_PIXELS, total_pixels / nframes * FRAME_FACTOR),
-                     int(VIDEO_FRAME_MIN_PIXELS * 1.05))
-    return qvu.smart_resize(height, width, IMAGE_FACTOR, VIDEO_FRAME_MIN_PIXELS, max_pixels)
+    return qvu.smart_resize(height, width, IMAGE_FACTOR, VIDEO_FRAME_MIN_PIXELS,
+                            _frame_pixel_cap(nframes, total_pixels))
 
 
 def _downsample_frames(frames: list, max_frames: int) -> list:
@@ -294,8 +297,7 @@ def fewest_video_tokens(limits: VisionLimits) -> int:
     least = None
     nframes = FRAME_FACTOR
     while least is None or (nframes // FRAME_FACTOR) * 2 + 2 < least:
-        cap = max(min(VIDEO_FRAME_MAX_PIXELS, limits.total_pixels / nframes * FRAME_FACTOR),
-                  int(VIDEO_FRAME_MIN_PIXELS * 1.05))  # as _frame_budget
+        cap = _frame_pixel_cap(nframes, limits.total_pixels)
         tokens = (nframes // FRAME_FACTOR) * (fewest_grid_tokens(VIDEO_FRAME_MIN_PIXELS, cap) + 2) + 2
         least = tokens if least is None else min(least, tokens)
         nframes += FRAME_FACTOR
