@@ -462,12 +462,13 @@ class Qwen3VLEmbedding(HoldsCoreObject, MultiModalEmbedding):
         if not all(isinstance(each.index, int) and 0 <= each.index < len(group) for each in error.errors):
             name_the_nodes(error, [nodes[position].node_id for position, _ in group], "embedding")
             return error
-        errors = [each.located(group[position_of(each)][0], each.role) for each in error.errors]
-        later = [entry for other in _MODALITIES[_MODALITIES.index(kind) + 1:] for entry in groups[other]]
-        if later:
-            found = self.embedder.check_inputs([item for _, item in later])
-            errors += [each.located(later[position_of(each)][0], each.role) for each in found]
-        every = _joined(error, errors)
+        located = _joined(error, [each.located(group[position_of(each)][0], each.role) for each in error.errors])
+        items: List[Any] = [None] * len(nodes)  # each routed node's core input, at the node's position
+        for entries in groups.values():
+            for position, item in entries:
+                items[position] = item
+        later = [position for other in _MODALITIES[_MODALITIES.index(kind) + 1:] for position, _ in groups[other]]
+        every = self._with_bad_inputs_among(located, items, list, later)
         name_the_nodes(every, [node.node_id for node in nodes], "embedding")
         return every
 
