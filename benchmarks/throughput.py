@@ -136,18 +136,8 @@ def build_in_memory(size: str, dtype: torch.dtype, device: torch.device, cache_d
     if device.type == "cuda":
         torch.cuda.synchronize()
     log(f"  initialised in {time.perf_counter() - start:.1f} s")
-    backbone = model.model
     for role, path in zip(("embedding", "reranker"), paths):
-        processor = AutoProcessor.from_pretrained(path)
-        score_weight = None
-        if role == "reranker":
-            vocab = processor.tokenizer.get_vocab()
-            weight = model.lm_head.weight.detach()
-            score_weight = (weight[vocab["yes"]].float() - weight[vocab["no"]].float()).to(device)
-        key = loading.model_key(str(path), role, device, dtype, attn)  # the key load_shared looks up ("cuda:0")
-        with loading._REGISTRY_LOCK:
-            loading._REGISTRY[key] = loading.LoadedModel(key, backbone, processor, backbone.config, device, dtype,
-                                                         score_weight)
+        loading.share_model(str(path), role, device, dtype, attn, model, AutoProcessor.from_pretrained(path))
     return str(paths[0]), str(paths[1])
 
 

@@ -339,17 +339,36 @@ def _load(key: ModelKey, path: str, device: torch.device, dtype: torch.dtype, at
         backbone = AutoModel.from_pretrained(path, **load_kwargs)
     else:
         full = Qwen3VLForConditionalGeneration.from_pretrained(path, **load_kwargs)
-        vocab = processor.tokenizer.get_vocab()
-        yes_id, no_id = vocab["yes"], vocab["no"]
-        weight = full.lm_head.weight.detach()
-        # Built once, in float32 (REFERENCE.md §5.1 SHOULD); the full LM head is never applied.
-        score_weight = (weight[yes_id].float() - weight[no_id].float()).to(device)
+        score_weight = yes_no_weight(full, processor.tokenizer, device)
         backbone = full.model
         del full
     backbone.to(device).eval()
     backbone.requires_grad_(False)
     use_model_levers(backbone)
     return LoadedModel(key, backbone, processor, backbone.config, device, dtype, score_weight)
+
+
+def yes_no_weight(full: Any, tokenizer: Any, device: torch.device) -> torch.Tensor:
+    """The reranker's score head: W_yes - W_no of a full model's LM head, built once, in float32 (REFERENCE.md §5.1
+    SHOULD); the full LM head is never applied."""
+    vocab = tokenizer.get_vocab()
+    weight = full.lm_head.weight.detach()
+    return (weight[vocab["yes"]].float() - weight[vocab["no"]].float()).to(device)
+
+
+def share_model(path: str, role: str, device: torch.device, dtype: torch.dtype, attn_implementation: str,
+                full: Any, processor: Any) -> LoadedModel:
+    """Put a model already in memory (a full `Qwen3VLForConditionalGeneration`, levers installed) in the shared
+    registry for `role`, under the key that objects built with `path`, `device`, `dtype` and
+    `attn_implementation` look up: they then use it instead of loading weights from `path`."""
+    device = _device_to_load_on(device)
+    key = model_key(path, role, device, dtype, attn_implementation)
+    backbone = full.model
+    score_weight = yes_no_weight(full, processor.tokenizer, device) if role == "reranker" else None
+    loaded = LoadedModel(key, backbone, processor, backbone.config, device, dtype, score_weight)
+    with _REGISTRY_LOCK:
+        _REGISTRY[key] = loaded
+    return loaded
 
 
 def use_model_levers(backbone: Any) -> None:
